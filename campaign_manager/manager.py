@@ -1,0 +1,136 @@
+"""Turns due campaigns into jobs and job tickets.
+
+It reads only the ``Schedule`` index (a range scan up to now), never the campaigns
+table. Each step is idempotent, so overlapping timer runs, two hosts or a crash between
+steps never make two jobs for one run: the job id is derived from the campaign and its
+``send_at``, and the schedule row is deleted only after the ticket is on the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from core.clock import Clock, iso, parse_iso, utcnow
+from core.errors import AlreadyExists, Conflict, NotFound
+from core.ids import job_id_for
+from core.messages import JobTicket
+from core.models import (
+    ACTIVE_PARTITION,
+    SCHEDULE_PARTITION,
+    Campaign,
+    Job,
+    active_job_key,
+)
+from core.status import CampaignStatus, JobStatus
+from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOB_QUEUE, JOBS, SCHEDULE, Entity, Storage
+
+log = logging.getLogger("mailroom.campaign_manager")
+
+
+@dataclass
+class CampaignRunReport:
+    started: int = 0
+    stale: int = 0
+
+
+def start_due_campaigns(storage: Storage, clock: Clock = utcnow, limit: int = 500) -> CampaignRunReport:
+    """Start every campaign whose ``send_at`` has come. Safe to run concurrently."""
+    report = CampaignRunReport()
+    for row in due_schedule_rows(storage, clock, limit):
+        if start_campaign_run(storage, row, clock):
+            report.started += 1
+        else:
+            report.stale += 1
+    if report.started or report.stale:
+        log.info("campaign runs started=%d stale=%d", report.started, report.stale)
+    return report
+
+
+def due_schedule_rows(storage: Storage, clock: Clock, limit: int) -> list[Entity]:
+    """Schedule rows due now: RowKeys sort by ``send_at``, so this is a range scan."""
+    upper = iso(clock()) + "|~"
+    rows = storage.table(SCHEDULE).query(
+        "PartitionKey eq @pk and RowKey le @upper", {"pk": SCHEDULE_PARTITION, "upper": upper}
+    )
+    due: list[Entity] = []
+    for row in rows:
+        due.append(row)
+        if len(due) >= limit:
+            break
+    return due
+
+
+def start_campaign_run(storage: Storage, row: Entity, clock: Clock) -> bool:
+    """Create the run's job, mark the campaign running, enqueue the ticket, drop the row.
+
+    Returns ``False`` when the row was stale (campaign gone, rescheduled or already
+    started elsewhere) and was only cleaned up.
+    """
+    tenant_id, campaign_id = row["tenant_id"], row["campaign_id"]
+    try:
+        campaign = Campaign.from_entity(storage.table(CAMPAIGNS).get(tenant_id, campaign_id))
+    except NotFound:
+        campaign = None
+    send_at = parse_iso(row["send_at"])
+    job_id = job_id_for(campaign_id, send_at)
+    if campaign is None or campaign.schedule_key != row["RowKey"]:
+        storage.table(SCHEDULE).delete(SCHEDULE_PARTITION, row["RowKey"])
+        return False
+    if campaign.status == CampaignStatus.SCHEDULED:
+        create_job(storage, campaign, job_id, clock)
+        if not mark_campaign_running(storage, campaign, job_id, clock):
+            return False
+    elif campaign.current_job_id != job_id:
+        storage.table(SCHEDULE).delete(SCHEDULE_PARTITION, row["RowKey"])
+        return False
+    # Enqueue (again, after a crash) before dropping the row: a duplicate ticket is harmless.
+    storage.queue(JOB_QUEUE).send(JobTicket(tenant_id=tenant_id, job_id=job_id).to_text())
+    storage.table(SCHEDULE).delete(SCHEDULE_PARTITION, row["RowKey"])
+    log.info("job created tenant=%s campaign=%s job=%s", tenant_id, campaign_id, job_id)
+    return True
+
+
+def create_job(storage: Storage, campaign: Campaign, job_id: str, clock: Clock) -> None:
+    """Insert the job (a snapshot of template and criteria) and index it as active."""
+    now = iso(clock())
+    job = Job(
+        id=job_id,
+        tenant_id=campaign.tenant_id,
+        campaign_id=campaign.id,
+        campaign_name=campaign.name,
+        template=campaign.template,
+        criteria=campaign.criteria,
+        status=JobStatus.QUEUED.value,
+        created_at=now,
+        progress_at=now,
+    )
+    try:
+        storage.table(JOBS).insert(job.to_entity())
+    except AlreadyExists:
+        pass  # another run of this same step got there first
+    storage.table(ACTIVE_JOBS).upsert(
+        {
+            "PartitionKey": ACTIVE_PARTITION,
+            "RowKey": active_job_key(campaign.tenant_id, job_id),
+            "tenant_id": campaign.tenant_id,
+            "job_id": job_id,
+            "since": now,
+        }
+    )
+
+
+def mark_campaign_running(storage: Storage, campaign: Campaign, job_id: str, clock: Clock) -> bool:
+    entity = {
+        "PartitionKey": campaign.tenant_id,
+        "RowKey": campaign.id,
+        "status": CampaignStatus.RUNNING.value,
+        "current_job_id": job_id,
+        "job_count": campaign.job_count + 1,
+        "updated_at": iso(clock()),
+    }
+    try:
+        storage.table(CAMPAIGNS).update(entity, etag=campaign.etag)
+    except Conflict:
+        return False  # changed under us (patched, or started by another host); next tick decides
+    return True

@@ -1,0 +1,1 @@
+"""Shared building blocks: settings, status vocabulary, errors, storage, criteria, templates."""

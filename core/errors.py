@@ -1,0 +1,123 @@
+"""One documented exception tree for the whole project.
+
+``MailroomError`` is the root. HTTP status codes never appear here: the API maps these
+classes to responses at its edge (``api/errors.py``), the managers map them to recipient
+and job outcomes, and the trigger adapters map them to poison-queue decisions.
+
+::
+
+    MailroomError
+    ├── SettingsError            a setting is missing or malformed (the host stops)
+    ├── StorageError             Table/Queue/Blob storage failed or is unreachable
+    │   ├── NotFound             the entity does not exist
+    │   ├── AlreadyExists        an insert met an existing entity
+    │   └── Conflict             an If-Match (ETag) update lost a race
+    ├── InvalidInput             input is well-formed but wrong (field-level details)
+    │   ├── InvalidCriteria
+    │   └── InvalidTemplate
+    ├── StateConflict            the resource's state forbids the action
+    ├── BadMessage               a queue message cannot be decoded (goes to -poison)
+    ├── RenderError              a template failed for one recipient (recipient skipped)
+    └── SendError                a provider call failed; the subclass says what to do
+        ├── TransientSendError       retry with backoff (429, 5xx, connect errors)
+        ├── RecipientRejected        permanent for this recipient → failed
+        ├── ProviderUnavailable      permanent for the provider (401/403, quota) → pause job
+        └── AmbiguousSendError       the request may have been accepted → unknown, never resent
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class MailroomError(Exception):
+    """Root of every error Mailroom raises on purpose."""
+
+
+class SettingsError(MailroomError):
+    """A setting is missing or malformed; the message names it."""
+
+
+class StorageError(MailroomError):
+    """Storage failed or could not be reached."""
+
+
+class NotFound(StorageError):
+    """The entity does not exist."""
+
+
+class AlreadyExists(StorageError):
+    """An insert met an existing entity."""
+
+
+class Conflict(StorageError):
+    """An ETag-guarded update lost a race with another writer."""
+
+
+@dataclass
+class FieldProblem:
+    """One invalid field: ``field`` is a dotted path into the request body."""
+
+    field: str
+    message: str
+
+
+class InvalidInput(MailroomError):
+    """Well-formed input that breaks a rule; carries field-level problems."""
+
+    def __init__(self, message: str, problems: list[FieldProblem] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems: list[FieldProblem] = problems or []
+
+
+class InvalidCriteria(InvalidInput):
+    """Recipient criteria that do not parse or break a limit."""
+
+
+class InvalidTemplate(InvalidInput):
+    """A template that does not compile or reaches for what the sandbox forbids."""
+
+
+class StateConflict(MailroomError):
+    """The resource's current state forbids the requested action."""
+
+
+class BadMessage(MailroomError):
+    """A queue message that cannot be decoded; it belongs in the poison queue."""
+
+
+class RenderError(MailroomError):
+    """A template failed while rendering for one recipient."""
+
+
+@dataclass
+class SendError(MailroomError):
+    """A provider call failed. ``reason`` is for people; no addresses in it."""
+
+    reason: str
+    provider: str = ""
+    code: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass
+class TransientSendError(SendError):
+    """Worth retrying; ``retry_after`` is the provider's hint in seconds, if any."""
+
+    retry_after: float | None = None
+
+
+class RecipientRejected(SendError):
+    """Permanent for this recipient (invalid address, rejected content)."""
+
+
+class ProviderUnavailable(SendError):
+    """Permanent for the provider (bad credentials, suspended, quota): stop the job."""
+
+
+class AmbiguousSendError(SendError):
+    """The provider may have accepted the message: record ``unknown``, never resend."""

@@ -1,0 +1,202 @@
+"""The one settings object.
+
+Values come from environment variables first, then from the ``Values`` map of
+``local.settings.json`` (the file the Functions host reads locally), then from
+the defaults below. That order is the host's own, so ``MAILROOM_ADMIN_KEY=... make serve``
+works without editing a file. Every setting is documented in
+``local.settings.json.example`` and in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from core.errors import SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Azurite's well-known development account (public, documented by Microsoft).
+DEVSTORE_ACCOUNT = "devstoreaccount1"
+DEVSTORE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def devstore_connection_string(
+    host: str = "127.0.0.1", blob: int = 10000, queue: int = 10001, table: int = 10002
+) -> str:
+    """The explicit connection string for an Azurite listening on ``host``."""
+    return (
+        "DefaultEndpointsProtocol=http;"
+        f"AccountName={DEVSTORE_ACCOUNT};AccountKey={DEVSTORE_KEY};"
+        f"BlobEndpoint=http://{host}:{blob}/{DEVSTORE_ACCOUNT};"
+        f"QueueEndpoint=http://{host}:{queue}/{DEVSTORE_ACCOUNT};"
+        f"TableEndpoint=http://{host}:{table}/{DEVSTORE_ACCOUNT};"
+    )
+
+
+class LocalSettingsJsonSource(PydanticBaseSettingsSource):
+    """Reads ``Values`` from ``local.settings.json``, as the Functions host does."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self._values: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                self._values = dict(json.loads(path.read_text()).get("Values", {}))
+            except (ValueError, AttributeError) as err:
+                raise SettingsError(f"{path.name} is not valid JSON with a 'Values' map") from err
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        name = field.alias or field_name
+        return self._values.get(name), name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, field_name)
+            if value is not None and value != "":
+                out[key] = value
+        return out
+
+
+class Settings(BaseSettings):
+    """Every knob of Mailroom. Names match the Functions app settings one to one."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    storage_connection_string: str = Field(
+        "UseDevelopmentStorage=true",
+        alias="AzureWebJobsStorage",
+        description="Storage account for tables, queues and blobs (the Functions host's own).",
+    )
+    admin_key: str = Field(
+        "",
+        alias="MAILROOM_ADMIN_KEY",
+        description="Bootstrap operator key (role admin). Empty disables it.",
+    )
+    signing_key: str = Field(
+        "dev-signing-key-change-me",
+        alias="MAILROOM_SIGNING_KEY",
+        description="HMAC key that signs unsubscribe tokens and continuation tokens.",
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:7071",
+        alias="MAILROOM_PUBLIC_URL",
+        description="Base URL people reach the app at (used in unsubscribe links).",
+    )
+    email_provider: Literal["sendgrid", "smtp"] = Field(
+        "sendgrid", alias="EMAIL_PROVIDER", description="Provider that sends campaign email."
+    )
+    sendgrid_api_key: str = Field("SG.dev", alias="SENDGRID_API_KEY")
+    sendgrid_api_url: str = Field(
+        "https://api.sendgrid.com",
+        alias="SENDGRID_API_URL",
+        description="SendGrid API host; the local simulator's URL in development.",
+    )
+    smtp_host: str = Field("127.0.0.1", alias="SMTP_HOST")
+    smtp_port: int = Field(1025, alias="SMTP_PORT", ge=1, le=65535)
+    smtp_username: str = Field("", alias="SMTP_USERNAME")
+    smtp_password: str = Field("", alias="SMTP_PASSWORD")
+    smtp_starttls: bool = Field(False, alias="SMTP_STARTTLS")
+    smtp_timeout_seconds: float = Field(10.0, alias="SMTP_TIMEOUT_SECONDS", gt=0)
+
+    task_size: int = Field(
+        500, alias="TASK_SIZE", ge=1, le=5000, description="Recipients per task (one queue message)."
+    )
+    task_window: int = Field(
+        32, alias="TASK_WINDOW", ge=1, le=1000, description="Tasks of one job on task-queue at once."
+    )
+    send_concurrency: int = Field(
+        8, alias="SEND_CONCURRENCY", ge=1, le=256, description="Provider calls in flight per task."
+    )
+    lease_seconds: int = Field(
+        120, alias="TASK_LEASE_SECONDS", ge=5, description="How long a claimed task or expansion is owned."
+    )
+    job_time_budget_seconds: int = Field(
+        240,
+        alias="JOB_TIME_BUDGET_SECONDS",
+        ge=5,
+        description="Work one invocation does before it re-enqueues a continuation.",
+    )
+    retry_budget_seconds: float = Field(
+        30.0,
+        alias="RETRY_BUDGET_SECONDS",
+        gt=0,
+        description="Time one task may spend retrying transient provider errors.",
+    )
+    max_send_attempts: int = Field(5, alias="MAX_SEND_ATTEMPTS", ge=1, le=20)
+    refill_after_seconds: int = Field(
+        60,
+        alias="WINDOW_REFILL_AFTER_SECONDS",
+        ge=5,
+        description="A job with no progress for this long gets its task window refilled.",
+    )
+    campaign_manager_schedule: str = Field(
+        "*/10 * * * * *",
+        alias="CAMPAIGN_MANAGER_SCHEDULE",
+        description="NCRONTAB (seconds first) of the Campaign Manager timer.",
+    )
+    status_manager_schedule: str = Field(
+        "*/10 * * * * *",
+        alias="STATUS_MANAGER_SCHEDULE",
+        description="NCRONTAB (seconds first) of the Status Manager timer.",
+    )
+    max_request_bytes: int = Field(
+        20 * 1024 * 1024,
+        alias="MAX_REQUEST_BYTES",
+        ge=1024,
+        description="Largest request body the API accepts (413 beyond).",
+    )
+    max_contacts_per_import: int = Field(100_000, alias="MAX_CONTACTS_PER_IMPORT", ge=1)
+    log_level: str = Field("INFO", alias="MAILROOM_LOG_LEVEL")
+
+    @property
+    def connection_string(self) -> str:
+        """The storage connection string with the development shortcut expanded.
+
+        The storage SDKs do not understand ``UseDevelopmentStorage=true``; the Functions
+        host does, so we expand it here the same way.
+        """
+        raw = self.storage_connection_string.strip()
+        if raw.lower().startswith("usedevelopmentstorage=true"):
+            return devstore_connection_string()
+        return raw
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("MAILROOM_LOCAL_SETTINGS", PROJECT_ROOT / "local.settings.json"))
+        return (init_settings, env_settings, LocalSettingsJsonSource(settings_cls, path))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning a validation failure into one line naming the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise SettingsError(f"setting {name}: {first['msg']}") from err
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

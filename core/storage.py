@@ -1,0 +1,431 @@
+"""The one storage-access layer: tables, queues and blobs.
+
+Everything that talks to Azure Storage goes through here, so batching (≤100 entities,
+one partition, <4 MiB a batch), ETags (``If-Match``), continuation tokens and the
+mapping of SDK exceptions onto ``core.errors`` live in one place.
+
+Queue messages are base64 text (``TextBase64EncodePolicy``): that is what the Functions
+host's queue trigger decodes by default.
+
+``namespace`` prefixes every table and queue name. Tests and the bench use it to run
+isolated pipelines on one storage account; production leaves it empty.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableServiceClient, TableTransactionError, TransactionOperation, UpdateMode
+from azure.storage.queue import (
+    QueueServiceClient,
+    TextBase64DecodePolicy,
+    TextBase64EncodePolicy,
+)
+
+from core.errors import AlreadyExists, Conflict, FieldProblem, InvalidInput, NotFound, StorageError
+
+# Tables (PascalCase, read by people in the portal's Storage browser).
+TENANTS = "Tenants"
+API_KEYS = "ApiKeys"
+CONTACTS = "Contacts"
+SUPPRESSIONS = "Suppressions"
+CAMPAIGNS = "Campaigns"
+SCHEDULE = "Schedule"
+JOBS = "Jobs"
+ACTIVE_JOBS = "ActiveJobs"
+TASKS = "Tasks"
+DELIVERIES = "Deliveries"
+DELIVERY_EVENTS = "DeliveryEvents"
+PROVIDER_HEALTH = "ProviderHealth"
+ALL_TABLES = (
+    TENANTS,
+    API_KEYS,
+    CONTACTS,
+    SUPPRESSIONS,
+    CAMPAIGNS,
+    SCHEDULE,
+    JOBS,
+    ACTIVE_JOBS,
+    TASKS,
+    DELIVERIES,
+    DELIVERY_EVENTS,
+    PROVIDER_HEALTH,
+)
+
+# Queues (kebab-case), each with a -poison twin.
+JOB_QUEUE = "job-queue"
+TASK_QUEUE = "task-queue"
+EVENTS_QUEUE = "events-queue"
+ALL_QUEUES = (JOB_QUEUE, TASK_QUEUE, EVENTS_QUEUE)
+POISON_SUFFIX = "-poison"
+
+MAX_BATCH_ENTITIES = 100
+MAX_BATCH_BYTES = 3_500_000  # the service's limit is 4 MiB; keep headroom for envelope
+MAX_PAGE = 1000
+
+Entity = dict[str, Any]
+
+_NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+
+
+def _translate(err: AzureError) -> StorageError:
+    """Map an SDK exception onto our error tree (the caller chains it)."""
+    if isinstance(err, ResourceNotFoundError):
+        return NotFound(str(err).splitlines()[0])
+    if isinstance(err, ResourceExistsError):
+        return AlreadyExists(str(err).splitlines()[0])
+    if isinstance(err, ResourceModifiedError):
+        return Conflict("the entity changed since it was read")
+    if isinstance(err, HttpResponseError) and err.status_code == 412:
+        return Conflict("the entity changed since it was read")
+    if isinstance(err, TableTransactionError):
+        if getattr(err, "error_code", None) == "EntityAlreadyExists" or "AlreadyExists" in str(err):
+            return AlreadyExists("an entity of the batch already exists")
+    return StorageError(f"storage request failed: {type(err).__name__}")
+
+
+def etag_of(entity: Mapping[str, Any]) -> str:
+    """The ETag the service returned with an entity (``''`` for a hand-built dict)."""
+    metadata = getattr(entity, "metadata", None) or {}
+    return metadata.get("etag", "")
+
+
+def encode_continuation(token: Mapping[str, Any] | None) -> str | None:
+    """Turn the SDK's continuation dict into an opaque URL-safe string."""
+    if not token:
+        return None
+    raw = json.dumps(dict(token), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_continuation(token: str | None, field: str = "continuation") -> dict[str, Any] | None:
+    """Parse a token made by ``encode_continuation``; a bad one is an InvalidInput."""
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error) as err:
+        raise InvalidInput(
+            "invalid continuation token", [FieldProblem(field, "not a token this API issued")]
+        ) from err
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidInput("invalid continuation token", [FieldProblem(field, "not a token this API issued")])
+    return value
+
+
+def odata_quote(value: str) -> str:
+    """Quote a string literal for an OData filter."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass
+class Page:
+    """One page of a query: the entities and the opaque token for the next page."""
+
+    items: list[Entity]
+    continuation: str | None
+
+
+class Table:
+    """One table: point reads, ETag-guarded writes, batches and paged queries."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    # -- point operations -------------------------------------------------------------
+    def get(self, partition: str, row: str, select: list[str] | None = None) -> Entity:
+        """Read one entity or raise ``NotFound``."""
+        try:
+            return self._client.get_entity(partition, row, select=select)
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def find(self, partition: str, row: str) -> Entity | None:
+        """Read one entity, or ``None`` when it does not exist."""
+        try:
+            return self.get(partition, row)
+        except NotFound:
+            return None
+
+    def insert(self, entity: Entity) -> str:
+        """Create an entity; ``AlreadyExists`` if its keys are taken. Returns the ETag."""
+        try:
+            return self._client.create_entity(entity).get("etag", "")
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def upsert(self, entity: Entity, replace: bool = False) -> str:
+        """Insert or merge (or replace) an entity. Returns the new ETag."""
+        mode = UpdateMode.REPLACE if replace else UpdateMode.MERGE
+        try:
+            return self._client.upsert_entity(entity, mode=mode).get("etag", "")
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def update(self, entity: Entity, etag: str | None = None, replace: bool = False) -> str:
+        """Update an existing entity; with ``etag`` only if unchanged (else ``Conflict``)."""
+        mode = UpdateMode.REPLACE if replace else UpdateMode.MERGE
+        kwargs: dict[str, Any] = {"mode": mode}
+        if etag:
+            kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
+        try:
+            return self._client.update_entity(entity, **kwargs).get("etag", "")
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def delete(self, partition: str, row: str, etag: str | None = None) -> None:
+        """Delete an entity; deleting a missing one is not an error."""
+        kwargs: dict[str, Any] = {}
+        if etag:
+            kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
+        try:
+            self._client.delete_entity(partition, row, **kwargs)
+        except ResourceNotFoundError:
+            return
+        except AzureError as err:
+            raise _translate(err) from err
+
+    # -- batches ----------------------------------------------------------------------
+    def _batches(self, entities: Iterable[Entity]) -> Iterator[list[Entity]]:
+        """Group entities into service-legal batches: one partition, ≤100, <4 MiB."""
+        by_partition: dict[str, list[Entity]] = {}
+        for entity in entities:
+            by_partition.setdefault(entity["PartitionKey"], []).append(entity)
+        for group in by_partition.values():
+            batch: list[Entity] = []
+            size = 0
+            for entity in group:
+                weight = _approx_size(entity)
+                if batch and (len(batch) >= MAX_BATCH_ENTITIES or size + weight > MAX_BATCH_BYTES):
+                    yield batch
+                    batch, size = [], 0
+                batch.append(entity)
+                size += weight
+            if batch:
+                yield batch
+
+    def batch_upsert(self, entities: Iterable[Entity], replace: bool = False) -> int:
+        """Upsert many entities with as few requests as the service allows."""
+        op = TransactionOperation.UPSERT
+        mode = UpdateMode.REPLACE if replace else UpdateMode.MERGE
+        count = 0
+        for batch in self._batches(entities):
+            self._submit([(op, entity, {"mode": mode}) for entity in batch])
+            count += len(batch)
+        return count
+
+    def batch_insert(self, entities: Iterable[Entity]) -> int:
+        """Create many entities; a batch containing an existing key raises ``AlreadyExists``."""
+        count = 0
+        for batch in self._batches(entities):
+            self._submit([(TransactionOperation.CREATE, entity) for entity in batch])
+            count += len(batch)
+        return count
+
+    def batch_delete(self, keys: Iterable[tuple[str, str]]) -> int:
+        """Delete many entities by (PartitionKey, RowKey)."""
+        entities = [{"PartitionKey": pk, "RowKey": rk} for pk, rk in keys]
+        count = 0
+        for batch in self._batches(entities):
+            self._submit([(TransactionOperation.DELETE, entity) for entity in batch])
+            count += len(batch)
+        return count
+
+    def _submit(self, operations: list[Any]) -> None:
+        try:
+            self._client.submit_transaction(operations)
+        except AzureError as err:
+            raise _translate(err) from err
+
+    # -- queries ----------------------------------------------------------------------
+    def query(
+        self,
+        filter: str,
+        parameters: Mapping[str, Any] | None = None,
+        select: list[str] | None = None,
+        page_size: int = MAX_PAGE,
+    ) -> Iterator[Entity]:
+        """Stream every entity matching ``filter``, page by page (never all in memory)."""
+        try:
+            pages = self._client.query_entities(
+                filter, parameters=dict(parameters or {}), select=select, results_per_page=page_size
+            ).by_page()
+            for page in pages:
+                yield from page
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def query_page(
+        self,
+        filter: str,
+        parameters: Mapping[str, Any] | None = None,
+        select: list[str] | None = None,
+        limit: int = 100,
+        continuation: str | None = None,
+    ) -> Page:
+        """One page of at most ``limit`` entities and the token for the next one.
+
+        The service may return a short (even empty) page with a token: we keep reading
+        until the page is full or the results end, so callers see full pages.
+        """
+        token = decode_continuation(continuation)
+        items: list[Entity] = []
+        try:
+            while True:
+                pager = self._client.query_entities(
+                    filter,
+                    parameters=dict(parameters or {}),
+                    select=select,
+                    results_per_page=limit - len(items),
+                ).by_page(continuation_token=token)
+                page = next(pager, None)
+                items.extend(page or [])
+                token = pager.continuation_token
+                if not token or len(items) >= limit:
+                    break
+        except AzureError as err:
+            raise _translate(err) from err
+        return Page(items=items, continuation=encode_continuation(token))
+
+    def partition(self, partition: str, select: list[str] | None = None) -> Iterator[Entity]:
+        """Every entity of one partition."""
+        return self.query("PartitionKey eq @pk", {"pk": partition}, select=select)
+
+
+def _approx_size(entity: Mapping[str, Any]) -> int:
+    size = 64
+    for key, value in entity.items():
+        size += len(key) * 2 + (len(value) * 2 if isinstance(value, (str, bytes)) else 16)
+    return size
+
+
+class Queue:
+    """One queue of small JSON messages, base64-encoded as the Functions host expects."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    def send(self, body: str, visibility_timeout: int | None = None) -> None:
+        """Enqueue one message (already serialized JSON text)."""
+        try:
+            self._client.send_message(body, visibility_timeout=visibility_timeout or None)
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def receive(self, max_messages: int = 32, visibility_timeout: int = 60) -> list[Any]:
+        """Receive up to ``max_messages`` (≤32) messages, hidden for ``visibility_timeout`` s."""
+        try:
+            pager = self._client.receive_messages(
+                messages_per_page=min(max_messages, 32),
+                visibility_timeout=visibility_timeout,
+                max_messages=max_messages,
+            )
+            return list(pager)
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def delete(self, message: Any) -> None:
+        try:
+            self._client.delete_message(message)
+        except ResourceNotFoundError:
+            return
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def depth(self) -> int:
+        """Approximate number of messages (the service's own estimate)."""
+        try:
+            return int(self._client.get_queue_properties().approximate_message_count or 0)
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def peek(self, max_messages: int = 32) -> list[str]:
+        """Peek message texts without dequeuing them (tests and support tooling)."""
+        try:
+            return [m.content for m in self._client.peek_messages(max_messages=min(max_messages, 32))]
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def clear(self) -> None:
+        try:
+            self._client.clear_messages()
+        except AzureError as err:
+            raise _translate(err) from err
+
+
+class Storage:
+    """Entry point: hands out ``Table`` and ``Queue`` objects for one storage account."""
+
+    def __init__(self, connection_string: str, namespace: str = "") -> None:
+        if namespace and not _NAMESPACE_RE.match(namespace):
+            raise ValueError("namespace must be lower-case letters and digits, ≤16 characters")
+        self.connection_string = connection_string
+        self.namespace = namespace
+        self._table_service = TableServiceClient.from_connection_string(connection_string)
+        self._queue_service = QueueServiceClient.from_connection_string(
+            connection_string,
+            message_encode_policy=TextBase64EncodePolicy(),
+            message_decode_policy=TextBase64DecodePolicy(),
+        )
+        self._tables: dict[str, Table] = {}
+        self._queues: dict[str, Queue] = {}
+
+    def table_name(self, name: str) -> str:
+        return f"{self.namespace.capitalize()}{name}" if self.namespace else name
+
+    def queue_name(self, name: str) -> str:
+        return f"{self.namespace}-{name}" if self.namespace else name
+
+    def table(self, name: str) -> Table:
+        if name not in self._tables:
+            full = self.table_name(name)
+            self._tables[name] = Table(self._table_service.get_table_client(full), full)
+        return self._tables[name]
+
+    def queue(self, name: str) -> Queue:
+        if name not in self._queues:
+            full = self.queue_name(name)
+            self._queues[name] = Queue(self._queue_service.get_queue_client(full), full)
+        return self._queues[name]
+
+    def poison(self, name: str) -> Queue:
+        return self.queue(name + POISON_SUFFIX)
+
+    def ensure_resources(self) -> None:
+        """Create every table and queue (and poison twin) if missing. Idempotent."""
+        try:
+            for name in ALL_TABLES:
+                self._table_service.create_table_if_not_exists(self.table_name(name))
+            for name in ALL_QUEUES:
+                for full in (self.queue_name(name), self.queue_name(name + POISON_SUFFIX)):
+                    try:
+                        self._queue_service.create_queue(full)
+                    except ResourceExistsError:
+                        pass
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def ping(self) -> None:
+        """Cheap round trip to both services; raises ``StorageError`` when down."""
+        try:
+            next(iter(self._table_service.list_tables(results_per_page=1)), None)
+            next(iter(self._queue_service.list_queues(results_per_page=1)), None)
+        except AzureError as err:
+            raise _translate(err) from err

@@ -1,0 +1,479 @@
+"""A local stand-in for SendGrid's v3 Mail Send API.
+
+Development and tests point ``SENDGRID_API_URL`` here so the real ``sendgrid`` client and
+the real ``providers.sendgrid`` adapter run end to end without an account. It validates
+like SendGrid does (the error messages, fields and help links are SendGrid's documented
+ones), answers 202 with an ``X-Message-Id``, and records one entry per recipient.
+
+Test-only endpoints live under ``/__sim``:
+
+- ``GET /__sim/messages`` (optional ``?to=``), ``DELETE /__sim/messages``
+- ``GET /__sim/stats``: how many send requests arrived and how many were accepted
+- ``GET|POST|DELETE /__sim/faults``: fault injection, e.g. ``{"latency_ms": 500}``,
+  ``{"fail_addresses": {"a@example.com": 400}}``, ``{"status": 503, "count": 2}``,
+  ``{"status": 429, "count": 1, "retry_after": 7}``
+
+Run it with ``python -m devhost.sendgrid_sim --port 3030``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+DEFAULT_PORT = 3030
+MAX_BODY_BYTES = 30 * 1024 * 1024
+MAX_PERSONALIZATIONS = 1000
+MAX_RECIPIENTS = 1000
+HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
+RESERVED_HEADERS = frozenset({
+    "x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type",
+    "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc", "bcc",
+})
+_EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+
+MSG_AUTH = "The provided authorization grant is invalid, expired, or revoked"
+MSG_PERSONALIZATIONS_REQUIRED = (
+    "The personalizations field is required and must have at least one personalization."
+)
+MSG_FROM_REQUIRED = (
+    "The from object must be provided for every email send. It is an object that requires "
+    'the email parameter, but may also contain a name parameter.  e.g. {"email" : '
+    '"example@example.com"}  or {"email" : "example@example.com", "name" : '
+    '"Example Recipient"}.'
+)
+MSG_SUBJECT_REQUIRED = (
+    "The subject is required. You can get around this requirement if you use a template "
+    "with a subject defined or if every personalization has a subject defined."
+)
+MSG_CONTENT_REQUIRED = (
+    "Unless a valid template_id is provided, the content parameter is required. There must "
+    "be at least one defined content block. We typically suggest both text/plain and "
+    "text/html blocks are included, but only one block is required."
+)
+MSG_CONTENT_ORDER = (
+    "Following RFC 1341, section 7.2, if either text/html or text/plain are to be sent in "
+    "your email: text/plain needs to be first, followed by text/html, followed by any "
+    "other content."
+)
+MSG_SENDER_IDENTITY = (
+    "The from address does not match a verified Sender Identity. Mail cannot be sent until "
+    "this error is resolved."
+)
+
+
+def _error(message: str, field_: str | None, anchor: str | None) -> dict[str, Any]:
+    """One entry of SendGrid's ``errors`` array."""
+    return {"message": message, "field": field_, "help": f"{HELP}#{anchor}" if anchor else None}
+
+
+def _errors_response(status: int, errors: list[dict[str, Any]],
+                     headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"errors": errors}, status_code=status, headers=headers)
+
+
+def is_valid_email(value: Any) -> bool:
+    """Syntactic check close to SendGrid's: a dotted domain and at most 320 characters."""
+    return isinstance(value, str) and len(value) <= 320 and bool(_EMAIL_RE.match(value))
+
+
+def _check_string_map(value: Any, path: str, what: str) -> list[dict[str, Any]]:
+    """``custom_args`` and ``headers``: an object of string values."""
+    scope = "personalizations." if path.startswith("personalizations") else ""
+    anchor = f"message.{scope}{what}"
+    if not isinstance(value, dict):
+        return [_error(f"The {what} must be an object.", path, anchor)]
+    out: list[dict[str, Any]] = []
+    if what == "custom_args" and not value:
+        out.append(_error("custom_args cannot be empty.", path, anchor))
+    if not all(isinstance(v, str) for v in value.values()):
+        message = ("All values of custom arguments object must be strings"
+                   if what == "custom_args" else "The header values must be strings.")
+        out.append(_error(message, path, anchor))
+    if what == "headers":
+        for key in value:
+            if not key.isascii() or " " in key or not key:
+                out.append(_error("Header keys cannot contain non-ASCII characters and empty "
+                                  "spaces.", path, anchor))
+            elif key.lower() in RESERVED_HEADERS:
+                out.append(_error("Header can not be one of the reserved keys.", path, anchor))
+    return out
+
+
+def validate_mail_send(body: Any) -> list[dict[str, Any]]:
+    """Every problem SendGrid would report for this body (it reports them all at once)."""
+    if not isinstance(body, dict):
+        return [_error("Bad Request", None, None)]
+    errors: list[dict[str, Any]] = []
+    has_template = isinstance(body.get("template_id"), str) and bool(body["template_id"])
+
+    personalizations = body.get("personalizations")
+    if not isinstance(personalizations, list) or not personalizations:
+        errors.append(_error(MSG_PERSONALIZATIONS_REQUIRED, "personalizations",
+                             "-Personalizations-Errors"))
+        personalizations = []
+    elif len(personalizations) > MAX_PERSONALIZATIONS:
+        errors.append(_error(
+            f"The personalization block is limited to {MAX_PERSONALIZATIONS} personalizations "
+            f"per API request. You have provided {len(personalizations)} personalizations. "
+            "Please consider splitting this into multiple requests and resending your request.",
+            "personalizations", "message.personalizations"))
+    seen: set[str] = set()
+    total = 0
+    for i, p in enumerate(personalizations):
+        path = f"personalizations.{i}"
+        if not isinstance(p, dict):
+            errors.append(_error("The to parameter is required for all personalization objects.",
+                                 path, "message.personalizations"))
+            continue
+        to = p.get("to")
+        if not isinstance(to, list) or not to:
+            errors.append(_error("The to parameter is required for all personalization objects.",
+                                 f"{path}.to", "message.personalizations.to"))
+            to = []
+        total += len(to)
+        for j, recipient in enumerate(to):
+            address = recipient.get("email") if isinstance(recipient, dict) else None
+            if not is_valid_email(address):
+                errors.append(_error("Does not contain a valid address.",
+                                     f"{path}.to.{j}.email", "message.personalizations.to"))
+                continue
+            if address.lower() in seen:
+                errors.append(_error(
+                    "Each unique email address in the personalizations array should only be "
+                    f"included once. You have included {address} more than once.",
+                    "personalizations", "message.personalizations"))
+            seen.add(address.lower())
+        if "custom_args" in p:
+            errors += _check_string_map(p["custom_args"], f"{path}.custom_args", "custom_args")
+        if "headers" in p:
+            errors += _check_string_map(p["headers"], f"{path}.headers", "headers")
+        if "subject" in p and (not isinstance(p["subject"], str) or not p["subject"]):
+            errors.append(_error("The subject of your email must be a string at least one "
+                                 "character in length.", f"{path}.subject",
+                                 "message.personalizations.subject"))
+    if total > MAX_RECIPIENTS:
+        errors.append(_error("There is a limit of 1000 total recipients (to + cc + bcc) per "
+                             "request.", "personalizations", "message.personalizations"))
+
+    sender = body.get("from")
+    if not isinstance(sender, dict) or not sender.get("email"):
+        errors.append(_error(MSG_FROM_REQUIRED, "from.email", "message.from"))
+    elif not is_valid_email(sender["email"]):
+        errors.append(_error("The from email does not contain a valid address.", "from.email",
+                             "message.from"))
+
+    if "reply_to" in body:
+        reply_to = body["reply_to"]
+        if not isinstance(reply_to, dict) or not is_valid_email(reply_to.get("email")):
+            errors.append(_error("The reply_to email does not contain a valid address.",
+                                 "reply_to.email", "message.reply_to"))
+
+    top_subject = body.get("subject")
+    if top_subject is not None and (not isinstance(top_subject, str) or not top_subject):
+        errors.append(_error("The subject of your email must be a string at least one "
+                             "character in length.", "subject", "message.subject"))
+    elif not top_subject and not has_template and not all(
+        isinstance(p, dict) and p.get("subject") for p in personalizations
+    ):
+        errors.append(_error(MSG_SUBJECT_REQUIRED, "subject", "message.subject"))
+
+    errors += _check_content(body.get("content"), has_template)
+    if "custom_args" in body:
+        errors += _check_string_map(body["custom_args"], "custom_args", "custom_args")
+    if "headers" in body:
+        errors += _check_string_map(body["headers"], "headers", "headers")
+    return errors
+
+
+def _check_content(content: Any, has_template: bool) -> list[dict[str, Any]]:
+    """Required unless templated; typed, non-empty, text/plain then text/html first."""
+    if content is None and has_template:
+        return []
+    if not isinstance(content, list) or not content:
+        return [_error(MSG_CONTENT_REQUIRED, "content", "message.content")]
+    errors: list[dict[str, Any]] = []
+    types: list[str] = []
+    for i, item in enumerate(content):
+        item = item if isinstance(item, dict) else {}
+        kind, value = item.get("type"), item.get("value")
+        if not isinstance(kind, str) or not kind:
+            errors.append(_error("A content type is required, this tells email clients how to "
+                                 "display the email.", f"content.{i}.type",
+                                 "message.content.type"))
+        elif ";" in kind or "\r" in kind or "\n" in kind:
+            errors.append(_error("Cannot contain ';', or CRLF characters.",
+                                 f"content.{i}.type", "message.content.type"))
+        types.append(kind if isinstance(kind, str) else "")
+        if not isinstance(value, str) or not value:
+            errors.append(_error("The content value must be a string at least one character "
+                                 "in length.", f"content.{i}.value", "message.content.value"))
+    has_plain = "text/plain" in types
+    if (has_plain and types.index("text/plain") != 0) or (
+        "text/html" in types and types.index("text/html") != (1 if has_plain else 0)
+    ):
+        errors.append(_error(MSG_CONTENT_ORDER, "content", "message.content.value"))
+    return errors
+
+
+def _fault_errors(status: int, field_: str | None = None) -> list[dict[str, Any]]:
+    """A SendGrid-shaped body for an injected failure."""
+    if status == 400:
+        return [_error("Does not contain a valid address.", field_, "message.personalizations.to")]
+    if status == 401:
+        return [_error(MSG_AUTH, None, None)]
+    if status == 403:
+        return [_error(MSG_SENDER_IDENTITY, "from", None)]
+    if status == 413:
+        return [_error("Payload Too Large", None, None)]
+    if status == 429:
+        return [_error("too many requests", None, None)]
+    return [_error("internal error" if status < 503 else "service unavailable", None, None)]
+
+
+class FaultsIn(BaseModel):
+    """Body of ``POST /__sim/faults``; only the fields given are changed."""
+
+    latency_ms: int | None = Field(None, ge=0, le=120_000)
+    fail_addresses: dict[str, int] | None = None
+    status: int | None = Field(None, ge=400, le=599)
+    count: int = Field(1, ge=1)
+    retry_after: int | None = Field(None, ge=0)
+
+
+@dataclass
+class Faults:
+    """What the simulator should do wrong. ``count`` is how many more ``status`` answers."""
+
+    latency_ms: int = 0
+    fail_addresses: dict[str, int] = field(default_factory=dict)
+    status: int | None = None
+    count: int = 0
+    retry_after: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"latency_ms": self.latency_ms, "fail_addresses": dict(self.fail_addresses),
+                "status": self.status, "count": self.count, "retry_after": self.retry_after}
+
+
+class SendGridSimulator:
+    """The simulator's state and its FastAPI ``app``; every method is thread-safe.
+
+    Tests that run the app in-process can read ``messages()`` and call ``set_faults()``
+    directly; everything is also reachable over HTTP under ``/__sim``.
+    """
+
+    def __init__(self, api_key: str | None = None) -> None:
+        """``api_key``: the only key accepted; ``None`` accepts any non-empty bearer key."""
+        self.api_key = api_key
+        self._lock = threading.Lock()
+        self._messages: list[dict[str, Any]] = []
+        self._requests = 0
+        self._accepted = 0
+        self._faults = Faults()
+        self.app = self._build_app()
+
+    # -- state ------------------------------------------------------------------------
+
+    def messages(self, to: str | None = None) -> list[dict[str, Any]]:
+        """Copies of the accepted per-recipient records, oldest first."""
+        with self._lock:
+            found = [dict(m) for m in self._messages]
+        if to is not None:
+            found = [m for m in found if m["to"].lower() == to.lower()]
+        return found
+
+    def clear_messages(self) -> None:
+        with self._lock:
+            self._messages.clear()
+
+    def stats(self) -> dict[str, int]:
+        """Requests received on ``/v3/mail/send`` (any outcome) and how many were accepted."""
+        with self._lock:
+            return {"requests": self._requests, "accepted": self._accepted,
+                    "messages": len(self._messages)}
+
+    def set_faults(self, faults: FaultsIn | dict[str, Any]) -> dict[str, Any]:
+        """Merge ``faults`` into the active ones (same shape as the HTTP body); returns them."""
+        if not isinstance(faults, FaultsIn):
+            faults = FaultsIn.model_validate(faults)
+        with self._lock:
+            f = self._faults
+            if faults.latency_ms is not None:
+                f.latency_ms = faults.latency_ms
+            if faults.fail_addresses is not None:
+                f.fail_addresses = {k.lower(): v for k, v in faults.fail_addresses.items()}
+            if faults.status is not None:
+                f.status, f.count, f.retry_after = faults.status, faults.count, faults.retry_after
+            return f.as_dict()
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults = Faults()
+
+    def faults(self) -> dict[str, Any]:
+        with self._lock:
+            return self._faults.as_dict()
+
+    def _begin_request(self) -> tuple[int, int | None, int | None]:
+        """Count the request and consume one ``status`` fault: (latency, status, retry)."""
+        with self._lock:
+            self._requests += 1
+            f = self._faults
+            status = retry_after = None
+            if f.status is not None and f.count > 0:
+                status, retry_after = f.status, f.retry_after
+                f.count -= 1
+                if f.count == 0:
+                    f.status = f.retry_after = None
+            return f.latency_ms, status, retry_after
+
+    def _failing_address(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        with self._lock:
+            fail = dict(self._faults.fail_addresses)
+        if not fail:
+            return None
+        for i, p in enumerate(body["personalizations"]):
+            for j, recipient in enumerate(p["to"]):
+                status = fail.get(recipient["email"].lower())
+                if status:
+                    return status, f"personalizations.{i}.to.{j}.email"
+        return None
+
+    def _record(self, body: dict[str, Any], message_id: str) -> None:
+        """One record per ``to`` recipient, with the personalization merged over the top."""
+        now = datetime.now(UTC).isoformat()
+        content = body.get("content") or []
+        text = next((c["value"] for c in content if c["type"] == "text/plain"), "")
+        html = next((c["value"] for c in content if c["type"] == "text/html"), "")
+        records = []
+        for p in body["personalizations"]:
+            for recipient in p["to"]:
+                records.append({
+                    "message_id": message_id,
+                    "to": recipient["email"],
+                    "to_name": recipient.get("name", ""),
+                    "from": body["from"]["email"],
+                    "from_name": body["from"].get("name", ""),
+                    "reply_to": (body.get("reply_to") or {}).get("email", ""),
+                    "subject": p.get("subject") or body.get("subject", ""),
+                    "custom_args": {**body.get("custom_args", {}), **p.get("custom_args", {})},
+                    "headers": {**body.get("headers", {}), **p.get("headers", {})},
+                    "text": text,
+                    "html": html,
+                    "received_at": now,
+                })
+        with self._lock:
+            self._messages.extend(records)
+            self._accepted += 1
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return False
+        return self.api_key is None or secrets.compare_digest(key.strip(), self.api_key)
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="SendGrid simulator", docs_url=None, redoc_url=None)
+        app.state.simulator = self
+
+        @app.post("/v3/mail/send")
+        async def mail_send(request: Request) -> Response:
+            # Read the body first: latency models a server that got the request and is slow.
+            raw = await request.body()
+            latency_ms, status, retry_after = self._begin_request()
+            if latency_ms:
+                await asyncio.sleep(latency_ms / 1000)
+            if not self._authorized(request.headers.get("authorization", "")):
+                return _errors_response(401, [_error(MSG_AUTH, None, None)])
+            if status is not None:
+                headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+                return _errors_response(status, _fault_errors(status), headers)
+            if len(raw) > MAX_BODY_BYTES:
+                return _errors_response(413, _fault_errors(413))
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                return _errors_response(400, [_error("Bad Request", None, None)])
+            errors = validate_mail_send(body)
+            if errors:
+                return _errors_response(400, errors)
+            failing = self._failing_address(body)
+            if failing is not None:
+                fail_status, fail_field = failing
+                return _errors_response(fail_status, _fault_errors(fail_status, fail_field))
+            message_id = secrets.token_urlsafe(16)  # 22 characters, like SendGrid's ids
+            self._record(body, message_id)
+            return Response(status_code=202, headers={"X-Message-Id": message_id})
+
+        @app.get("/__sim/messages")
+        async def list_messages(to: str | None = None) -> dict[str, Any]:
+            return {"messages": self.messages(to)}
+
+        @app.delete("/__sim/messages", status_code=204)
+        async def delete_messages() -> Response:
+            self.clear_messages()
+            return Response(status_code=204)
+
+        @app.get("/__sim/stats")
+        async def get_stats() -> dict[str, int]:
+            return self.stats()
+
+        @app.get("/__sim/faults")
+        async def get_faults() -> dict[str, Any]:
+            return self.faults()
+
+        @app.post("/__sim/faults")
+        async def post_faults(faults: FaultsIn) -> dict[str, Any]:
+            return self.set_faults(faults)
+
+        @app.delete("/__sim/faults", status_code=204)
+        async def delete_faults() -> Response:
+            self.clear_faults()
+            return Response(status_code=204)
+
+        return app
+
+
+def create_app(api_key: str | None = None) -> FastAPI:
+    """A fresh simulator's app (``app.state.simulator`` holds its state)."""
+    return SendGridSimulator(api_key).app
+
+
+def run_sendgrid_simulator(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                           api_key: str | None = None) -> None:
+    """Serve the simulator until interrupted (blocks)."""
+    uvicorn.run(create_app(api_key), host=host, port=port, log_level="info")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m devhost.sendgrid_sim [--host H] [--port N] [--api-key K]``."""
+    parser = argparse.ArgumentParser(description="SendGrid v3 Mail Send simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--api-key", default=None,
+                        help="accept only this key (default: any non-empty bearer key)")
+    args = parser.parse_args(argv)
+    run_sendgrid_simulator(args.host, args.port, args.api_key)
+
+
+if __name__ == "__main__":
+    main()

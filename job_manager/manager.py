@@ -1,0 +1,264 @@
+"""Expands a job's criteria into its roster and splits it into tasks.
+
+The roster is streamed page by page from the tenant's contacts (never held whole):
+matching contacts fill a task of ``TASK_SIZE`` recipients; each full task is inserted
+(one entity, recipients compressed inside) and then the job's ``roster_cursor`` (the
+last contact RowKey the task covers) is saved under the expansion lease. A crash or a
+duplicate ticket resumes from the cursor; a task that already exists is taken as
+written and its own cursor wins, so a re-run never makes two tasks for one contact.
+
+Before its time budget ends the manager re-enqueues a continuation ticket. Tasks go on
+``task-queue`` only inside the job's window: task ``k`` is enqueued when it is written
+if ``k < TASK_WINDOW`` or task ``k - TASK_WINDOW`` is already done; otherwise the Task
+Manager that finishes ``k - TASK_WINDOW`` enqueues it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from core.clock import Clock, iso, later, parse_iso, utcnow
+from core.criteria import ContactView, Criteria, parse_criteria
+from core.errors import AlreadyExists, Conflict, NotFound
+from core.messages import JobTicket, TaskTicket
+from core.models import Job, Recipient, Task, pack_recipients, packed_size
+from core.settings import Settings
+from core.status import JobStatus, TaskStatus
+from core.storage import CONTACTS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Storage
+
+log = logging.getLogger("mailroom.job_manager")
+
+CONTACT_COLUMNS = ["RowKey", "email", "name", "attributes", "lists", "state"]
+# Keep one task entity well under the 1 MiB entity limit whatever the attributes weigh.
+MAX_TASK_BYTES = 800_000
+
+
+class ExpansionOutcome(StrEnum):
+    EXPANDED = "expanded"  # the roster is complete
+    CONTINUED = "continued"  # budget reached; a continuation ticket is queued
+    NOT_NEEDED = "not_needed"  # already expanded, final, paused, or gone
+    BUSY = "busy"  # another host holds the expansion lease
+
+
+@dataclass
+class _Buffer:
+    recipients: list[Recipient]
+    cursor: str = ""
+
+
+def expand_roster(
+    storage: Storage,
+    ticket: JobTicket,
+    settings: Settings,
+    owner: str,
+    clock: Clock = utcnow,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> ExpansionOutcome:
+    """Expand (or continue expanding) the job named by ``ticket``."""
+    jobs = storage.table(JOBS)
+    try:
+        job = Job.from_entity(jobs.get(ticket.tenant_id, ticket.job_id))
+    except NotFound:
+        log.warning("job ticket for a missing job job=%s", ticket.job_id)
+        return ExpansionOutcome.NOT_NEEDED
+    if job.expanded or JobStatus(job.status).is_final or job.status == JobStatus.PAUSED:
+        return ExpansionOutcome.NOT_NEEDED
+    job = claim_expansion(storage, job, settings, owner, clock)
+    if job is None:
+        return ExpansionOutcome.BUSY
+
+    criteria = parse_criteria(job.criteria or {})
+    deadline = monotonic() + settings.job_time_budget_seconds
+    buffer = _Buffer(recipients=[])
+    for row_key, recipient in stream_roster(storage, job.tenant_id, criteria, job.roster_cursor):
+        buffer.cursor = row_key
+        if recipient is not None:
+            buffer.recipients.append(recipient)
+        full = len(buffer.recipients) >= settings.task_size or _too_big(buffer)
+        out_of_time = monotonic() > deadline
+        if full or (out_of_time and buffer.recipients):
+            job = write_task(storage, job, buffer, settings, owner, clock)
+            if job is None:
+                return ExpansionOutcome.BUSY
+            buffer = _Buffer(recipients=[])
+        if out_of_time:
+            save_cursor(storage, job, buffer.cursor or job.roster_cursor, clock)
+            storage.queue(JOB_QUEUE).send(ticket.to_text())
+            log.info("expansion continues job=%s tasks=%d", job.id, job.tasks_total)
+            return ExpansionOutcome.CONTINUED
+    if buffer.recipients:
+        job = write_task(storage, job, buffer, settings, owner, clock)
+        if job is None:
+            return ExpansionOutcome.BUSY
+    finish_expansion(storage, job, clock)
+    log.info("roster expanded job=%s roster=%d tasks=%d", job.id, job.roster_size, job.tasks_total)
+    return ExpansionOutcome.EXPANDED
+
+
+def claim_expansion(storage: Storage, job: Job, settings: Settings, owner: str, clock: Clock) -> Job | None:
+    """Take the job's expansion lease (ETag-guarded); ``None`` when someone else holds it."""
+    now = clock()
+    if job.lease_owner and job.lease_owner != owner and job.lease_until and parse_iso(job.lease_until) > now:
+        return None
+    job.lease_owner, job.lease_until = owner, later(clock, settings.lease_seconds)
+    job.status = JobStatus.EXPANDING.value if job.status == JobStatus.QUEUED else job.status
+    job.started_at = job.started_at or iso(now)
+    try:
+        job.etag = storage.table(JOBS).update(
+            {
+                "PartitionKey": job.tenant_id,
+                "RowKey": job.id,
+                "lease_owner": job.lease_owner,
+                "lease_until": job.lease_until,
+                "status": job.status,
+                "started_at": job.started_at,
+            },
+            etag=job.etag,
+        )
+    except Conflict:
+        return None
+    return job
+
+
+def stream_roster(
+    storage: Storage, tenant_id: str, criteria: Criteria, after: str
+) -> Iterator[tuple[str, Recipient | None]]:
+    """Every contact after ``after`` in RowKey order, with its ``Recipient`` if it matches.
+
+    Non-matching contacts are yielded too (as ``None``) so the caller always knows how
+    far the scan has gone: that RowKey is the resume cursor.
+    """
+    query, params = "PartitionKey eq @t", {"t": tenant_id}
+    if after:
+        query += " and RowKey gt @after"
+        params["after"] = after
+    for entity in storage.table(CONTACTS).query(query, params, select=CONTACT_COLUMNS):
+        view = ContactView(
+            email=entity.get("email", ""),
+            name=entity.get("name", "") or "",
+            attributes=_json_or(entity.get("attributes"), {}),
+            lists=_json_or(entity.get("lists"), []),
+            state=entity.get("state", "active"),
+        )
+        matched = criteria.matches(view)
+        yield (
+            entity["RowKey"],
+            (Recipient(entity["RowKey"], view.email, view.name, view.attributes) if matched else None),
+        )
+
+
+def write_task(
+    storage: Storage, job: Job, buffer: _Buffer, settings: Settings, owner: str, clock: Clock
+) -> Job | None:
+    """Insert the next task, then advance the job's cursor under the lease.
+
+    Returns the updated job, or ``None`` when the lease was lost (another host resumed).
+    """
+    index = job.tasks_total
+    now = iso(clock())
+    task = Task(
+        job_id=job.id,
+        index=index,
+        tenant_id=job.tenant_id,
+        size=len(buffer.recipients),
+        roster_cursor=buffer.cursor,
+        created_at=now,
+        updated_at=now,
+    )
+    cursor, size = buffer.cursor, task.size
+    try:
+        storage.table(TASKS).insert(task.to_entity(buffer.recipients))
+    except AlreadyExists:
+        # Written by a run that crashed before saving its cursor: that task is the truth.
+        existing = Task.from_entity(storage.table(TASKS).get(job.id, task.row_key))
+        cursor, size = existing.roster_cursor, existing.size
+    job.tasks_total = index + 1
+    job.roster_size += size
+    job.roster_cursor = cursor
+    job.lease_until = later(clock, settings.lease_seconds)
+    try:
+        job.etag = storage.table(JOBS).update(
+            {
+                "PartitionKey": job.tenant_id,
+                "RowKey": job.id,
+                "tasks_total": job.tasks_total,
+                "roster_size": job.roster_size,
+                "roster_cursor": job.roster_cursor,
+                "lease_until": job.lease_until,
+                "status": JobStatus.EXPANDING.value,
+            },
+            etag=job.etag,
+        )
+    except Conflict:
+        return None
+    if cursor != buffer.cursor:
+        return None  # resume from the stored task's cursor on the next ticket
+    enqueue_if_in_window(storage, job, index, settings.task_window)
+    return job
+
+
+def enqueue_if_in_window(storage: Storage, job: Job, index: int, window: int) -> None:
+    """Enqueue task ``index`` now if the job's window has room for it."""
+    if index >= window:
+        behind = storage.table(TASKS).find(job.id, f"{index - window:06d}")
+        if behind is None or not TaskStatus(behind.get("status", "pending")).is_terminal:
+            return  # the Task Manager finishing task index-window enqueues it
+    storage.queue(TASK_QUEUE).send(
+        TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index).to_text()
+    )
+
+
+def finish_expansion(storage: Storage, job: Job, clock: Clock) -> None:
+    now = iso(clock())
+    storage.table(JOBS).update(
+        {
+            "PartitionKey": job.tenant_id,
+            "RowKey": job.id,
+            "expanded": True,
+            "expanded_at": now,
+            "status": JobStatus.SENDING.value,
+            "lease_owner": "",
+            "lease_until": "",
+            "progress_at": now,
+        },
+        etag=job.etag,
+    )
+
+
+def save_cursor(storage: Storage, job: Job, cursor: str, clock: Clock) -> None:
+    """Record how far the scan went and hand the lease to whoever takes the continuation.
+
+    The owner is cleared so any host may claim it; ``lease_until`` stays set so the
+    Status Manager re-enqueues the ticket only if nobody picks it up in time.
+    """
+    try:
+        storage.table(JOBS).update(
+            {
+                "PartitionKey": job.tenant_id,
+                "RowKey": job.id,
+                "roster_cursor": cursor,
+                "lease_owner": "",
+                "lease_until": later(clock, 120),
+            },
+            etag=job.etag,
+        )
+    except Conflict:
+        pass  # someone else resumed; their cursor is at least as far
+
+
+def _too_big(buffer: _Buffer) -> bool:
+    # Cheap check first: only measure when the buffer could plausibly be large.
+    if len(buffer.recipients) % 50:
+        return False
+    return packed_size(pack_recipients(buffer.recipients)) > MAX_TASK_BYTES
+
+
+def _json_or(value: object, default: object) -> object:
+    if not value:
+        return default
+    return json.loads(value)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Email providers behind one interface (``providers.base.EmailProvider``)."""

@@ -1,0 +1,219 @@
+"""SendGrid v3 Mail Send adapter.
+
+Uses the official ``sendgrid`` client so the wire format and headers are the ones SendGrid
+supports. The interesting part is the error mapping: the Task Manager decides between
+retry, fail-the-recipient, pause-the-job and ``unknown`` from the exception class alone,
+so every failure below is sorted by *whether the request could have been accepted*.
+
+urllib (under ``python_http_client``) wraps anything that fails while connecting or
+writing the request in ``URLError``: the request never fully reached SendGrid, so it is
+safe to retry. Anything that fails after the request was written (waiting for or reading
+the response) may have been accepted, so it is ambiguous and must never be resent.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import logging
+import re
+import ssl
+import time
+import urllib.error
+from typing import Any
+
+import sendgrid
+from python_http_client.exceptions import HTTPError
+
+from core.errors import (
+    AmbiguousSendError,
+    ProviderUnavailable,
+    RecipientRejected,
+    SendError,
+    TransientSendError,
+)
+from providers.base import OutboundEmail, SendResult
+
+# python_http_client logs the full request payload (addresses, bodies) at DEBUG. We never
+# log addresses, so keep that logger above DEBUG whatever the root level is.
+logging.getLogger("python_http_client.client").setLevel(logging.INFO)
+
+NAME = "sendgrid"
+_EMAIL_RE = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
+_MAX_REASON = 500
+
+
+def build_payload(email_: OutboundEmail) -> dict[str, Any]:
+    """The v3 ``mail/send`` body for one recipient.
+
+    Built by hand rather than with ``sendgrid.helpers.mail`` so the exact JSON is visible
+    and testable; names are omitted when empty because SendGrid treats them as optional.
+    """
+    to: dict[str, str] = {"email": email_.to_email}
+    if email_.to_name:
+        to["name"] = email_.to_name
+    sender: dict[str, str] = {"email": email_.from_email}
+    if email_.from_name:
+        sender["name"] = email_.from_name
+    # SendGrid requires text/plain before text/html and rejects empty values.
+    content = [
+        {"type": kind, "value": value}
+        for kind, value in (("text/plain", email_.text), ("text/html", email_.html))
+        if value
+    ]
+    payload: dict[str, Any] = {
+        "personalizations": [{"to": [to]}],
+        "from": sender,
+        "subject": email_.subject,
+        "content": content,
+    }
+    if email_.reply_to:
+        payload["reply_to"] = {"email": email_.reply_to}
+    if email_.headers:
+        payload["headers"] = {str(k): str(v) for k, v in email_.headers.items()}
+    if email_.custom_args:
+        # SendGrid rejects the whole request when a custom_args value is not a string.
+        payload["custom_args"] = {str(k): str(v) for k, v in email_.custom_args.items()}
+    return payload
+
+
+class SendGridProvider:
+    """Sends through the SendGrid v3 API; safe to call from many threads.
+
+    A new ``SendGridAPIClient`` is made per call: it is a few dicts (no connection pool in
+    urllib anyway), and ``python_http_client`` mutates its header dict while sending, so a
+    shared client would not be thread-safe.
+    """
+
+    name = NAME
+
+    def __init__(self, api_key: str, api_url: str, timeout: float = 10.0) -> None:
+        self._api_key = api_key
+        self._api_url = api_url.rstrip("/")
+        self._timeout = timeout
+
+    def send(self, email: OutboundEmail) -> SendResult:
+        """POST one message; return SendGrid's ``X-Message-Id`` or raise a ``SendError``."""
+        if not self._api_key:
+            # The client would fall back to the SENDGRID_API_KEY variable or send "Bearer None".
+            raise ProviderUnavailable("no SendGrid API key configured", provider=NAME, code="no_key")
+        client = sendgrid.SendGridAPIClient(api_key=self._api_key, host=self._api_url)
+        try:
+            response = client.client.mail.send.post(
+                request_body=build_payload(email), timeout=self._timeout
+            )
+        except HTTPError as err:
+            raise _from_http_error(err, email.to_email) from None
+        except urllib.error.URLError as err:
+            # Raised while connecting or writing: the request never fully arrived.
+            raise _from_url_error(err) from None
+        except (OSError, http.client.HTTPException) as err:
+            # Raised after the request was written: SendGrid may have accepted it.
+            raise AmbiguousSendError(
+                f"no complete response from SendGrid ({type(err).__name__})",
+                provider=NAME,
+                code="no_response",
+            ) from None
+        if not 200 <= response.status_code < 300:
+            raise AmbiguousSendError(
+                f"unexpected SendGrid status {response.status_code}",
+                provider=NAME,
+                code=str(response.status_code),
+            )
+        return SendResult(NAME, message_id=response.headers.get("X-Message-Id", "") or "")
+
+    def close(self) -> None:
+        """Nothing pooled: urllib opens one connection per request."""
+
+
+def _from_http_error(err: HTTPError, recipient: str) -> SendError:
+    """Map SendGrid's status codes to what the Task Manager should do."""
+    status = int(err.status_code)
+    code = str(status)
+    headers = err.headers
+    if status == 429:
+        return TransientSendError(
+            "rate limited by SendGrid", provider=NAME, code=code,
+            retry_after=_retry_after(headers),
+        )
+    if status >= 500 or status == 408:
+        return TransientSendError(
+            f"SendGrid server error {status}", provider=NAME, code=code,
+            retry_after=_retry_after(headers),
+        )
+    messages, fields = _error_messages(err.body)
+    reason = _scrub("; ".join(messages) or f"SendGrid returned {status}", recipient)
+    extra = {"fields": fields} if fields else {}
+    if status in (401, 403):
+        return ProviderUnavailable(reason, provider=NAME, code=code, extra=extra)
+    if status in (404, 405):
+        # A wrong SENDGRID_API_URL, not a bad recipient: failing every recipient would hide it.
+        return ProviderUnavailable(
+            f"SendGrid endpoint not found ({status}); check SENDGRID_API_URL",
+            provider=NAME, code=code,
+        )
+    return RecipientRejected(reason, provider=NAME, code=code, extra=extra)
+
+
+def _from_url_error(err: urllib.error.URLError) -> SendError:
+    """Connect/DNS/write failures are retryable; certificate and URL problems are not."""
+    reason = err.reason
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return ProviderUnavailable(
+            "SendGrid TLS certificate verification failed", provider=NAME, code="tls"
+        )
+    if isinstance(reason, OSError):
+        return TransientSendError(
+            f"could not reach SendGrid ({type(reason).__name__})", provider=NAME,
+            code="connect",
+        )
+    return ProviderUnavailable(f"bad SendGrid URL: {reason}", provider=NAME, code="url")
+
+
+def _error_messages(body: bytes | str | None) -> tuple[list[str], list[str]]:
+    """The ``message`` and ``field`` values of SendGrid's ``{"errors": [...]}`` body."""
+    if not body:
+        return [], []
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return [], []
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list):
+        return [], []
+    messages = [str(e["message"]) for e in errors if isinstance(e, dict) and e.get("message")]
+    fields = [str(e["field"]) for e in errors if isinstance(e, dict) and e.get("field")]
+    return messages, fields
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds to wait: ``Retry-After`` (seconds or HTTP date), else ``X-RateLimit-Reset``."""
+    if headers is None:
+        return None
+    raw = headers.get("Retry-After")
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(raw)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                return max(0.0, when.timestamp() - time.time())
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - time.time())
+        except ValueError:
+            return None
+    return None
+
+
+def _scrub(text: str, recipient: str) -> str:
+    """Drop addresses from a provider message: reasons are stored and shown to people."""
+    if recipient:
+        text = re.sub(re.escape(recipient), "<recipient>", text, flags=re.IGNORECASE)
+    text = _EMAIL_RE.sub("<address>", text)
+    return text[:_MAX_REASON]

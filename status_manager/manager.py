@@ -1,0 +1,197 @@
+"""The one place that owns a job's final state.
+
+Each timer run walks the ``ActiveJobs`` index (never the whole Jobs table) and, per job:
+sums the per-task counters (not the deliveries) into the job's counts, re-enqueues
+what a crash left behind (an expansion whose lease expired, tasks whose lease expired,
+a window left short), and closes the job — then its campaign — once the roster is
+expanded and every task is terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from core.clock import Clock, iso, parse_iso, utcnow
+from core.errors import Conflict, NotFound
+from core.messages import JobTicket, TaskTicket
+from core.models import (
+    ACTIVE_PARTITION,
+    TASK_SUMMARY_COLUMNS,
+    Campaign,
+    Job,
+    count_column,
+)
+from core.settings import Settings
+from core.status import CampaignStatus, DeliveryStatus, JobStatus, TaskStatus, add_counts, zero_counts
+from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Entity, Storage
+
+log = logging.getLogger("mailroom.status_manager")
+
+
+@dataclass
+class StatusReport:
+    jobs_seen: int = 0
+    jobs_closed: list[str] = field(default_factory=list)
+    tasks_requeued: int = 0
+    expansions_requeued: int = 0
+
+
+@dataclass
+class _TaskSummary:
+    counts: dict[str, int]
+    terminal: int
+    stalled: list[int]  # claimed, lease expired: the owner died
+    pending: list[int]  # never claimed
+
+
+def close_finished_jobs(storage: Storage, settings: Settings, clock: Clock = utcnow) -> StatusReport:
+    """One pass over every active job."""
+    report = StatusReport()
+    for row in storage.table(ACTIVE_JOBS).partition(ACTIVE_PARTITION):
+        report.jobs_seen += 1
+        try:
+            job = Job.from_entity(storage.table(JOBS).get(row["tenant_id"], row["job_id"]))
+        except NotFound:
+            storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, row["RowKey"])
+            continue
+        if JobStatus(job.status).is_final:
+            close_campaign(storage, job, clock)
+            storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, row["RowKey"])
+            continue
+        update_job(storage, job, settings, clock, report)
+    if report.jobs_closed or report.tasks_requeued or report.expansions_requeued:
+        log.info(
+            "status pass jobs=%d closed=%d tasks_requeued=%d expansions_requeued=%d",
+            report.jobs_seen,
+            len(report.jobs_closed),
+            report.tasks_requeued,
+            report.expansions_requeued,
+        )
+    return report
+
+
+def summarize_tasks(storage: Storage, job: Job, clock: Clock) -> _TaskSummary:
+    now = clock()
+    summary = _TaskSummary(counts=zero_counts(), terminal=0, stalled=[], pending=[])
+    for entity in storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS):
+        recorded = _json_counts(entity)
+        add_counts(summary.counts, recorded)
+        summary.counts[DeliveryStatus.PENDING] += max(0, int(entity.get("size", 0)) - sum(recorded.values()))
+        status = TaskStatus(entity.get("status", "pending"))
+        index = int(entity["RowKey"])
+        if status.is_terminal:
+            summary.terminal += 1
+        elif status == TaskStatus.SENDING and _expired(entity.get("lease_until", ""), now):
+            summary.stalled.append(index)
+        elif status == TaskStatus.PENDING:
+            summary.pending.append(index)
+    return summary
+
+
+def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, report: StatusReport) -> None:
+    now = clock()
+    if not job.expanded and _expansion_stalled(job, settings, now):
+        storage.queue(JOB_QUEUE).send(JobTicket(tenant_id=job.tenant_id, job_id=job.id).to_text())
+        report.expansions_requeued += 1
+    summary = summarize_tasks(storage, job, clock)
+    changed = summary.counts != job.counts or summary.terminal != job.tasks_done
+    if job.status != JobStatus.PAUSED:
+        report.tasks_requeued += requeue_stalled(storage, job, summary, settings, now, changed)
+    entity: Entity = {"PartitionKey": job.tenant_id, "RowKey": job.id, "tasks_done": summary.terminal}
+    entity.update({count_column(k): v for k, v in summary.counts.items()})
+    if changed:
+        entity["progress_at"] = iso(now)
+    finished = job.expanded and summary.terminal >= job.tasks_total and job.status != JobStatus.PAUSED
+    if finished:
+        entity.update(status=JobStatus.COMPLETED.value, completed_at=iso(now))
+    if not changed and not finished:
+        return
+    try:
+        storage.table(JOBS).update(entity, etag=job.etag)
+    except Conflict:
+        return  # the job moved on under us (a task, a pause); the next pass sees it
+    if finished:
+        job.status, job.counts, job.completed_at = JobStatus.COMPLETED.value, summary.counts, iso(now)
+        close_campaign(storage, job, clock)
+        storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, f"{job.tenant_id}|{job.id}")
+        report.jobs_closed.append(job.id)
+        log.info("job closed job=%s roster=%d", job.id, job.roster_size)
+
+
+def requeue_stalled(
+    storage: Storage, job: Job, summary: _TaskSummary, settings: Settings, now, progressed: bool
+) -> int:
+    """Put back on the queue what a crash left: expired leases, and a window left short."""
+    indexes = list(summary.stalled)
+    idle = (
+        not progressed
+        and job.progress_at
+        and (now - parse_iso(job.progress_at) > timedelta(seconds=settings.refill_after_seconds))
+    )
+    if idle:
+        indexes += summary.pending[: settings.task_window]
+    for index in indexes:
+        storage.queue(TASK_QUEUE).send(
+            TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index).to_text()
+        )
+    if idle and indexes:
+        # Count the refill as progress so the next pass waits again before refilling.
+        storage.table(JOBS).update({"PartitionKey": job.tenant_id, "RowKey": job.id, "progress_at": iso(now)})
+    return len(indexes)
+
+
+def close_campaign(storage: Storage, job: Job, clock: Clock) -> None:
+    """A campaign ends with its job: same final status, the job's counts."""
+    try:
+        campaign = Campaign.from_entity(storage.table(CAMPAIGNS).get(job.tenant_id, job.campaign_id))
+    except NotFound:
+        return
+    if campaign.current_job_id != job.id or campaign.status not in (
+        CampaignStatus.RUNNING,
+        CampaignStatus.PAUSED,
+    ):
+        return
+    final = {
+        JobStatus.COMPLETED: CampaignStatus.COMPLETED,
+        JobStatus.CANCELLED: CampaignStatus.CANCELLED,
+        JobStatus.FAILED: CampaignStatus.FAILED,
+    }.get(JobStatus(job.status))
+    if final is None:
+        return
+    try:
+        storage.table(CAMPAIGNS).update(
+            {
+                "PartitionKey": job.tenant_id,
+                "RowKey": campaign.id,
+                "status": final.value,
+                "counts": _dumps(job.counts),
+                "completed_at": job.completed_at or iso(clock()),
+                "updated_at": iso(clock()),
+            },
+            etag=campaign.etag,
+        )
+    except Conflict:
+        pass  # the next pass retries
+
+
+def _expansion_stalled(job: Job, settings: Settings, now) -> bool:
+    if job.lease_until:
+        return _expired(job.lease_until, now)
+    since = job.created_at or job.progress_at
+    return bool(since) and now - parse_iso(since) > timedelta(seconds=settings.lease_seconds)
+
+
+def _expired(lease_until: str, now) -> bool:
+    return bool(lease_until) and parse_iso(lease_until) <= now
+
+
+def _json_counts(entity: Entity) -> dict[str, int]:
+    raw = entity.get("counts") or "{}"
+    return {k: int(v) for k, v in json.loads(raw).items()}
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,367 @@
+"""Sends one task: claim → recover → drop suppressed → render → send → record.
+
+The at-most-once argument (DESIGN §4, invariant 2) in three writes per chunk:
+
+1. ``claim_task`` takes the task with an ETag-guarded update and a lease. A duplicate
+   message, or a second host, finds the lease held (or the task done) and stops.
+2. Before a chunk (≤100 recipients) goes to the provider, its indexes are written to the
+   task as ``in_flight`` with the same ETag guard, which also proves we still own it.
+3. Outcomes are written as one batch to the task's Deliveries partition; the next
+   ``in_flight`` write moves the cursor past the chunk.
+
+A host that dies between 2 and 3 leaves ``in_flight`` behind. Whoever claims the task
+after the lease expired marks those recipients ``unknown`` unless a delivery row
+already records their outcome: they are never handed to the provider again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from core.clock import Clock, iso, later, parse_iso, utcnow
+from core.errors import Conflict, NotFound, RenderError
+from core.messages import TaskTicket
+from core.models import Job, Recipient, Task, delivery_entity, unpack_recipients
+from core.settings import Settings
+from core.status import DeliveryStatus, JobStatus, TaskStatus
+from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, Storage
+from core.suppressions import SuppressionCache
+from core.templates import CompiledTemplate, TemplateSpec, build_context, compile_template
+from core.unsubscribe import UnsubscribeClaim, unsubscribe_url
+from providers.base import OutboundEmail
+from task_manager.dispatch import HALTED, Dispatcher, Outcome
+
+log = logging.getLogger("mailroom.task_manager")
+
+CHUNK = 100  # one table batch of outcomes
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class TaskOutcome(StrEnum):
+    DONE = "done"
+    ALREADY_DONE = "already_done"
+    BUSY = "busy"  # another host holds a live lease
+    LOST = "lost"  # our lease was taken over mid-task; we stopped sending
+    PAUSED = "paused"  # job paused (by a person, or the provider refused)
+    CANCELLED = "cancelled"
+    MISSING = "missing"
+
+
+class TemplateCache:
+    """Compiled templates per job, so each host compiles a job's template once."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._items: OrderedDict[str, CompiledTemplate] = OrderedDict()
+        self._size = size
+
+    def get(self, job: Job) -> CompiledTemplate:
+        compiled = self._items.get(job.id)
+        if compiled is None:
+            compiled = compile_template(TemplateSpec.model_validate(job.template))
+            self._items[job.id] = compiled
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return compiled
+
+
+@dataclass
+class _Run:
+    """Everything one task run needs, passed around instead of a dozen arguments."""
+
+    storage: Storage
+    settings: Settings
+    job: Job
+    task: Task
+    recipients: list[Recipient]
+    clock: Clock
+
+
+def send_task(
+    storage: Storage,
+    ticket: TaskTicket,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    suppressions: SuppressionCache,
+    templates: TemplateCache,
+    owner: str,
+    clock: Clock = utcnow,
+) -> TaskOutcome:
+    """Send every recipient of one task exactly once (or account for why not)."""
+    try:
+        job = Job.from_entity(storage.table(JOBS).get(ticket.tenant_id, ticket.job_id))
+    except NotFound:
+        return TaskOutcome.MISSING
+    if job.status == JobStatus.PAUSED:
+        return TaskOutcome.PAUSED  # resume re-enqueues the job's unfinished tasks
+    task = claim_task(storage, ticket, settings, owner, clock)
+    if not isinstance(task, Task):
+        return task
+    run = _Run(storage, settings, job, task, [], clock)
+    run.recipients = unpack_recipients(storage.table(TASKS).get(task.job_id, task.row_key))
+    if task.in_flight:
+        recover_in_flight(run)
+    if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+        return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
+
+    template = templates.get(job)
+    pending = task.leftover + list(range(task.cursor, task.size))
+    suppressed = suppressions.suppressed(job.tenant_id, [run.recipients[i].email for i in pending])
+    task.leftover = []
+    for chunk in _chunks(pending, CHUNK):
+        if not mark_in_flight(run, chunk):
+            log.warning("task lease lost job=%s task=%d", task.job_id, task.index)
+            return TaskOutcome.LOST
+        outcomes = send_chunk(run, chunk, template, dispatcher, suppressed)
+        halted = [i for i, o in zip(chunk, outcomes, strict=True) if o.status == HALTED]
+        record_outcomes(run, [(i, o) for i, o in zip(chunk, outcomes, strict=True) if o.status != HALTED])
+        task.cursor = max(task.cursor, chunk[-1] + 1)
+        if halted:
+            return pause_for_provider(run, halted, chunk, outcomes)
+    finish_task(run)
+    enqueue_next_in_window(storage, job, task.index + settings.task_window)
+    log.info("task done job=%s task=%d recipients=%d", task.job_id, task.index, task.size)
+    return TaskOutcome.DONE
+
+
+def claim_task(
+    storage: Storage, ticket: TaskTicket, settings: Settings, owner: str, clock: Clock
+) -> Task | TaskOutcome:
+    """Take the task under a lease, or say why not."""
+    tasks = storage.table(TASKS)
+    try:
+        entity = tasks.get(ticket.job_id, f"{ticket.task_index:06d}", select=None)
+    except NotFound:
+        return TaskOutcome.MISSING
+    task = Task.from_entity(entity)
+    if TaskStatus(task.status).is_terminal:
+        return TaskOutcome.ALREADY_DONE
+    now = clock()
+    if task.status == TaskStatus.SENDING and task.lease_until and parse_iso(task.lease_until) > now:
+        return TaskOutcome.BUSY
+    task.status, task.lease_owner = TaskStatus.SENDING.value, owner
+    task.lease_until = later(clock, settings.lease_seconds)
+    task.attempt += 1
+    task.updated_at = iso(now)
+    try:
+        task.etag = tasks.update(task.progress_entity(), etag=task.etag)
+    except Conflict:
+        return TaskOutcome.BUSY
+    return task
+
+
+def recover_in_flight(run: _Run) -> None:
+    """A previous owner died mid-chunk: keep outcomes it recorded, the rest is ``unknown``."""
+    task = run.task
+    recorded = {
+        row["RowKey"]: row["status"]
+        for row in run.storage.table(DELIVERIES).partition(
+            task.delivery_partition, select=["RowKey", "status"]
+        )
+    }
+    unknown: list[tuple[int, Outcome]] = []
+    for index in task.in_flight:
+        status = recorded.get(run.recipients[index].contact_id)
+        if status is None or not DeliveryStatus(status).is_terminal:
+            reason = "the host sending this chunk stopped; it may have been sent, so it is not resent"
+            unknown.append((index, Outcome(DeliveryStatus.UNKNOWN, reason)))
+    record_outcomes(run, unknown)
+    unknown_indexes = {index for index, _ in unknown}
+    for index in task.in_flight:
+        if index not in unknown_indexes:
+            status = recorded[run.recipients[index].contact_id]
+            task.counts[status] = task.counts.get(status, 0) + 1
+    task.cursor = max([task.cursor] + [i + 1 for i in task.in_flight])
+    task.leftover = [i for i in task.leftover if i not in set(task.in_flight)]
+    task.in_flight = []
+    log.warning("recovered task job=%s task=%d unknown=%d", task.job_id, task.index, len(unknown))
+
+
+def mark_in_flight(run: _Run, chunk: list[int]) -> bool:
+    """Record the chunk before the provider sees it (and renew the lease). False: lost it."""
+    task = run.task
+    task.in_flight = chunk
+    task.lease_until = later(run.clock, run.settings.lease_seconds)
+    task.updated_at = iso(run.clock())
+    try:
+        task.etag = run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
+    except Conflict:
+        return False
+    return True
+
+
+def send_chunk(
+    run: _Run, chunk: list[int], template: CompiledTemplate, dispatcher: Dispatcher, suppressed: set[str]
+) -> list[Outcome]:
+    """Outcomes for a chunk: suppressed and unrenderable recipients never reach the provider."""
+    outcomes: list[Outcome | None] = []
+    emails: list[OutboundEmail] = []
+    for index in chunk:
+        recipient = run.recipients[index]
+        if recipient.email in suppressed:
+            outcomes.append(Outcome(DeliveryStatus.SUPPRESSED, "address is on the suppression list"))
+            continue
+        if not _ADDRESS.match(recipient.email):
+            outcomes.append(Outcome(DeliveryStatus.SKIPPED, "invalid address"))
+            continue
+        try:
+            emails.append(render_email(run, recipient, template))
+        except RenderError as err:
+            outcomes.append(Outcome(DeliveryStatus.SKIPPED, f"template error: {err}"))
+            continue
+        outcomes.append(None)
+    sent = iter(dispatcher.send_all(emails))
+    return [o if o is not None else next(sent) for o in outcomes]
+
+
+def render_email(run: _Run, recipient: Recipient, template: CompiledTemplate) -> OutboundEmail:
+    job, task = run.job, run.task
+    url = unsubscribe_url(
+        run.settings.public_url,
+        run.settings.signing_key,
+        UnsubscribeClaim(job.tenant_id, recipient.contact_id, job.campaign_id),
+    )
+    rendered = template.render(build_context(recipient, job.campaign_name, url))
+    spec = job.template
+    return OutboundEmail(
+        to_email=recipient.email,
+        to_name=recipient.name,
+        subject=rendered.subject,
+        from_email=spec.get("from_email", ""),
+        from_name=spec.get("from_name", ""),
+        reply_to=spec.get("reply_to", ""),
+        html=rendered.html,
+        text=rendered.text,
+        headers={"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        custom_args={
+            "tenant_id": job.tenant_id,
+            "job_id": job.id,
+            "task_id": task.row_key,
+            "contact_id": recipient.contact_id,
+        },
+    )
+
+
+def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]]) -> None:
+    """One batch write of delivery rows for (at most) one chunk, and the task's counts."""
+    now = iso(run.clock())
+    rows = []
+    for index, outcome in outcomes:
+        rows.append(
+            delivery_entity(
+                run.task,
+                run.recipients[index],
+                outcome.status,
+                now,
+                reason=outcome.reason,
+                provider=outcome.provider,
+                message_id=outcome.message_id,
+                attempts=outcome.attempts,
+            )
+        )
+        run.task.counts[str(outcome.status)] = run.task.counts.get(str(outcome.status), 0) + 1
+    if rows:
+        run.storage.table(DELIVERIES).batch_upsert(rows)
+
+
+def finish_task(run: _Run, status: TaskStatus = TaskStatus.DONE) -> None:
+    """Mark the task terminal with counts recounted from its delivery rows (exact)."""
+    task = run.task
+    statuses = Counter(
+        row["status"]
+        for row in run.storage.table(DELIVERIES).partition(task.delivery_partition, select=["status"])
+    )
+    task.counts = dict(statuses)
+    task.status, task.in_flight, task.leftover = status.value, [], []
+    task.cursor = task.size
+    task.lease_owner, task.lease_until = "", ""
+    task.updated_at = task.completed_at = iso(run.clock())
+    try:
+        task.etag = run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
+    except Conflict:
+        log.warning("task finished by another owner job=%s task=%d", task.job_id, task.index)
+
+
+def close_unsent(run: _Run, status: DeliveryStatus, reason: str) -> TaskOutcome:
+    """Give every not-yet-attempted recipient a terminal ``status`` (cancel)."""
+    task = run.task
+    remaining = task.leftover + list(range(task.cursor, task.size))
+    for chunk in _chunks(remaining, CHUNK):
+        record_outcomes(run, [(i, Outcome(status, reason)) for i in chunk])
+    finish_task(run, TaskStatus.CANCELLED)
+    return TaskOutcome.CANCELLED
+
+
+def pause_for_provider(
+    run: _Run, halted: list[int], chunk: list[int], outcomes: list[Outcome]
+) -> TaskOutcome:
+    """The provider refused as a whole: keep the rest unattempted and pause the job."""
+    task, job = run.task, run.job
+    reason = next(o.reason for o in outcomes if o.status == HALTED)
+    task.leftover = halted + list(range(task.cursor, task.size))
+    task.cursor = task.size
+    task.in_flight = []
+    task.status, task.lease_owner, task.lease_until = TaskStatus.PAUSED.value, "", ""
+    task.last_error = f"provider refused: {reason}"
+    task.updated_at = iso(run.clock())
+    run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
+    run.storage.table(JOBS).update(
+        {
+            "PartitionKey": job.tenant_id,
+            "RowKey": job.id,
+            "status": JobStatus.PAUSED.value,
+            "failure_reason": f"paused: the email provider refused to send ({reason})",
+        }
+    )
+    log.error("job paused by provider job=%s task=%d", job.id, task.index)
+    return TaskOutcome.PAUSED
+
+
+def enqueue_next_in_window(storage: Storage, job: Job, index: int) -> None:
+    """Keep the job's window full: the task ``TASK_WINDOW`` places ahead goes on the queue."""
+    nxt = storage.table(TASKS).find(job.id, f"{index:06d}")
+    if nxt is not None and nxt.get("status") == TaskStatus.PENDING:
+        storage.queue(TASK_QUEUE).send(
+            TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index).to_text()
+        )
+
+
+def record_task_failure(
+    storage: Storage, ticket: TaskTicket, settings: Settings, reason: str, clock: Clock = utcnow
+) -> None:
+    """A task message is going to the poison queue: account for its recipients and say why.
+
+    Recipients that have no outcome yet end ``failed`` with the reason (those in flight
+    ``unknown``), the task is closed and the job's ``last_error`` names the task.
+    """
+    try:
+        task = Task.from_entity(storage.table(TASKS).get(ticket.job_id, f"{ticket.task_index:06d}"))
+        job = Job.from_entity(storage.table(JOBS).get(ticket.tenant_id, ticket.job_id))
+    except NotFound:
+        return
+    if TaskStatus(task.status).is_terminal:
+        return
+    run = _Run(storage, settings, job, task, [], clock)
+    run.recipients = unpack_recipients(storage.table(TASKS).get(task.job_id, task.row_key))
+    if task.in_flight:
+        recover_in_flight(run)
+    remaining = task.leftover + list(range(task.cursor, task.size))
+    for chunk in _chunks(remaining, CHUNK):
+        record_outcomes(run, [(i, Outcome(DeliveryStatus.FAILED, f"task failed: {reason}")) for i in chunk])
+    task.last_error = reason
+    finish_task(run)
+    storage.table(JOBS).update(
+        {
+            "PartitionKey": job.tenant_id,
+            "RowKey": job.id,
+            "last_error": f"task {task.row_key} failed and went to task-queue-poison: {reason}",
+        }
+    )
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
