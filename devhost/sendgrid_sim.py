@@ -9,6 +9,7 @@ Test-only endpoints live under ``/__sim``:
 
 - ``GET /__sim/messages`` (optional ``?to=``), ``DELETE /__sim/messages``
 - ``GET /__sim/stats``: how many send requests arrived and how many were accepted
+- ``POST /__sim/reset``: forget messages, counters and faults
 - ``GET|POST|DELETE /__sim/faults``: fault injection, e.g. ``{"latency_ms": 500}``,
   ``{"fail_addresses": {"a@example.com": 400}}``, ``{"status": 503, "count": 2}``,
   ``{"status": 429, "count": 1, "retry_after": 7}``
@@ -331,6 +332,13 @@ class SendGridSimulator:
         with self._lock:
             return self._faults.as_dict()
 
+    def reset(self) -> None:
+        """Forget messages, counters and faults: a fresh simulator without a restart."""
+        with self._lock:
+            self._messages.clear()
+            self._requests = self._accepted = 0
+            self._faults = Faults()
+
     def _begin_request(self) -> tuple[int, int | None, int | None]:
         """Count the request and consume one ``status`` fault: (latency, status, retry)."""
         with self._lock:
@@ -436,6 +444,11 @@ class SendGridSimulator:
         @app.get("/__sim/stats")
         async def get_stats() -> dict[str, int]:
             return self.stats()
+
+        @app.post("/__sim/reset", status_code=204)
+        async def reset() -> Response:
+            self.reset()
+            return Response(status_code=204)
 
         @app.get("/__sim/faults")
         async def get_faults() -> dict[str, Any]:

@@ -16,6 +16,7 @@ import argparse
 import email
 import email.policy
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,15 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 DEFAULT_PORT = 1025
 TRACE_PREFIX = "x-mailroom-"
+
+
+class _Controller(Controller):
+    """Silences aiosmtpd's per-connection warning about AUTH without TLS (fine locally)."""
+
+    def factory(self) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return super().factory()
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,7 @@ class SmtpSink:
         if credentials is not None:
             kwargs = {"authenticator": self._authenticate, "auth_required": True,
                       "auth_require_tls": False}
-        self._controller = Controller(self, hostname=host, port=port, **kwargs)
+        self._controller = _Controller(self, hostname=host, port=port, **kwargs)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -195,7 +205,7 @@ class SmtpSink:
             and self._credentials is not None
             and (auth_data.login.decode(), auth_data.password.decode()) == self._credentials
         )
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)
 
 
 def main(argv: list[str] | None = None) -> None:

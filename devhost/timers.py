@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import azure.functions as func  # noqa: TID251 (devhost is a Functions host)
+from azure.functions.timer import TimerRequest  # noqa: TID251 (the worker's concrete type)
 from croniter import croniter
 
 from devhost.hostconfig import HostConfigError, parse_timespan
@@ -108,7 +108,7 @@ class TimerRunner:
         started = time.monotonic()
         log_event("timer.fired", function=self.function_name, past_due=past_due)
         try:
-            call_user_function(self.user_function, **{self.arg_name: func.TimerRequest(past_due=past_due)})
+            call_user_function(self.user_function, **{self.arg_name: TimerRequest(past_due=past_due)})
         except Exception as err:  # a failing run must not stop the timer
             log_event(
                 "timer.failed", logging.ERROR, function=self.function_name,

@@ -43,10 +43,17 @@ def email(**overrides: object) -> OutboundEmail:
     return OutboundEmail(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def sim() -> Iterator[tuple[SendGridSimulator, str]]:
+@pytest.fixture(scope="module")
+def running_sim() -> Iterator[tuple[SendGridSimulator, str]]:
     with running_sendgrid_simulator(api_key=API_KEY) as running:
         yield running
+
+
+@pytest.fixture
+def sim(running_sim: tuple[SendGridSimulator, str]) -> tuple[SendGridSimulator, str]:
+    """The module's simulator, reset so each test starts from nothing."""
+    running_sim[0].reset()
+    return running_sim
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Mailroom's REST API (FastAPI): routers, auth, request/response schemas, error mapping."""

@@ -1,0 +1,274 @@
+"""Request and response models, one family per resource (Create / Update / Public).
+
+Request models forbid unknown fields, so a client can never set what the server owns (ids,
+status, counts, tenant, timestamps) and a typo is a 422 instead of being ignored. Response
+models are what the OpenAPI document (``/api/openapi.json``) shows clients.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.templates import TemplateSpec, is_email
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+T = TypeVar("T")
+
+
+class RequestModel(BaseModel):
+    """Base of every request body: unknown (including server-owned) fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _plain_text(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# -- errors and pages -----------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer (except the health check's own 503 body)."""
+
+    error: ErrorInfo
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; pass ``continuation`` back to get the next one (null: no more)."""
+
+    items: list[T]
+    continuation: str | None = None
+
+
+# -- tenants and keys ------------------------------------------------------------------------
+
+
+class TenantCreate(RequestModel):
+    name: str = Field(min_length=1, max_length=200)
+    rate_limit_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    max_roster: int | None = Field(None, ge=1, le=100_000_000)
+
+    _name_plain = field_validator("name")(_plain_text)
+
+
+class TenantPublic(BaseModel):
+    id: str
+    name: str
+    rate_limit_per_minute: int | None = None
+    max_roster: int | None = None
+    state: str
+    created_at: str | None = None
+
+
+class TenantKeyCreate(RequestModel):
+    role: Literal["tenant", "support"]
+
+
+class OperatorKeyCreate(RequestModel):
+    role: Literal["support"]
+
+
+class KeyPublic(BaseModel):
+    """A new key; ``key`` is shown this once (only its hash is stored)."""
+
+    key: str
+    role: str
+    id: str
+    tenant_id: str | None = None
+    created_at: str
+
+
+# -- contacts --------------------------------------------------------------------------------
+
+AttributeValue = str | int | float | bool | list[str]
+
+
+class ContactIn(BaseModel):
+    """One contact of an import (documentation; rows are validated one by one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str
+    name: str | None = None
+    attributes: dict[str, AttributeValue] | None = None
+    lists: list[str] | None = None
+
+
+class ContactPublic(BaseModel):
+    id: str
+    email: str
+    name: str
+    attributes: dict[str, Any]
+    lists: list[str]
+    state: str
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class ImportRejection(BaseModel):
+    index: int
+    field: str
+    message: str
+
+
+class ImportResult(BaseModel):
+    created: int
+    updated: int
+    rejected: list[ImportRejection]
+
+
+# -- campaigns -------------------------------------------------------------------------------
+
+
+class CampaignCreate(RequestModel):
+    name: str = Field(min_length=1, max_length=200)
+    template: TemplateSpec
+    criteria: dict[str, Any] | None = None
+    send_at: datetime | None = None
+
+    _name_plain = field_validator("name")(_plain_text)
+
+
+class CampaignUpdate(RequestModel):
+    """Every field optional; ``send_at: null`` unschedules a scheduled campaign."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    template: TemplateSpec | None = None
+    criteria: dict[str, Any] | None = None
+    send_at: datetime | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_plain(cls, value: str | None) -> str | None:
+        if value is None:
+            raise ValueError("must be a string")
+        return _plain_text(value)
+
+    @field_validator("template")
+    @classmethod
+    def _template_given(cls, value: TemplateSpec | None) -> TemplateSpec | None:
+        if value is None:
+            raise ValueError("must be a template object")
+        return value
+
+
+class ScheduleRequest(RequestModel):
+    """``send_at`` omitted (or ``{}``) means now."""
+
+    send_at: datetime | None = None
+
+
+class PreviewRequest(RequestModel):
+    contact_id: str | None = Field(None, min_length=1, max_length=64)
+    email: str | None = Field(None, min_length=3, max_length=254)
+
+
+class JobSummary(BaseModel):
+    id: str
+    status: str
+
+
+class CampaignPublic(BaseModel):
+    id: str
+    name: str
+    status: str
+    template: dict[str, Any]
+    criteria: dict[str, Any]
+    send_at: str | None = None
+    counts: dict[str, int]
+    jobs: list[JobSummary]
+    current_job_id: str | None = None
+    job_count: int = 0
+    created_at: str | None = None
+    updated_at: str | None = None
+    completed_at: str | None = None
+
+
+class PreviewPublic(BaseModel):
+    subject: str
+    html: str
+    text: str
+    headers: dict[str, str]
+
+
+# -- jobs and deliveries -----------------------------------------------------------------
+
+
+class JobPublic(BaseModel):
+    id: str
+    campaign_id: str
+    status: str
+    roster_size: int
+    counts: dict[str, int]
+    progress: float = Field(ge=0, le=1)
+    started_at: str | None = None
+    completed_at: str | None = None
+    eta: str | None = None
+    failure_reason: str | None = None
+    last_error: str | None = None
+    tasks_total: int
+    tasks_done: int
+    created_at: str | None = None
+
+
+class DeliveryEvent(BaseModel):
+    type: str
+    at: str
+    detail: str | None = None
+
+
+class DeliveryPublic(BaseModel):
+    contact_id: str
+    email: str
+    status: str
+    reason: str
+    provider: str
+    provider_message_id: str
+    attempts: int
+    events: list[DeliveryEvent]
+    updated_at: str | None = None
+
+
+# -- suppressions ----------------------------------------------------------------------------
+
+
+class SuppressionCreate(RequestModel):
+    email: str = Field(max_length=254)
+    reason: str = Field("manual", min_length=1, max_length=100)
+
+    @field_validator("email")
+    @classmethod
+    def _email_valid(cls, value: str) -> str:
+        if not is_email(value.strip()):
+            raise ValueError("must be a valid email address")
+        return value.strip()
+
+    _reason_plain = field_validator("reason")(_plain_text)
+
+
+class SuppressionPublic(BaseModel):
+    email: str
+    reason: str
+    at: str
+    source: str | None = None

@@ -1,0 +1,43 @@
+"""job-queue → Job Manager."""
+
+import logging
+
+import azure.functions as func
+
+from core.errors import BadMessage
+from core.messages import JobTicket, parse_ticket
+from core.status import JobStatus
+from core.storage import JOB_QUEUE, JOBS
+from functions.runtime import is_last_attempt, reject_message, runtime
+from job_manager import expand_roster
+
+bp = func.Blueprint()
+log = logging.getLogger("mailroom.functions")
+
+
+@bp.function_name("job_manager")
+@bp.queue_trigger(arg_name="msg", queue_name=JOB_QUEUE, connection="AzureWebJobsStorage")
+def job_manager_queue(msg: func.QueueMessage) -> None:
+    rt = runtime()
+    text = msg.get_body().decode("utf-8", errors="replace")
+    try:
+        ticket = parse_ticket(JobTicket, text)
+    except BadMessage as err:
+        reject_message(rt, JOB_QUEUE, text, err)
+        return
+    try:
+        expand_roster(rt.storage, ticket, rt.settings, rt.owner, rt.clock)
+    except Exception as err:
+        if is_last_attempt(rt, getattr(msg, "dequeue_count", None)):
+            # The host moves the message to job-queue-poison next; the job must say why.
+            rt.storage.table(JOBS).update(
+                {
+                    "PartitionKey": ticket.tenant_id,
+                    "RowKey": ticket.job_id,
+                    "status": JobStatus.FAILED.value,
+                    "failure_reason": f"roster expansion failed repeatedly ({type(err).__name__}); "
+                    "the ticket is in job-queue-poison",
+                }
+            )
+        log.error("job ticket failed job=%s error=%s", ticket.job_id, type(err).__name__)
+        raise
