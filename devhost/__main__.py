@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from azure.core.exceptions import ServiceRequestError
+
 from core.errors import SettingsError
 from core.settings import PROJECT_ROOT, get_settings
 from devhost.azurite import AzuriteError, AzuriteHandle, ensure_azurite
@@ -89,14 +91,13 @@ def _supervise(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = parse_args(argv)
-    prefix = f"[worker {args.worker_index}] " if args.worker_index is not None else ""
     try:
         settings = get_settings()
     except SettingsError as err:
-        configure_logging(args.log_format, "INFO", prefix)
+        configure_logging(args.log_format, "INFO", args.worker_index)
         logging.getLogger("devhost").error("%s", err)
         return 2
-    configure_logging(args.log_format, settings.log_level, prefix)
+    configure_logging(args.log_format, settings.log_level, args.worker_index)
     azurite: AzuriteHandle | None = None
     try:
         if not args.no_azurite:
@@ -113,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (AzuriteError, HostConfigError) as err:
         logging.getLogger("devhost").error("%s", err)
+        return 2
+    except ServiceRequestError:
+        logging.getLogger("devhost").error(
+            "cannot reach storage at AzureWebJobsStorage; is Azurite running? "
+            "(without --no-azurite devhost starts one)"
+        )
         return 2
     except KeyboardInterrupt:
         return 130

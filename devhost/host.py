@@ -42,7 +42,7 @@ class HostError(RuntimeError):
     """The function app cannot be loaded or a part of the host did not start."""
 
 
-def load_function_app(module_name: str = "function_app") -> func.FunctionApp:
+def load_function_app(module_name: str = "function_app") -> func.FunctionRegister:
     """Import ``module_name`` and return its ``app``, as the Python worker does.
 
     The worker puts the app's root on ``sys.path``; so does this, so ``python -m devhost``
@@ -52,12 +52,12 @@ def load_function_app(module_name: str = "function_app") -> func.FunctionApp:
         sys.path.insert(0, str(PROJECT_ROOT))
     module = importlib.import_module(module_name)
     app = getattr(module, "app", None)
-    if not isinstance(app, func.FunctionApp):
+    if not isinstance(app, func.FunctionRegister):  # FunctionApp, AsgiFunctionApp, ...
         raise HostError(f"{module_name}.app is not an azure.functions FunctionApp")
     return app
 
 
-def index_functions(app: func.FunctionApp) -> list[func.Function]:
+def index_functions(app: func.FunctionRegister) -> list[func.Function]:
     """The app's functions, as ``app.get_functions()`` lists them.
 
     ``get_functions`` remembers the names it has seen and refuses a second call on the same
@@ -78,7 +78,7 @@ class FunctionHost:
 
     def __init__(
         self,
-        app: func.FunctionApp,
+        app: func.FunctionRegister,
         *,
         serve_http: bool = True,
         run_timers: bool = True,
@@ -252,7 +252,7 @@ def run_host(
     http_port: int = DEFAULT_HTTP_PORT,
     stop_event: threading.Event | None = None,
     *,
-    app: func.FunctionApp | None = None,
+    app: func.FunctionRegister | None = None,
     queue_config: QueueConfig | None = None,
     connection_string: str | None = None,
     grace_seconds: float = 10.0,

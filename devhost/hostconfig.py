@@ -19,6 +19,10 @@ from core.settings import PROJECT_ROOT, devstore_connection_string
 HOST_JSON = PROJECT_ROOT / "host.json"
 DEFAULT_STORAGE_SETTING = "AzureWebJobsStorage"
 
+JOB_HOST_PREFIX = "AzureFunctionsJobHost__"
+QUEUE_KEYS = ("batchSize", "newBatchThreshold", "maxPollingInterval", "visibilityTimeout",
+              "maxDequeueCount", "messageEncoding")
+
 _TIMESPAN = re.compile(r"^(?:(?P<days>\d+)\.)?(?P<h>\d+):(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d+)?)$")
 _SETTING_REF = re.compile(r"%([^%]+)%")
 
@@ -81,13 +85,26 @@ class QueueConfig:
 
 
 def load_queue_config(path: Path = HOST_JSON) -> QueueConfig:
-    """Queue semantics from host.json (the project's own unless told otherwise)."""
+    """Queue semantics from host.json (the project's own unless told otherwise).
+
+    App settings named ``AzureFunctionsJobHost__extensions__queues__<key>`` (and
+    ``AzureFunctionsJobHost__functionTimeout``) override the file, as in the real host; that is
+    how a test or one environment changes, say, ``maxDequeueCount`` without another host.json.
+    """
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        return QueueConfig()
+        data = {}
     except ValueError as err:
         raise HostConfigError(f"{path.name} is not valid JSON") from err
+    queues = data.setdefault("extensions", {}).setdefault("queues", {})
+    for key in QUEUE_KEYS:
+        override = resolve_app_setting(f"{JOB_HOST_PREFIX}extensions__queues__{key}")
+        if override is not None:
+            queues[key] = override
+    timeout = resolve_app_setting(f"{JOB_HOST_PREFIX}functionTimeout")
+    if timeout is not None:
+        data["functionTimeout"] = timeout
     return QueueConfig.from_host_json(data)
 
 

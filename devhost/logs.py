@@ -20,8 +20,8 @@ def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log ``event`` with ``fields`` (ids, counts, durations) as one line."""
     if not logger.isEnabledFor(level):
         return
-    text = " ".join(f"{key}={value}" for key, value in fields.items())
-    logger.log(level, "%s %s", event, text, extra={"event": event, "fields": fields})
+    text = "".join(f" {key}={value}" for key, value in fields.items())
+    logger.log(level, "%s%s", event, text, extra={"event": event, "fields": fields})
 
 
 def describe_exception(err: BaseException) -> dict[str, str]:
@@ -34,12 +34,18 @@ def describe_exception(err: BaseException) -> dict[str, str]:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for tools that read logs."""
 
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        if self.worker is not None:
+            out["worker"] = self.worker
         event = getattr(record, "event", None)
         if event:
             out["event"] = event
@@ -49,15 +55,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(fmt: str = "plain", level: str = "INFO", prefix: str = "") -> None:
-    """Set up root logging once for a devhost process (``prefix`` tells worker processes apart)."""
+def configure_logging(fmt: str = "plain", level: str = "INFO", worker: int | None = None) -> None:
+    """Set up root logging once for a devhost process (``worker`` tells host processes apart)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
+        prefix = f"[worker {worker}] " if worker is not None else ""
         handler.setFormatter(
             logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The storage SDK logs every request and response at INFO: noise, and not ids-only.
+    logging.getLogger("azure").setLevel(max(root.level, logging.WARNING))

@@ -180,8 +180,8 @@ class SmtpSink:
             message_id=str(parsed.get("Message-ID", "")),
             mailroom={k: v for k, v in headers.items() if k.lower().startswith(TRACE_PREFIX)},
             subject=str(parsed.get("Subject", "")),
-            text=text_part.get_content() if text_part is not None else "",
-            html=html_part.get_content() if html_part is not None else "",
+            text=_content(text_part),
+            html=_content(html_part),
             connection=getattr(session, "sink_connection", 0),
         )
         with self._lock:
@@ -206,6 +206,11 @@ class SmtpSink:
             and (auth_data.login.decode(), auth_data.password.decode()) == self._credentials
         )
         return AuthResult(success=ok, handled=False)
+
+
+def _content(part: Any) -> str:
+    """A decoded body part with the wire's CRLF line ends turned into ``\\n``."""
+    return part.get_content().replace("\r\n", "\n") if part is not None else ""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,7 @@
 """Trigger adapters (Blueprints): decode the trigger, call a manager, nothing else."""
 
-from functions.campaign_timer import bp as campaign_timer
-from functions.job_queue import bp as job_queue
-from functions.status_timer import bp as status_timer
-from functions.task_queue import bp as task_queue
+from functions import campaign_timer, job_queue, status_timer, task_queue
 
-BLUEPRINTS = (campaign_timer, job_queue, task_queue, status_timer)
+BLUEPRINTS = (campaign_timer.bp, job_queue.bp, task_queue.bp, status_timer.bp)
 
 __all__ = ["BLUEPRINTS"]

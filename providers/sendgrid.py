@@ -108,6 +108,12 @@ class SendGridProvider:
         except urllib.error.URLError as err:
             # Raised while connecting or writing: the request never fully arrived.
             raise _from_url_error(err) from None
+        except ValueError as err:
+            # urllib refuses the URL (no scheme) or a header value before sending anything.
+            raise ProviderUnavailable(
+                f"cannot build the SendGrid request ({type(err).__name__}); check the settings",
+                provider=NAME, code="config",
+            ) from None
         except (OSError, http.client.HTTPException) as err:
             # Raised after the request was written: SendGrid may have accepted it.
             raise AmbiguousSendError(

@@ -19,6 +19,8 @@ import smtplib
 import socket
 import ssl
 import threading
+from email import errors as email_errors
+from email.headerregistry import Address
 from email.message import EmailMessage
 
 from core.errors import (
@@ -56,13 +58,14 @@ def _local_hostname() -> str:
 def build_message(email_: OutboundEmail) -> tuple[EmailMessage, str]:
     """The MIME message and its generated Message-ID.
 
-    Raises ``ValueError`` for header values that email refuses (CR/LF injection, a second
-    To/From/Subject), which the caller turns into ``RecipientRejected``.
+    Raises ``ValueError`` or ``email.errors.MessageError`` for what email refuses (CR/LF
+    injection, a second To/From/Subject, an unparsable address); the caller turns those
+    into ``RecipientRejected``.
     """
     utf8 = not (email_.to_email.isascii() and email_.from_email.isascii())
     msg = EmailMessage(policy=_POLICY_UTF8 if utf8 else _POLICY)
-    msg["From"] = email.utils.formataddr((email_.from_name, email_.from_email))
-    msg["To"] = email.utils.formataddr((email_.to_name, email_.to_email))
+    msg["From"] = _mailbox(email_.from_name, email_.from_email)
+    msg["To"] = _mailbox(email_.to_name, email_.to_email)
     if email_.reply_to:
         msg["Reply-To"] = email_.reply_to
     msg["Subject"] = email_.subject
@@ -83,6 +86,20 @@ def build_message(email_: OutboundEmail) -> tuple[EmailMessage, str]:
     else:
         msg.set_content(email_.text)
     return msg, message_id
+
+
+def _mailbox(name: str, address: str) -> Address | str:
+    """An address header value that encodes non-ASCII display names correctly.
+
+    ``Address`` refuses non-ASCII local parts, which SMTPUTF8 allows, so those go in as
+    text and the UTF-8 policy writes them raw.
+    """
+    if address.isascii():
+        return Address(name, addr_spec=address)
+    if not name:
+        return address
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{address}>'
 
 
 class SmtpProvider:
@@ -120,12 +137,12 @@ class SmtpProvider:
         """Deliver one message to the relay or raise a ``core.errors.SendError``."""
         try:
             msg, message_id = build_message(email)
-        except (ValueError, TypeError) as err:
+            data = msg.as_bytes()
+        except (ValueError, TypeError, email_errors.MessageError) as err:
             raise RecipientRejected(
                 f"message cannot be built: {_scrub(str(err), email.to_email)}",
                 provider=NAME, code="invalid_message",
             ) from None
-        data = msg.as_bytes()
         conn, reused = self._checkout()
         try:
             try:
@@ -146,8 +163,12 @@ class SmtpProvider:
                         "SMTP server closed the connection before DATA",
                         provider=NAME, code="disconnected",
                     ) from None
-        except BaseException:
+        except SendError:
             self._release(conn, healthy=False)
+            raise
+        except BaseException:
+            # Interrupted mid-command (maybe mid-DATA): the session state is unknown.
+            _discard(conn)
             raise
         self._release(conn, healthy=True)
         return SendResult(NAME, message_id=message_id)

@@ -102,6 +102,17 @@ def send_task(
     if not isinstance(task, Task):
         return task
     run = _Run(storage, settings, job, task, [], clock)
+    try:
+        return run_claimed_task(run, dispatcher, suppressions, templates)
+    except Exception as err:
+        release_after_error(run, err)
+        raise
+
+
+def run_claimed_task(
+    run: _Run, dispatcher: Dispatcher, suppressions: SuppressionCache, templates: TemplateCache
+) -> TaskOutcome:
+    storage, settings, job, task = run.storage, run.settings, run.job, run.task
     run.recipients = unpack_recipients(storage.table(TASKS).get(task.job_id, task.row_key))
     if task.in_flight:
         recover_in_flight(run)
@@ -126,6 +137,21 @@ def send_task(
     enqueue_next_in_window(storage, job, task.index + settings.task_window)
     log.info("task done job=%s task=%d recipients=%d", task.job_id, task.index, task.size)
     return TaskOutcome.DONE
+
+
+def release_after_error(run: _Run, err: Exception) -> None:
+    """Let the host's retry claim the task at once instead of waiting out our lease.
+
+    ``in_flight`` stays as it is: whatever was handed over may have been sent, so the
+    next owner records it ``unknown`` rather than sending it again.
+    """
+    task = run.task
+    task.lease_owner, task.lease_until = "", iso(run.clock())
+    task.last_error = f"{type(err).__name__} on attempt {task.attempt}"
+    try:
+        run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
+    except Exception:  # noqa: BLE001 - best effort; the lease then simply expires
+        log.warning("could not release task job=%s task=%d", task.job_id, task.index)
 
 
 def claim_task(

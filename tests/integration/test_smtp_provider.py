@@ -70,8 +70,18 @@ def test_send_delivers_with_trace_headers(sink: SmtpSink, provider: SmtpProvider
     assert message.headers["List-Unsubscribe"] == "<https://example.org/u/1>"
     assert message.headers["To"] == "Ada Lovelace <ada@example.com>"
     assert message.subject == "Hello"
-    assert message.text.strip() == "plain body"
-    assert message.html.strip() == "<p>html body</p>"
+    assert message.text == "plain body\n"
+    assert message.html == "<p>html body</p>\n"
+
+
+def test_non_ascii_names_and_smtputf8_addresses(sink: SmtpSink, provider: SmtpProvider) -> None:
+    provider.send(email(to_email="zoë@example.com", to_name='Zoë "Ü"', subject="Grüße ✓",
+                        text="héllo", html=""))
+
+    [message] = sink.messages()
+    assert message.rcpt_tos == ("zoë@example.com",)
+    assert message.headers["To"] == '"Zoë \\"Ü\\"" <zoë@example.com>'
+    assert (message.subject, message.text, message.html) == ("Grüße ✓", "héllo\n", "")
 
 
 def test_connection_is_reused_across_sends(sink: SmtpSink, provider: SmtpProvider) -> None:

@@ -1,0 +1,38 @@
+# Mailroom: `make demo` runs a real campaign locally; `make test` runs every test.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.installed
+STAMP_NODE := node_modules/.installed
+
+.PHONY: setup demo serve test test-fast lint bench clean
+
+setup: $(STAMP_PY) $(STAMP_NODE)
+
+$(STAMP_PY): requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(STAMP_NODE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup  ## Start Azurite, the host and the SendGrid simulator; send a real campaign; print results
+	$(PY) -m devhost.demo
+
+serve: setup  ## Keep the local stack up (API at http://127.0.0.1:7071/api) until Ctrl-C
+	$(PY) -m devhost.stack
+
+test: setup  ## Unit, function, integration and end-to-end tests (starts its own Azurite)
+	$(PY) -m pytest -q
+
+test-fast: setup  ## Everything but the end-to-end runs
+	$(PY) -m pytest -q -m "not e2e"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) node_modules .azurite .devhost .pytest_cache

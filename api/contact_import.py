@@ -1,0 +1,354 @@
+"""Contact imports: parse JSON or CSV rows, validate each, upsert the good ones by email.
+
+A bad row never sinks the import: it is reported as ``{index, field, message}`` and the
+rest still land. Contact ids are a keyed hash of the normalized email
+(``ids.contact_id_for``), so an upsert needs no index lookup; the only extra read is one
+RowKey-filtered query per ``_IDS_PER_QUERY`` contacts, to tell ``created`` from ``updated``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from api.errors import ApiError, invalid, too_large
+from core.clock import iso, utcnow
+from core.errors import FieldProblem
+from core.ids import contact_id_for, normalize_email
+from core.models import Tenant
+from core.storage import CONTACTS, Entity, Storage
+from core.templates import is_email
+
+MAX_NAME_CHARS = 200
+MAX_ATTRIBUTES = 50
+MAX_LISTS = 20
+MAX_LIST_NAME_CHARS = 64
+MAX_STRING_VALUE_CHARS = 2_000
+MAX_LIST_VALUE_ITEMS = 100
+# One string property holds 64 KiB (32K UTF-16 units); leave room for the envelope.
+MAX_ATTRIBUTES_JSON_CHARS = 30_000
+# Azure Tables allows at most 15 comparisons in a filter: PartitionKey plus 14 RowKeys.
+_IDS_PER_QUERY = 14
+_LOOKUP_THREADS = 8
+
+_ATTRIBUTE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]+")
+_ROW_KEYS = ("email", "name", "attributes", "lists")
+
+
+@dataclass(slots=True)
+class ContactRow:
+    """A validated row; ``None`` means the row did not mention that field."""
+
+    email: str
+    name: str | None
+    attributes: dict[str, Any] | None
+    lists: list[str] | None
+
+
+@dataclass(slots=True)
+class Rejection:
+    index: int
+    field: str
+    message: str
+
+
+@dataclass(slots=True)
+class ImportOutcome:
+    created: int
+    updated: int
+    rejected: list[Rejection]
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def rows_from_json(raw: Any, max_rows: int) -> list[Any]:
+    """The JSON body must be an array of contact objects."""
+    if not isinstance(raw, list):
+        raise invalid("body", "must be a JSON array of contacts")
+    if len(raw) > max_rows:
+        raise too_large(f"an import holds at most {max_rows} contacts")
+    return raw
+
+
+def rows_from_csv(body: bytes, max_rows: int) -> list[Any]:
+    """CSV with a header row ``email,name,<attribute>...`` (and optionally ``lists``).
+
+    Cells become typed attribute values (``typed_cell``); an empty cell leaves that field
+    out of the row, so re-importing a sparse sheet does not blank existing values.
+    """
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ApiError(400, "malformed_csv", "the CSV body is not UTF-8",
+                       [FieldProblem("body", "not UTF-8")]) from err
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        columns = _csv_columns(header)
+        rows: list[Any] = []
+        for cells in reader:
+            if len(rows) >= max_rows:
+                raise too_large(f"an import holds at most {max_rows} contacts")
+            rows.append(_csv_row(columns, cells))
+    except csv.Error as err:
+        message = f"the CSV body cannot be parsed: {err}"
+        raise ApiError(400, "malformed_csv", message, [FieldProblem("body", message)]) from err
+    return rows
+
+
+def _csv_columns(header: list[str]) -> list[str]:
+    columns = [name.strip() for name in header]
+    if "email" not in columns:
+        raise invalid("email", "the CSV header row must name an email column")
+    seen: set[str] = set()
+    for name in columns:
+        if name in seen:
+            raise invalid(name or "header", "this column appears twice in the CSV header row")
+        seen.add(name)
+        if name not in ("email", "name", "lists") and not _ATTRIBUTE_KEY.fullmatch(name):
+            raise invalid(f"attributes.{name}", "attribute names use letters, digits, _ . - (≤64)")
+    if len(columns) - len(seen & {"email", "name", "lists"}) > MAX_ATTRIBUTES:
+        raise invalid("attributes", f"at most {MAX_ATTRIBUTES} attributes")
+    return columns
+
+
+def _csv_row(columns: list[str], cells: list[str]) -> Any:
+    if len(cells) > len(columns):
+        return _Malformed("", f"this row has {len(cells)} cells; the header names {len(columns)}")
+    row: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    for name, cell in zip(columns, cells, strict=False):
+        if name == "email":
+            row["email"] = cell
+        elif name == "name":
+            row["name"] = cell
+        elif name == "lists":
+            row["lists"] = [part.strip() for part in cell.split(";") if part.strip()]
+        elif cell != "":
+            attributes[name] = typed_cell(cell)
+    if attributes:
+        row["attributes"] = attributes
+    return row
+
+
+def typed_cell(cell: str) -> Any:
+    """``"42"`` → 42, ``"4.5"`` → 4.5, ``"true"``/``"false"`` → bool, else the string.
+
+    Only canonical numbers convert: ``"02139"`` (a zip code) or ``"1e3"`` stay strings, so no
+    value is silently altered.
+    """
+    lowered = cell.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if _INT.fullmatch(cell):
+        return int(cell)
+    if _FLOAT.fullmatch(cell):
+        return float(cell)
+    return cell
+
+
+@dataclass(slots=True)
+class _Malformed:
+    """A CSV row that could not even be read as a contact."""
+
+    field: str
+    message: str
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def validate_row(raw: Any) -> tuple[ContactRow | None, list[FieldProblem]]:
+    """Check one row; problems carry paths like ``email`` or ``attributes.age``."""
+    if isinstance(raw, _Malformed):
+        return None, [FieldProblem(raw.field, raw.message)]
+    if not isinstance(raw, Mapping):
+        return None, [FieldProblem("", "must be an object")]
+    problems = [FieldProblem(str(key), "unknown field") for key in raw if key not in _ROW_KEYS]
+    email = _check_email(raw.get("email"), problems)
+    name = _check_name(raw["name"], problems) if "name" in raw else None
+    attributes = _check_attributes(raw["attributes"], problems) if "attributes" in raw else None
+    lists = _check_lists(raw["lists"], problems) if "lists" in raw else None
+    if problems or email is None:
+        return None, problems
+    return ContactRow(email=email, name=name, attributes=attributes, lists=lists), []
+
+
+def _check_email(value: Any, problems: list[FieldProblem]) -> str | None:
+    if value is None or value == "":
+        problems.append(FieldProblem("email", "is required"))
+        return None
+    if not isinstance(value, str):
+        problems.append(FieldProblem("email", "must be a string"))
+        return None
+    normalized = normalize_email(value)
+    if not is_email(normalized):
+        problems.append(FieldProblem("email", "is not a valid email address"))
+        return None
+    return normalized
+
+
+def _check_name(value: Any, problems: list[FieldProblem]) -> str | None:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        problems.append(FieldProblem("name", "must be a string"))
+    elif len(value) > MAX_NAME_CHARS:
+        problems.append(FieldProblem("name", f"must be at most {MAX_NAME_CHARS} characters"))
+    elif _CONTROL.search(value):
+        problems.append(FieldProblem("name", "must not contain control characters"))
+    else:
+        return value.strip()
+    return None
+
+
+def _check_attributes(value: Any, problems: list[FieldProblem]) -> dict[str, Any] | None:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(FieldProblem("attributes", "must be an object"))
+        return None
+    if len(value) > MAX_ATTRIBUTES:
+        problems.append(FieldProblem("attributes", f"at most {MAX_ATTRIBUTES} attributes"))
+        return None
+    before = len(problems)
+    for key, item in value.items():
+        path = f"attributes.{key}"
+        if not isinstance(key, str) or not _ATTRIBUTE_KEY.fullmatch(key):
+            problems.append(FieldProblem(path, "attribute names use letters, digits, _ . - (≤64)"))
+        elif message := _attribute_value_problem(item):
+            problems.append(FieldProblem(path, message))
+    if len(problems) > before:
+        return None
+    attributes = dict(value)
+    if len(json.dumps(attributes, ensure_ascii=False)) > MAX_ATTRIBUTES_JSON_CHARS:
+        problems.append(FieldProblem("attributes", f"at most {MAX_ATTRIBUTES_JSON_CHARS} characters of JSON"))
+        return None
+    return attributes
+
+
+def _attribute_value_problem(value: Any) -> str | None:
+    if isinstance(value, bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "must be a finite number"
+    if isinstance(value, str):
+        too_long = len(value) > MAX_STRING_VALUE_CHARS
+        return f"at most {MAX_STRING_VALUE_CHARS} characters" if too_long else None
+    if isinstance(value, list):
+        if len(value) > MAX_LIST_VALUE_ITEMS:
+            return f"at most {MAX_LIST_VALUE_ITEMS} items"
+        if all(isinstance(item, str) and len(item) <= MAX_STRING_VALUE_CHARS for item in value):
+            return None
+        return "a list may hold only strings"
+    return "must be a string, number, boolean or list of strings"
+
+
+def _check_lists(value: Any, problems: list[FieldProblem]) -> list[str] | None:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(FieldProblem("lists", "must be an array of list names"))
+        return None
+    if len(value) > MAX_LISTS:
+        problems.append(FieldProblem("lists", f"at most {MAX_LISTS} lists"))
+        return None
+    names: list[str] = []
+    valid = True
+    for i, item in enumerate(value):
+        if not _valid_list_name(item):
+            problems.append(FieldProblem(
+                f"lists.{i}", f"a list name is 1–{MAX_LIST_NAME_CHARS} characters, without ';' or controls"
+            ))
+            valid = False
+        elif item.strip() not in names:
+            names.append(item.strip())
+    return names if valid else None
+
+
+def _valid_list_name(item: Any) -> bool:
+    return (
+        isinstance(item, str) and bool(item.strip()) and len(item) <= MAX_LIST_NAME_CHARS
+        and not _CONTROL.search(item) and ";" not in item
+    )
+
+
+# -- upsert ----------------------------------------------------------------------------------
+
+
+def import_contacts(storage: Storage, tenant: Tenant, raw_rows: list[Any]) -> ImportOutcome:
+    """Validate every row, then upsert the good ones (the last row of an address wins)."""
+    rejected: list[Rejection] = []
+    latest: dict[str, ContactRow] = {}
+    for index, raw in enumerate(raw_rows):
+        row, problems = validate_row(raw)
+        if row is None:
+            rejected.extend(Rejection(index, p.field, p.message) for p in problems)
+            continue
+        contact_id = contact_id_for(tenant.contact_salt, row.email)
+        latest.pop(contact_id, None)  # re-insert so the dict keeps the winning row's order
+        latest[contact_id] = row
+    existing = existing_ids(storage, tenant.id, list(latest))
+    now = iso(utcnow())
+    entities = [
+        contact_entity(tenant.id, contact_id, row, now, is_new=contact_id not in existing)
+        for contact_id, row in latest.items()
+    ]
+    storage.table(CONTACTS).batch_upsert(entities)
+    created = sum(1 for contact_id in latest if contact_id not in existing)
+    return ImportOutcome(created=created, updated=len(latest) - created, rejected=rejected)
+
+
+def contact_entity(tenant_id: str, contact_id: str, row: ContactRow, now: str, is_new: bool) -> Entity:
+    """A merge entity: fields a row left out keep their stored values (new contacts get defaults)."""
+    entity: Entity = {
+        "PartitionKey": tenant_id, "RowKey": contact_id, "email": row.email,
+        "state": "active", "updated_at": now,
+    }
+    if is_new:
+        entity["created_at"] = now
+    if row.name is not None or is_new:
+        entity["name"] = row.name or ""
+    if row.attributes is not None or is_new:
+        entity["attributes"] = json.dumps(row.attributes or {}, separators=(",", ":"), ensure_ascii=False)
+    if row.lists is not None or is_new:
+        entity["lists"] = json.dumps(row.lists or [], separators=(",", ":"), ensure_ascii=False)
+    return entity
+
+
+def existing_ids(storage: Storage, tenant_id: str, contact_ids: list[str]) -> set[str]:
+    """Which of ``contact_ids`` already exist, with a few RowKey-filtered queries in parallel."""
+    chunks = [contact_ids[i:i + _IDS_PER_QUERY] for i in range(0, len(contact_ids), _IDS_PER_QUERY)]
+    if not chunks:
+        return set()
+    if len(chunks) == 1:
+        return set(_existing_in(storage, tenant_id, chunks[0]))
+    with ThreadPoolExecutor(max_workers=_LOOKUP_THREADS) as pool:
+        found: set[str] = set()
+        for ids in pool.map(lambda chunk: list(_existing_in(storage, tenant_id, chunk)), chunks):
+            found.update(ids)
+        return found
+
+
+def _existing_in(storage: Storage, tenant_id: str, ids: list[str]) -> Iterator[str]:
+    params: dict[str, str] = {"t": tenant_id}
+    clauses = []
+    for i, contact_id in enumerate(ids):
+        params[f"r{i}"] = contact_id
+        clauses.append(f"RowKey eq @r{i}")
+    query = f"PartitionKey eq @t and ({' or '.join(clauses)})"
+    for entity in storage.table(CONTACTS).query(query, params, select=["RowKey"]):
+        yield entity["RowKey"]

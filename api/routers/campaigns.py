@@ -1,0 +1,138 @@
+"""Campaigns: create, read, edit while draft/scheduled, schedule, preview (API.md "Campaigns").
+
+The pause/resume/cancel and test-send routes are not here yet (a separate issue adds them).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body
+
+from api.auth import TenantDep
+from api.campaign_records import (
+    as_utc,
+    campaign_public,
+    ensure_editable,
+    job_summaries,
+    load_campaign,
+    schedule_entity,
+    set_send_at,
+    sync_schedule,
+    touch,
+    validate_content,
+)
+from api.dependencies import SettingsDep, StorageDep
+from api.preview import render_preview
+from api.routers.conventions import (
+    DEFAULT_PAGE_LIMIT,
+    ERROR_RESPONSES,
+    STATE_RESPONSES,
+    Continuation,
+    Limit,
+)
+from api.schemas import (
+    CampaignCreate,
+    CampaignPublic,
+    CampaignUpdate,
+    Page,
+    PreviewPublic,
+    PreviewRequest,
+    ScheduleRequest,
+)
+from core.clock import utcnow
+from core.ids import new_id
+from core.models import Campaign
+from core.status import CampaignStatus, zero_counts
+from core.storage import CAMPAIGNS, SCHEDULE
+
+router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
+
+
+@router.post("/campaigns", status_code=201, response_model=CampaignPublic)
+def create_campaign(body: CampaignCreate, tenant: TenantDep, storage: StorageDep) -> CampaignPublic:
+    criteria = validate_content(body.template, body.criteria, check_criteria=True) or {}
+    campaign = Campaign(
+        id=new_id(), tenant_id=tenant.id, name=body.name, template=body.template.model_dump(),
+        criteria=criteria, status=CampaignStatus.DRAFT.value, counts=zero_counts(),
+    )
+    touch(campaign)
+    campaign.created_at = campaign.updated_at
+    if body.send_at is not None:
+        set_send_at(campaign, body.send_at)
+    storage.table(CAMPAIGNS).insert(campaign.to_entity())
+    if campaign.schedule_key:  # after the campaign: an index row never points at nothing
+        storage.table(SCHEDULE).upsert(schedule_entity(campaign))
+    return campaign_public(campaign, [])
+
+
+@router.get("/campaigns", response_model=Page[CampaignPublic])
+def list_campaigns(
+    tenant: TenantDep, storage: StorageDep,
+    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+) -> Page[CampaignPublic]:
+    page = storage.table(CAMPAIGNS).query_page(
+        "PartitionKey eq @t", {"t": tenant.id}, limit=limit, continuation=continuation
+    )
+    campaigns = [Campaign.from_entity(e) for e in page.items]
+    jobs = job_summaries(storage, tenant.id, [c.id for c in campaigns if c.job_count or c.current_job_id])
+    return Page[CampaignPublic](
+        items=[campaign_public(c, jobs.get(c.id, [])) for c in campaigns], continuation=page.continuation
+    )
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignPublic)
+def get_campaign(campaign_id: str, tenant: TenantDep, storage: StorageDep) -> CampaignPublic:
+    campaign = load_campaign(storage, tenant.id, campaign_id)
+    jobs = job_summaries(storage, tenant.id, [campaign.id])
+    return campaign_public(campaign, jobs[campaign.id])
+
+
+@router.patch("/campaigns/{campaign_id}", response_model=CampaignPublic,
+              responses=STATE_RESPONSES)
+def update_campaign(
+    campaign_id: str, body: CampaignUpdate, tenant: TenantDep, storage: StorageDep
+) -> CampaignPublic:
+    campaign = load_campaign(storage, tenant.id, campaign_id)
+    ensure_editable(campaign)
+    given = body.model_fields_set
+    criteria = validate_content(body.template, body.criteria, check_criteria="criteria" in given)
+    old_key = campaign.schedule_key
+    if body.name is not None:
+        campaign.name = body.name
+    if body.template is not None:
+        campaign.template = body.template.model_dump()
+    if criteria is not None:
+        campaign.criteria = criteria
+    if "send_at" in given:
+        set_send_at(campaign, body.send_at)
+    touch(campaign)
+    storage.table(CAMPAIGNS).update(campaign.to_entity(), etag=campaign.etag)
+    sync_schedule(storage, campaign, old_key)
+    return campaign_public(campaign, job_summaries(storage, tenant.id, [campaign.id])[campaign.id])
+
+
+@router.post("/campaigns/{campaign_id}/schedule", response_model=CampaignPublic,
+             responses=STATE_RESPONSES)
+def schedule_campaign(
+    campaign_id: str, tenant: TenantDep, storage: StorageDep,
+    body: Annotated[ScheduleRequest | None, Body()] = None,
+) -> CampaignPublic:
+    campaign = load_campaign(storage, tenant.id, campaign_id)
+    ensure_editable(campaign)
+    send_at = body.send_at if body is not None and body.send_at is not None else utcnow()
+    old_key = campaign.schedule_key
+    set_send_at(campaign, as_utc(send_at))
+    touch(campaign)
+    storage.table(CAMPAIGNS).update(campaign.to_entity(), etag=campaign.etag)
+    sync_schedule(storage, campaign, old_key)
+    return campaign_public(campaign, job_summaries(storage, tenant.id, [campaign.id])[campaign.id])
+
+
+@router.post("/campaigns/{campaign_id}/preview", response_model=PreviewPublic)
+def preview_campaign(
+    campaign_id: str, tenant: TenantDep, storage: StorageDep, settings: SettingsDep,
+    body: Annotated[PreviewRequest | None, Body()] = None,
+) -> PreviewPublic:
+    campaign = load_campaign(storage, tenant.id, campaign_id)
+    return render_preview(storage, settings, tenant, campaign, body or PreviewRequest())

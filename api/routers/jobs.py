@@ -1,0 +1,194 @@
+"""Jobs and their per-recipient delivery logs (API.md "Campaigns and jobs").
+
+Deliveries of one job live in partitions ``{job id}-{task id}``, so a job's whole log is
+the PartitionKey range ``[job-, job.)`` ('.' sorts right after '-'): one range query,
+paged with the service's continuation, visits every recipient exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from api.auth import TenantDep
+from api.campaign_records import load_campaign
+from api.dependencies import StorageDep
+from api.errors import not_found
+from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Continuation, Limit
+from api.schemas import DeliveryPublic, JobPublic, Page
+from core.clock import iso, parse_iso, utcnow
+from core.ids import normalize_email
+from core.models import Job
+from core.status import FINAL_JOB_STATUSES, TERMINAL_DELIVERY_STATUSES, DeliveryStatus, JobStatus
+from core.storage import DELIVERIES, JOBS, Entity, Storage
+
+router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
+
+CSV_COLUMNS = ("contact_id", "email", "status", "reason", "provider", "provider_message_id",
+               "attempts", "updated_at")
+_FORMULA_STARTS = frozenset("=+-@\t\r")
+_TERMINAL = frozenset(s.value for s in TERMINAL_DELIVERY_STATUSES)
+_FINAL_JOB = frozenset(s.value for s in FINAL_JOB_STATUSES)
+StatusFilter = Annotated[DeliveryStatus | None, Query(description="Only deliveries in this status.")]
+EmailFilter = Annotated[str | None, Query(max_length=254, description="Only this recipient.")]
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def job_public(job: Job, now: datetime | None = None) -> JobPublic:
+    done = sum(n for status, n in job.counts.items() if status in _TERMINAL)
+    return JobPublic(
+        id=job.id, campaign_id=job.campaign_id, status=job.status, roster_size=job.roster_size,
+        counts=dict(job.counts), progress=progress(job, done), started_at=job.started_at or None,
+        completed_at=job.completed_at or None, eta=eta(job, done, now or utcnow()),
+        failure_reason=job.failure_reason or None, last_error=job.last_error or None,
+        tasks_total=job.tasks_total, tasks_done=job.tasks_done, created_at=job.created_at or None,
+    )
+
+
+def progress(job: Job, done: int) -> float:
+    """Share of the roster with a terminal outcome; exactly 1.0 once the job completed."""
+    if job.status == JobStatus.COMPLETED.value:
+        return 1.0
+    if job.roster_size <= 0:
+        return 0.0
+    return min(1.0, max(0.0, done / job.roster_size))
+
+
+def eta(job: Job, done: int, now: datetime) -> str | None:
+    """When the roster should be finished at the average rate since the job started.
+
+    ``None`` when there is nothing to extrapolate from (not started, nothing done yet) or
+    nothing left to wait for (the job is over).
+    """
+    if job.status in _FINAL_JOB or not job.started_at or done <= 0 or job.roster_size <= 0:
+        return None
+    try:
+        elapsed = (now - parse_iso(job.started_at)).total_seconds()
+    except ValueError:
+        return None
+    remaining = max(0, job.roster_size - done)
+    if elapsed <= 0:
+        return None
+    return iso(now + timedelta(seconds=remaining * elapsed / done))
+
+
+def _load_job(storage: Storage, tenant_id: str, job_id: str) -> Job:
+    entity = storage.table(JOBS).find(tenant_id, job_id)
+    if entity is None:
+        raise not_found("job")
+    return Job.from_entity(entity)
+
+
+@router.get("/campaigns/{campaign_id}/jobs", response_model=Page[JobPublic], tags=["campaigns"])
+def list_campaign_jobs(
+    campaign_id: str, tenant: TenantDep, storage: StorageDep,
+    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+) -> Page[JobPublic]:
+    load_campaign(storage, tenant.id, campaign_id)  # 404 for another tenant's campaign
+    page = storage.table(JOBS).query_page(
+        "PartitionKey eq @t and campaign_id eq @c", {"t": tenant.id, "c": campaign_id},
+        limit=limit, continuation=continuation,
+    )
+    now = utcnow()
+    return Page[JobPublic](
+        items=[job_public(Job.from_entity(e), now) for e in page.items], continuation=page.continuation
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPublic:
+    return job_public(_load_job(storage, tenant.id, job_id))
+
+
+# -- deliveries ------------------------------------------------------------------------------
+
+
+def delivery_query(job_id: str, status: str | None, email: str | None) -> tuple[str, dict[str, Any]]:
+    query = "PartitionKey ge @lo and PartitionKey lt @hi"
+    params: dict[str, Any] = {"lo": f"{job_id}-", "hi": f"{job_id}."}
+    if status is not None:
+        query += " and status eq @s"
+        params["s"] = status
+    if email is not None:
+        query += " and email eq @e"
+        params["e"] = normalize_email(email)
+    return query, params
+
+
+def delivery_public(entity: Entity) -> DeliveryPublic:
+    return DeliveryPublic(
+        contact_id=entity["RowKey"], email=entity.get("email", ""), status=entity.get("status", ""),
+        reason=entity.get("reason", ""), provider=entity.get("provider", ""),
+        provider_message_id=entity.get("provider_message_id", ""),
+        attempts=int(entity.get("attempts", 0) or 0), events=[],
+        updated_at=entity.get("updated_at") or None,
+    )
+
+
+@router.get("/jobs/{job_id}/deliveries", response_model=Page[DeliveryPublic])
+def list_deliveries(
+    job_id: str, tenant: TenantDep, storage: StorageDep,
+    status: StatusFilter = None, email: EmailFilter = None,
+    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+) -> Page[DeliveryPublic]:
+    _load_job(storage, tenant.id, job_id)
+    query, params = delivery_query(job_id, status.value if status else None, email)
+    page = storage.table(DELIVERIES).query_page(query, params, limit=limit, continuation=continuation)
+    return Page[DeliveryPublic](items=[delivery_public(e) for e in page.items],
+                                continuation=page.continuation)
+
+
+@router.get(
+    "/jobs/{job_id}/deliveries.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "The delivery log, one row per recipient."}},
+)
+def export_deliveries(
+    job_id: str, tenant: TenantDep, storage: StorageDep,
+    status: StatusFilter = None, email: EmailFilter = None,
+) -> StreamingResponse:
+    _load_job(storage, tenant.id, job_id)
+    query, params = delivery_query(job_id, status.value if status else None, email)
+    rows = storage.table(DELIVERIES).query(query, params, select=["RowKey", *CSV_COLUMNS[1:]])
+    return StreamingResponse(
+        csv_lines(rows), media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-deliveries.csv"'},
+    )
+
+
+def cell_text(value: Any) -> str:
+    """A text cell, defused against spreadsheet formula injection (OWASP: prefix a quote).
+
+    Addresses may legally start with ``=``, ``+`` or ``-`` and reasons come from providers;
+    a support person opening the export in a spreadsheet must not run them as formulas.
+    """
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in _FORMULA_STARTS else text
+
+
+def csv_lines(rows: Iterator[Entity], rows_per_chunk: int = 500) -> Iterator[str]:
+    """Header, then the rows in chunks: memory stays flat for a million-row log."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    pending = 0
+    for entity in rows:
+        writer.writerow([
+            entity["RowKey"], *(cell_text(entity.get(column, "")) for column in CSV_COLUMNS[1:6]),
+            entity.get("attempts", 0) or 0, entity.get("updated_at", ""),
+        ])
+        pending += 1
+        if pending >= rows_per_chunk:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            pending = 0
+    yield buffer.getvalue()

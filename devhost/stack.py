@@ -1,0 +1,219 @@
+"""The whole local stack: Azurite, the SendGrid simulator and N host processes.
+
+``make serve`` runs it until Ctrl-C; the demo, the end-to-end tests and the bench start
+it programmatically (``Stack``) so each run owns its emulator, simulator and hosts, and
+can kill or restart one host process to prove what a crash does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from core.settings import PROJECT_ROOT
+from devhost.azurite import AzuriteHandle, port_is_listening, start_azurite
+from devhost.sendgrid_sim import SendGridSimulator
+
+LOCALHOST = "127.0.0.1"
+DEMO_ADMIN_KEY = "local-admin-key"
+SIMULATOR_KEY = "SG.local-simulator"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll until ``predicate`` returns something truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on a free port in a daemon thread; yields its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOCALHOST, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), 10, "the simulator to start", 0.01)
+        yield f"http://{LOCALHOST}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+class Stack:
+    """Azurite + SendGrid simulator + host processes, all on free ports by default."""
+
+    def __init__(
+        self,
+        workers: int = 1,
+        http_port: int | None = None,
+        settings: dict[str, str] | None = None,
+        azurite_ports: tuple[int, int, int] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.workers = workers
+        self.http_port = http_port or free_port()
+        self.extra_settings = settings or {}
+        self.azurite_ports = azurite_ports
+        self.log_dir = log_dir or PROJECT_ROOT / ".devhost" / f"stack-{os.getpid()}-{self.http_port}"
+        self.azurite: AzuriteHandle | None = None
+        self.simulator = SendGridSimulator(api_key=SIMULATOR_KEY)
+        self.simulator_url = ""
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._sim_cm: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOCALHOST}:{self.http_port}"
+
+    @property
+    def admin_key(self) -> str:
+        return self.env()["MAILROOM_ADMIN_KEY"]
+
+    def env(self) -> dict[str, str]:
+        """The app settings every host process gets (environment wins over local.settings.json)."""
+        assert self.azurite is not None
+        values = {
+            "AzureWebJobsStorage": self.azurite.connection_string,
+            "MAILROOM_ADMIN_KEY": DEMO_ADMIN_KEY,
+            "MAILROOM_PUBLIC_URL": self.base_url,
+            "EMAIL_PROVIDER": "sendgrid",
+            "SENDGRID_API_KEY": SIMULATOR_KEY,
+            "SENDGRID_API_URL": self.simulator_url,
+            "CAMPAIGN_MANAGER_SCHEDULE": "*/2 * * * * *",
+            "STATUS_MANAGER_SCHEDULE": "*/2 * * * * *",
+        }
+        values.update(self.extra_settings)
+        return values
+
+    def start(self) -> Stack:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.azurite = start_azurite(ports=self.azurite_ports)
+        self._sim_cm = serve_in_thread(self.simulator.app)
+        self.simulator_url = self._sim_cm.__enter__()
+        for index in range(self.workers):
+            self.start_worker(index)
+        self.wait_healthy()
+        return self
+
+    def start_worker(self, index: int) -> None:
+        """Start host process ``index``; worker 0 serves HTTP and runs the timers."""
+        env = {**os.environ, **self.env(), "PYTHONUNBUFFERED": "1"}
+        env.pop("MAILROOM_LOCAL_SETTINGS", None)
+        env["MAILROOM_LOCAL_SETTINGS"] = str(self.log_dir / "no-local-settings.json")
+        log = open(self.log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - closed with the process
+        cmd = [
+            sys.executable,
+            "-m",
+            "devhost",
+            "--no-azurite",
+            "--worker-index",
+            str(index),
+            "--port",
+            str(self.http_port),
+            "--grace",
+            "2",
+        ]
+        self.processes[index] = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=log)
+        log.close()
+
+    def kill_worker(self, index: int) -> None:
+        """SIGKILL: the process gets no chance to finish or clean up, as in a crash."""
+        process = self.processes[index]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        def healthy() -> bool:
+            for index, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"host worker {index} exited with {process.returncode}; "
+                        f"see {self.log_dir}/worker-{index}.log"
+                    )
+            if not port_is_listening(LOCALHOST, self.http_port):
+                return False
+            try:
+                return httpx.get(f"{self.base_url}/api/v1/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout, "the host to answer /api/v1/health", 0.2)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        if self._sim_cm is not None:
+            self._sim_cm.__exit__(None, None, None)
+            self._sim_cm = None
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m devhost.stack``: keep the stack up for exploring (``make serve``)."""
+    parser = argparse.ArgumentParser(prog="python -m devhost.stack", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=7071)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    ports = None if port_is_listening(LOCALHOST, 10002) else (10000, 10001, 10002)
+    stack = Stack(workers=args.workers, http_port=args.port, azurite_ports=ports)
+    admin = os.environ.get("MAILROOM_ADMIN_KEY")
+    if admin:
+        stack.extra_settings["MAILROOM_ADMIN_KEY"] = admin
+    with stack:
+        print(f"Mailroom is up: {stack.base_url}/api/docs  (admin key: {stack.admin_key})")
+        print(f"SendGrid simulator: {stack.simulator_url}  logs: {stack.log_dir}  Ctrl-C stops it all.")
+        try:
+            while all(p.poll() is None for p in stack.processes.values()):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
