@@ -20,9 +20,9 @@ import pytest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 from fastapi import FastAPI
 
-from devhost.azurite import AzuriteHandle, start_azurite
+from devhost.azurite import AzuriteHandle, ensure_azurite, start_azurite
 from devhost.host import FunctionHost, run_host
-from devhost.hostconfig import QueueConfig, expand_app_settings, parse_timespan
+from devhost.hostconfig import QueueConfig, expand_app_settings, load_queue_config, parse_timespan
 
 DEADLINE_SECONDS = 20.0
 
@@ -272,6 +272,17 @@ def test_host_json_timespans_are_parsed() -> None:
     assert parse_timespan("00:00:02") == 2
     assert parse_timespan("00:10:00") == 600
     assert parse_timespan("1.00:00:00.5") == 86400.5
+
+
+def test_app_settings_override_host_json_queue_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AzureFunctionsJobHost__extensions__queues__maxDequeueCount", "2")
+    monkeypatch.setenv("AzureFunctionsJobHost__extensions__queues__visibilityTimeout", "00:00:01")
+    config = load_queue_config()
+    assert (config.max_dequeue_count, config.visibility_timeout) == (2, 1.0)
+
+
+def test_ensure_azurite_reuses_one_already_listening(conn: str) -> None:
+    assert ensure_azurite(conn) is None
 
 
 def test_asgi_app_is_served_at_its_own_api_routes() -> None:
