@@ -116,7 +116,8 @@ def job_summaries(
         chunk = ids[start:start + _IDS_PER_QUERY]
         params = {"t": tenant_id} | {f"c{i}": cid for i, cid in enumerate(chunk)}
         clauses = " or ".join(f"campaign_id eq @c{i}" for i in range(len(chunk)))
-        for row in table.query(f"PartitionKey eq @t and ({clauses})", params,
+        # The SDK substitutes only space-separated "@name" words: keep spaces inside the parentheses.
+        for row in table.query(f"PartitionKey eq @t and ( {clauses} )", params,
                                select=["RowKey", "status", "campaign_id"]):
             found[row["campaign_id"]].append(JobSummary(id=row["RowKey"], status=row.get("status", "")))
     return {cid: jobs[-MAX_JOBS_IN_SUMMARY:] for cid, jobs in found.items()}

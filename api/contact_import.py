@@ -349,6 +349,7 @@ def _existing_in(storage: Storage, tenant_id: str, ids: list[str]) -> Iterator[s
     for i, contact_id in enumerate(ids):
         params[f"r{i}"] = contact_id
         clauses.append(f"RowKey eq @r{i}")
-    query = f"PartitionKey eq @t and ({' or '.join(clauses)})"
+    # The SDK substitutes only space-separated "@name" words: keep spaces inside the parentheses.
+    query = f"PartitionKey eq @t and ( {' or '.join(clauses)} )"
     for entity in storage.table(CONTACTS).query(query, params, select=["RowKey"]):
         yield entity["RowKey"]

@@ -21,7 +21,7 @@ from azure.core.exceptions import ServiceRequestError
 from core.errors import SettingsError
 from core.settings import PROJECT_ROOT, get_settings
 from devhost.azurite import AzuriteError, AzuriteHandle, ensure_azurite
-from devhost.host import DEFAULT_HTTP_PORT, load_function_app, run_host
+from devhost.host import DEFAULT_HTTP_PORT, HostError, load_function_app, run_host
 from devhost.hostconfig import HostConfigError, load_queue_config
 from devhost.logs import configure_logging, log_event
 
@@ -30,7 +30,7 @@ CHILD_STOP_TIMEOUT_SECONDS = 30.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; children of ``--workers`` get the same flags plus ``--worker-index``."""
-    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devhost", description="Run the function app locally, like `func start`.")
     parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP port (default 7071)")
     parser.add_argument("--workers", type=int, default=0, help="run N host processes (N >= 1)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             app=load_function_app(args.app), grace_seconds=args.grace,
         )
         return 0
-    except (AzuriteError, HostConfigError) as err:
+    except (AzuriteError, HostConfigError, HostError) as err:
         logging.getLogger("devhost").error("%s", err)
         return 2
     except ServiceRequestError:

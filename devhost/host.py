@@ -50,7 +50,12 @@ def load_function_app(module_name: str = "function_app") -> func.FunctionRegiste
     """
     if str(PROJECT_ROOT) not in sys.path:
         sys.path.insert(0, str(PROJECT_ROOT))
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise  # the app imports something missing: show the real traceback
+        raise HostError(f"no module {module_name!r} in {PROJECT_ROOT} (is function_app.py there?)") from err
     app = getattr(module, "app", None)
     if not isinstance(app, func.FunctionRegister):  # FunctionApp, AsgiFunctionApp, ...
         raise HostError(f"{module_name}.app is not an azure.functions FunctionApp")
@@ -158,6 +163,7 @@ class FunctionHost:
 
     def _plan(self) -> None:
         """Turn the indexed functions into runners; bad config fails here, before anything runs."""
+        self.pollers, self.timers, self._server = [], [], None
         http_functions = []
         for function in index_functions(self.app):
             name = function.get_function_name()
@@ -187,7 +193,7 @@ class FunctionHost:
                 return
             config = uvicorn.Config(
                 middleware._app, host=self.http_host, port=self.http_port, log_level="warning",
-                access_log=False, lifespan="auto", timeout_graceful_shutdown=int(self.grace_seconds),
+                access_log=False, lifespan="auto", timeout_graceful_shutdown=max(1, int(self.grace_seconds)),
             )
             self._server = uvicorn.Server(config)
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import ResourceExistsError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage  # noqa: TID251 (a host)
 from azure.storage.queue import QueueClient, QueueMessage
 
@@ -115,8 +115,9 @@ class QueuePoller:
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0, max(0.0, deadline - time.monotonic()))
             left = self._in_flight
-        if left:
+        if left:  # those threads still need the clients to settle their messages
             log_event("queue.abandoned", logging.WARNING, function=self.function_name, in_flight=left)
+            return
         for client in (self._queue, self._poison):
             client.close()
 
@@ -149,7 +150,7 @@ class QueuePoller:
                 messages_per_page=batch, max_messages=batch,
                 visibility_timeout=math.ceil(self.config.lease_seconds),
             ))
-        except AzureError as err:  # storage unreachable or busy: treat like an empty poll
+        except Exception as err:  # storage unreachable or busy: treat like an empty poll
             log_event("queue.receive_failed", logging.WARNING, queue=self.queue_name,
                       error=type(err).__name__)
             return []
@@ -177,7 +178,8 @@ class QueuePoller:
             self._to_poison(message, reason="undecodable")
             return
         started = time.monotonic()
-        log_event("queue.invoke", function=self.function_name, id=message.id, dequeue_count=dequeue_count)
+        log_event("queue.invoke", logging.DEBUG, function=self.function_name, id=message.id,
+                  dequeue_count=dequeue_count)
         try:
             argument = self._to_function_message(message, body)
             call_user_function(self.user_function, **{self.arg_name: argument})

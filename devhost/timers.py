@@ -106,7 +106,7 @@ class TimerRunner:
 
     def _fire(self, past_due: bool) -> None:
         started = time.monotonic()
-        log_event("timer.fired", function=self.function_name, past_due=past_due)
+        log_event("timer.fired", logging.DEBUG, function=self.function_name, past_due=past_due)
         try:
             call_user_function(self.user_function, **{self.arg_name: TimerRequest(past_due=past_due)})
         except Exception as err:  # a failing run must not stop the timer

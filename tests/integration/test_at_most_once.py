@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from core.clock import utcnow
 from core.messages import TaskTicket
