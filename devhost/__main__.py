@@ -30,7 +30,9 @@ CHILD_STOP_TIMEOUT_SECONDS = 30.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; children of ``--workers`` get the same flags plus ``--worker-index``."""
-    parser = argparse.ArgumentParser(prog="python -m devhost", description="Run the function app locally, like `func start`.")
+    parser = argparse.ArgumentParser(
+        prog="python -m devhost", description="Run the function app locally, like `func start`."
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP port (default 7071)")
     parser.add_argument("--workers", type=int, default=0, help="run N host processes (N >= 1)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any
 
-import azure.functions as func  # noqa: TID251 (devhost is a Functions host)
+import azure.functions as func
 import uvicorn
 
 from core.settings import PROJECT_ROOT

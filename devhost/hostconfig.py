@@ -139,7 +139,9 @@ def expand_app_settings(text: str) -> str:
     def _sub(match: re.Match[str]) -> str:
         value = resolve_app_setting(match[1])
         if value is None:
-            raise HostConfigError(f"app setting %{match[1]}% is not set")
+            raise HostConfigError(
+                f"app setting %{match[1]}% is not set (environment or local.settings.json Values)"
+            )
         return value
 
     return _SETTING_REF.sub(_sub, text)

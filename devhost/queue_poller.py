@@ -25,14 +25,23 @@ from collections.abc import Callable
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
-from azure.functions.queue import QueueMessage as FunctionQueueMessage  # noqa: TID251 (a host)
-from azure.storage.queue import QueueClient, QueueMessage
+from azure.functions.queue import QueueMessage as FunctionQueueMessage
+from azure.storage.queue import LinearRetry, QueueClient, QueueMessage
 
 from devhost.hostconfig import QueueConfig
 from devhost.invoke import call_user_function
 from devhost.logs import describe_exception, log_event
 
 MIN_POLL_SECONDS = 0.1
+
+
+def _client(connection_string: str, queue_name: str) -> QueueClient:
+    """A raw client whose retries give up within seconds (the SDK default waits minutes).
+
+    The poller backs off on its own; a stop or an unreachable Azurite should not hang in an SDK retry.
+    """
+    retry = LinearRetry(backoff=1, retry_total=5, random_jitter_range=1)
+    return QueueClient.from_connection_string(connection_string, queue_name, retry_policy=retry)
 
 
 class UndecodableMessage(ValueError):
@@ -70,8 +79,8 @@ class QueuePoller:
         self.user_function = user_function
         self.arg_name = arg_name
         self.config = config
-        self._queue = QueueClient.from_connection_string(connection_string, queue_name)
-        self._poison = QueueClient.from_connection_string(connection_string, self.poison_name)
+        self._queue = _client(connection_string, queue_name)
+        self._poison = _client(connection_string, self.poison_name)
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._in_flight = 0

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.functions.timer import TimerRequest  # noqa: TID251 (the worker's concrete type)
+from azure.functions.timer import TimerRequest
 from croniter import croniter
 
 from devhost.hostconfig import HostConfigError, parse_timespan

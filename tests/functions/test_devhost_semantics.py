@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import azure.functions as func  # noqa: TID251 (these tests exercise the Functions host)
+import azure.functions as func
 import pytest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 from fastapi import FastAPI
