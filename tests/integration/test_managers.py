@@ -1,0 +1,152 @@
+"""Each manager's promises on its own, on a real Azurite."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from campaign_manager import start_due_campaigns
+from core.clock import later, utcnow
+from core.messages import JobTicket, TaskTicket
+from core.models import Task, unpack_recipients
+from core.status import JobStatus
+from core.storage import CAMPAIGNS, JOB_QUEUE, JOBS, SCHEDULE, TASK_QUEUE, TASKS
+from job_manager import ExpansionOutcome, expand_roster
+from status_manager import close_finished_jobs
+from tests.pipeline import add_contacts, job_of, make_tenant, schedule_campaign
+
+
+def _tickets(storage) -> list[JobTicket]:
+    return [JobTicket.model_validate_json(t) for t in storage.queue(JOB_QUEUE).peek()]
+
+
+def test_overlapping_campaign_manager_runs_create_one_job(storage):
+    tenant = make_tenant(storage)
+    campaign = schedule_campaign(storage, tenant)
+    runs = [threading.Thread(target=start_due_campaigns, args=(storage,)) for _ in range(4)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    jobs = list(storage.table(JOBS).partition(tenant.id))
+    assert [j["campaign_id"] for j in jobs] == [campaign.id]
+    assert {t.job_id for t in _tickets(storage)} == {jobs[0]["RowKey"]}
+    assert list(storage.table(SCHEDULE).query("PartitionKey eq 'due'")) == []
+
+
+def test_a_campaign_not_yet_due_is_left_alone(storage):
+    tenant = make_tenant(storage)
+    schedule_campaign(storage, tenant)
+    report = start_due_campaigns(storage, clock=lambda: datetime.now(UTC) - timedelta(hours=1))
+    assert report.started == 0 and _tickets(storage) == []
+
+
+def _expanded_job(storage, settings, n: int, **overrides):
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, [{"email": f"e{i}@example.com", "attributes": {"i": i}} for i in range(n)])
+    campaign = schedule_campaign(storage, tenant, {"field": "attributes.i", "op": "lt", "value": n - 10})
+    start_due_campaigns(storage)
+    ticket = _tickets(storage)[0]
+    storage.queue(JOB_QUEUE).clear()
+    return tenant, campaign, ticket, settings.model_copy(update=overrides)
+
+
+def test_roster_is_split_into_tasks_of_task_size_covering_each_match_once(storage, settings):
+    tenant, campaign, ticket, small = _expanded_job(storage, settings, 260, task_size=50)
+    assert expand_roster(storage, ticket, small, "h1") == ExpansionOutcome.EXPANDED
+    job = job_of(storage, campaign)
+    tasks = [Task.from_entity(e) for e in storage.table(TASKS).partition(job.id)]
+    emails = [r.email for e in storage.table(TASKS).partition(job.id) for r in unpack_recipients(e)]
+    assert job.roster_size == 250 and job.expanded and job.status == JobStatus.SENDING
+    assert [t.size for t in tasks] == [50] * 5
+    assert len(emails) == len(set(emails)) == 250
+
+
+def test_only_the_task_window_goes_on_the_queue(storage, settings):
+    tenant, campaign, ticket, small = _expanded_job(storage, settings, 260, task_size=20, task_window=3)
+    expand_roster(storage, ticket, small, "h1")
+    queued = [TaskTicket.model_validate_json(t).task_index for t in storage.queue(TASK_QUEUE).peek()]
+    assert sorted(queued) == [0, 1, 2]
+
+
+def test_a_duplicate_job_ticket_makes_no_second_set_of_tasks(storage, settings):
+    tenant, campaign, ticket, small = _expanded_job(storage, settings, 120, task_size=25)
+    expand_roster(storage, ticket, small, "h1")
+    assert expand_roster(storage, ticket, small, "h2") == ExpansionOutcome.NOT_NEEDED
+    job = job_of(storage, campaign)
+    assert job.tasks_total == 5 and len(list(storage.table(TASKS).partition(job.id))) == 5
+
+
+def test_expansion_out_of_time_continues_from_its_cursor_with_the_same_roster(storage, settings):
+    tenant, campaign, ticket, small = _expanded_job(
+        storage, settings, 300, task_size=40, job_time_budget_seconds=5
+    )
+    ticks = itertools.count(step=1)  # every look at the clock costs a "second"
+    outcomes = Counter()
+    while (
+        outcome := expand_roster(storage, ticket, small, "h1", monotonic=lambda: next(ticks))
+    ) != ExpansionOutcome.EXPANDED:
+        outcomes[outcome] += 1
+        assert [JobTicket.model_validate_json(t) for t in storage.queue(JOB_QUEUE).peek()] == [ticket]
+        storage.queue(JOB_QUEUE).clear()
+    job = job_of(storage, campaign)
+    emails = [r.email for e in storage.table(TASKS).partition(job.id) for r in unpack_recipients(e)]
+    assert outcomes[ExpansionOutcome.CONTINUED] >= 3
+    assert job.roster_size == 290 == len(emails) == len(set(emails))
+
+
+def test_another_hosts_live_expansion_lease_is_respected(storage, settings):
+    tenant, campaign, ticket, small = _expanded_job(storage, settings, 50)
+    job = job_of(storage, campaign)
+    storage.table(JOBS).update(
+        {
+            "PartitionKey": tenant.id,
+            "RowKey": job.id,
+            "lease_owner": "other",
+            "lease_until": later(utcnow, 60),
+        }
+    )
+    assert expand_roster(storage, ticket, small, "h1") == ExpansionOutcome.BUSY
+
+
+def test_status_manager_closes_an_empty_roster_job_and_its_campaign(storage, settings):
+    tenant = make_tenant(storage)
+    campaign = schedule_campaign(storage, tenant, {"field": "email", "op": "eq", "value": "nobody@x.org"})
+    start_due_campaigns(storage)
+    expand_roster(storage, _tickets(storage)[0], settings, "h1")
+    report = close_finished_jobs(storage, settings)
+    job = job_of(storage, campaign)
+    assert job.status == JobStatus.COMPLETED and job.roster_size == 0
+    assert report.jobs_closed == [job.id]
+    assert storage.table(CAMPAIGNS).get(tenant.id, campaign.id)["status"] == "completed"
+
+
+def test_status_manager_requeues_a_task_whose_owner_died(storage, settings):
+    tenant, campaign, ticket, small = _expanded_job(storage, settings, 60, task_size=30)
+    expand_roster(storage, ticket, small, "h1")
+    storage.queue(TASK_QUEUE).clear()
+    job = job_of(storage, campaign)
+    storage.table(TASKS).update(
+        {
+            "PartitionKey": job.id,
+            "RowKey": "000001",
+            "status": "sending",
+            "lease_until": "2000-01-01T00:00:00.000Z",
+        }
+    )
+    report = close_finished_jobs(storage, small)
+    queued = [TaskTicket.model_validate_json(t).task_index for t in storage.queue(TASK_QUEUE).peek()]
+    assert report.tasks_requeued == 1 and queued == [1]
+
+
+def test_status_manager_refills_a_window_a_crash_left_short(storage, settings):
+    tenant, campaign, ticket, small = _expanded_job(storage, settings, 100, task_size=30, task_window=2)
+    expand_roster(storage, ticket, small, "h1")
+    storage.queue(TASK_QUEUE).clear()  # the window's messages were lost
+    close_finished_jobs(storage, small)  # records the counts: progress "now"
+    later_on = datetime.now(UTC) + timedelta(seconds=small.refill_after_seconds + 1)
+    close_finished_jobs(storage, small, clock=lambda: later_on)
+    queued = [TaskTicket.model_validate_json(t).task_index for t in storage.queue(TASK_QUEUE).peek()]
+    assert sorted(queued) == [0, 1]
