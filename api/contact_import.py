@@ -43,6 +43,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _INT = re.compile(r"-?(0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]+")
 _ROW_KEYS = ("email", "name", "attributes", "lists")
+_CSV_FIELDS = frozenset({"email", "name", "lists"})
+BLANK_LINE = object()  # a CSV line with no cells: skipped, but it keeps its row number
 
 
 @dataclass(slots=True)
@@ -84,8 +86,9 @@ def rows_from_json(raw: Any, max_rows: int) -> list[Any]:
 def rows_from_csv(body: bytes, max_rows: int) -> list[Any]:
     """CSV with a header row ``email,name,<attribute>...`` (and optionally ``lists``).
 
-    Cells become typed attribute values (``typed_cell``); an empty cell leaves that field
-    out of the row, so re-importing a sparse sheet does not blank existing values.
+    Cells become typed attribute values (``typed_cell``). An empty ``name`` or ``lists`` cell
+    leaves that field as stored; when the sheet has attribute columns, a row's non-empty
+    attribute cells replace the contact's attributes (as ``attributes`` does in JSON).
     """
     try:
         text = body.decode("utf-8-sig")
@@ -102,7 +105,8 @@ def rows_from_csv(body: bytes, max_rows: int) -> list[Any]:
         for cells in reader:
             if len(rows) >= max_rows:
                 raise too_large(f"an import holds at most {max_rows} contacts")
-            rows.append(_csv_row(columns, cells))
+            # A blank line keeps its number (so indexes match the sheet) but imports nothing.
+            rows.append(_csv_row(columns, cells) if any(c.strip() for c in cells) else BLANK_LINE)
     except csv.Error as err:
         message = f"the CSV body cannot be parsed: {err}"
         raise ApiError(400, "malformed_csv", message, [FieldProblem("body", message)]) from err
@@ -118,9 +122,9 @@ def _csv_columns(header: list[str]) -> list[str]:
         if name in seen:
             raise invalid(name or "header", "this column appears twice in the CSV header row")
         seen.add(name)
-        if name not in ("email", "name", "lists") and not _ATTRIBUTE_KEY.fullmatch(name):
+        if name not in _CSV_FIELDS and not _ATTRIBUTE_KEY.fullmatch(name):
             raise invalid(f"attributes.{name}", "attribute names use letters, digits, _ . - (≤64)")
-    if len(columns) - len(seen & {"email", "name", "lists"}) > MAX_ATTRIBUTES:
+    if len(columns) - len(seen & _CSV_FIELDS) > MAX_ATTRIBUTES:
         raise invalid("attributes", f"at most {MAX_ATTRIBUTES} attributes")
     return columns
 
@@ -133,13 +137,15 @@ def _csv_row(columns: list[str], cells: list[str]) -> Any:
     for name, cell in zip(columns, cells, strict=False):
         if name == "email":
             row["email"] = cell
+        elif cell == "":
+            continue
         elif name == "name":
             row["name"] = cell
         elif name == "lists":
             row["lists"] = [part.strip() for part in cell.split(";") if part.strip()]
-        elif cell != "":
+        else:
             attributes[name] = typed_cell(cell)
-    if attributes:
+    if any(name not in _CSV_FIELDS for name in columns):
         row["attributes"] = attributes
     return row
 
@@ -294,6 +300,8 @@ def import_contacts(storage: Storage, tenant: Tenant, raw_rows: list[Any]) -> Im
     rejected: list[Rejection] = []
     latest: dict[str, ContactRow] = {}
     for index, raw in enumerate(raw_rows):
+        if raw is BLANK_LINE:
+            continue
         row, problems = validate_row(raw)
         if row is None:
             rejected.extend(Rejection(index, p.field, p.message) for p in problems)

@@ -170,7 +170,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"the request body is not valid JSON: {reason}" if reason else "invalid JSON"
         return error_response(400, "malformed_json", message, [FieldProblem("body", message)])
     details = [FieldProblem(field_path(e.get("loc", ())), _message(e)) for e in errors]
-    return error_response(422, "invalid_fields", "some fields are invalid", details)
+    return error_response(422, "invalid_fields", summary(details), details)
+
+
+def summary(details: list[FieldProblem]) -> str:
+    """A one-line message naming the first problem, so a person reading logs sees the cause."""
+    if not details:
+        return "some fields are invalid"
+    first = details[0]
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"{first.field}: {first.message}{more}"
 
 
 def domain_error_response(exc: MailroomError, scope: Scope) -> JSONResponse:
@@ -283,7 +292,7 @@ class CatchAllMiddleware:
 
         try:
             await self.app(scope, receive, watched_send)
-        except Exception as exc:  # noqa: BLE001 - this is the boundary that must not leak
+        except Exception as exc:  # the boundary that must not leak
             log.error("unhandled %s on %s", type(exc).__name__, route_name(scope))
             if started:
                 return  # the response is under way; the server closes the connection

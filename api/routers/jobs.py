@@ -34,7 +34,7 @@ CSV_COLUMNS = ("contact_id", "email", "status", "reason", "provider", "provider_
                "attempts", "updated_at")
 _FORMULA_STARTS = frozenset("=+-@\t\r")
 _TERMINAL = frozenset(s.value for s in TERMINAL_DELIVERY_STATUSES)
-_FINAL_JOB = frozenset(s.value for s in FINAL_JOB_STATUSES)
+_NO_ETA = frozenset(s.value for s in FINAL_JOB_STATUSES) | {JobStatus.PAUSED.value}
 StatusFilter = Annotated[DeliveryStatus | None, Query(description="Only deliveries in this status.")]
 EmailFilter = Annotated[str | None, Query(max_length=254, description="Only this recipient.")]
 
@@ -65,10 +65,10 @@ def progress(job: Job, done: int) -> float:
 def eta(job: Job, done: int, now: datetime) -> str | None:
     """When the roster should be finished at the average rate since the job started.
 
-    ``None`` when there is nothing to extrapolate from (not started, nothing done yet) or
-    nothing left to wait for (the job is over).
+    ``None`` when there is nothing to extrapolate from (not started, nothing done yet), nothing
+    left to wait for (the job is over), or no progress to expect (paused).
     """
-    if job.status in _FINAL_JOB or not job.started_at or done <= 0 or job.roster_size <= 0:
+    if job.status in _NO_ETA or not job.started_at or done <= 0 or job.roster_size <= 0:
         return None
     try:
         elapsed = (now - parse_iso(job.started_at)).total_seconds()

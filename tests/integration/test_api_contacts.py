@@ -106,7 +106,8 @@ def test_reimport_without_a_field_keeps_its_stored_value(client, tenant):
 def test_csv_import_types_attribute_values_and_splits_lists(client, tenant):
     email = random_email()
     body = f"email,name,age,score,member,zip,lists\n{email},Ada,42,4.5,true,02139,a; b\n"
-    result = client.post(f"{V1}/contacts", content=body, headers=tenant.headers | {"Content-Type": "text/csv"})
+    result = client.post(f"{V1}/contacts", content=body,
+                         headers=tenant.headers | {"Content-Type": "text/csv"})
     assert result.json() == {"created": 1, "updated": 0, "rejected": []}
     contact = client.get(f"{V1}/contacts", params={"email": email}, headers=tenant.headers).json()["items"][0]
     assert contact["attributes"] == {"age": 42, "score": 4.5, "member": True, "zip": "02139"}
@@ -140,7 +141,7 @@ def test_import_with_an_unsupported_media_type_is_415(client, tenant):
     assert response.status_code == 415
 
 
-def test_import_over_the_row_limit_is_413(settings, storage, new_tenant):
+def test_import_over_the_row_limit_is_413(settings, storage):
     small = settings.model_copy(update={"max_contacts_per_import": 3})
     with TestClient(create_app(small, storage)) as client:
         admin = {"Authorization": f"Bearer {settings.admin_key}"}
@@ -182,7 +183,8 @@ def test_unknown_contact_is_404(client, tenant):
 def test_deleting_a_contact_erases_it_and_redacts_its_deliveries(client, tenant, storage):
     email = random_email()
     client.post(f"{V1}/contacts", json=[{"email": email}], headers=tenant.headers)
-    contact_id = client.get(f"{V1}/contacts", params={"email": email}, headers=tenant.headers).json()["items"][0]["id"]
+    found = client.get(f"{V1}/contacts", params={"email": email}, headers=tenant.headers).json()
+    contact_id = found["items"][0]["id"]
     job = Job(id=secrets.token_hex(8), tenant_id=tenant.id, campaign_id="c", campaign_name="n",
               template={}, criteria={})
     storage.table(JOBS).insert(job.to_entity())
@@ -195,3 +197,11 @@ def test_deleting_a_contact_erases_it_and_redacts_its_deliveries(client, tenant,
 
 def test_deleting_an_unknown_contact_is_404(client, tenant):
     assert client.delete(f"{V1}/contacts/c{secrets.token_hex(12)}", headers=tenant.headers).status_code == 404
+
+
+def test_csv_blank_lines_import_nothing_but_keep_row_numbers(client, tenant):
+    body = f"email,name\n{random_email()},A\n\nbroken,C\n"
+    result = client.post(f"{V1}/contacts", content=body,
+                         headers=tenant.headers | {"Content-Type": "text/csv"}).json()
+    assert result["created"] == 1
+    assert [(r["index"], r["field"]) for r in result["rejected"]] == [(2, "email")]

@@ -77,7 +77,8 @@ def test_operator_wide_keys_must_be_support_keys(client, admin):
 
 
 def test_key_for_an_unknown_tenant_is_404(client, admin):
-    response = client.post(f"{V1}/tenants/{secrets.token_hex(8)}/keys", json={"role": "tenant"}, headers=admin)
+    response = client.post(f"{V1}/tenants/{secrets.token_hex(8)}/keys", json={"role": "tenant"},
+                           headers=admin)
     assert response.status_code == 404
 
 

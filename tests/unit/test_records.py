@@ -46,7 +46,7 @@ def test_recipients_survive_packing_into_a_task_entity(rows):
 
 
 def test_a_large_task_spreads_over_several_binary_columns_under_64_kib():
-    rows = [Recipient(f"c{i}", f"user{i}@example.com", "N", {"blob": secrets.token_hex(1000)}) for i in range(200)]
+    rows = [Recipient(f"c{i}", f"u{i}@example.com", "N", {"b": secrets.token_hex(1000)}) for i in range(200)]
     columns = pack_recipients(rows)
     assert len(columns) > 1 and all(len(v) <= 64 * 1024 for v in columns.values())
     assert unpack_recipients(columns) == rows
