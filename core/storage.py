@@ -379,11 +379,7 @@ class Storage:
         self.connection_string = connection_string
         self.namespace = namespace
         self._table_service = TableServiceClient.from_connection_string(connection_string)
-        self._queue_service = QueueServiceClient.from_connection_string(
-            connection_string,
-            message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
-        )
+        self._queue_service = QueueServiceClient.from_connection_string(connection_string)
         self._tables: dict[str, Table] = {}
         self._queues: dict[str, Queue] = {}
 
@@ -402,7 +398,13 @@ class Storage:
     def queue(self, name: str) -> Queue:
         if name not in self._queues:
             full = self.queue_name(name)
-            self._queues[name] = Queue(self._queue_service.get_queue_client(full), full)
+            # The service client does not hand its policies down: set them per queue.
+            client = self._queue_service.get_queue_client(
+                full,
+                message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy(),
+            )
+            self._queues[name] = Queue(client, full)
         return self._queues[name]
 
     def poison(self, name: str) -> Queue:
