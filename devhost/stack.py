@@ -32,7 +32,8 @@ DEMO_ADMIN_KEY = "local-admin-key"
 SIMULATOR_KEY = "SG.local-simulator"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "a condition",
+             interval: float = 0.05) -> Any:
     """Poll until ``predicate`` returns something truthy, or fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
