@@ -17,7 +17,7 @@ from core.models import Campaign, Contact, Tenant
 from core.settings import Settings
 from core.storage import CONTACTS, Storage
 from core.templates import TemplateSpec, build_context, compile_template
-from core.unsubscribe import UnsubscribeClaim, unsubscribe_url
+from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 
 SAMPLE_CONTACT_ID = "sample"
 SAMPLE_SCAN_ROWS = 1000
@@ -56,8 +56,7 @@ def preview_headers(spec: TemplateSpec, contact: Contact, url: str) -> dict[str,
     }
     if spec.reply_to:
         headers["Reply-To"] = spec.reply_to
-    headers["List-Unsubscribe"] = f"<{url}>"
-    headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    headers.update(one_click_headers(url))
     return headers
 
 

@@ -45,3 +45,8 @@ def read_token(signing_key: str, token: str) -> UnsubscribeClaim | None:
 
 def unsubscribe_url(public_url: str, signing_key: str, claim: UnsubscribeClaim) -> str:
     return f"{public_url.rstrip('/')}/api/v1/unsubscribe/{make_token(signing_key, claim)}"
+
+
+def one_click_headers(url: str) -> dict[str, str]:
+    """RFC 8058 headers every campaign email carries (and every preview shows)."""
+    return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}

@@ -32,7 +32,7 @@ from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, Storage
 from core.suppressions import SuppressionCache
 from core.templates import CompiledTemplate, TemplateSpec, build_context, compile_template
-from core.unsubscribe import UnsubscribeClaim, unsubscribe_url
+from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 from providers.base import OutboundEmail
 from task_manager.dispatch import HALTED, Dispatcher, Outcome
 
@@ -262,7 +262,7 @@ def render_email(run: _Run, recipient: Recipient, template: CompiledTemplate) ->
         reply_to=spec.get("reply_to", ""),
         html=rendered.html,
         text=rendered.text,
-        headers={"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        headers=one_click_headers(url),
         custom_args={
             "tenant_id": job.tenant_id,
             "job_id": job.id,
