@@ -5,14 +5,15 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: setup demo serve test test-fast lint bench clean
+.PHONY: setup demo serve test test-fast lint bench clean browser
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
-$(STAMP_PY): requirements.txt requirements-dev.txt
+$(STAMP_PY): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .  # the `mailroom` CLI
 	touch $@
 
 $(STAMP_NODE): package.json package-lock.json
@@ -25,11 +26,18 @@ demo: setup  ## Start Azurite, the host and the SendGrid simulator; send a real 
 serve: setup  ## Keep the local stack up (API at http://127.0.0.1:7071/api) until Ctrl-C
 	$(PY) -m devhost.stack
 
-test: setup  ## Unit, function, integration and end-to-end tests (starts its own Azurite)
+test: setup browser  ## Unit, function, integration and end-to-end tests (starts its own Azurite)
 	$(PY) -m pytest -q
+
+browser:  ## Debian's chromium for the console's browser test (Playwright's own download is not used)
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium could not be installed: the console's browser test will be skipped"
 
 test-fast: setup  ## Everything but the end-to-end runs
 	$(PY) -m pytest -q -m "not e2e"
+
+bench: setup  ## Azurite ceiling, Mailroom end to end (10k, 100k), seed-design baseline, scale-out; table + bench/results/*.json
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -19,8 +19,10 @@ from typing import Annotated, Literal
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.audit import note_support_read
 from api.dependencies import SettingsDep, StorageDep
-from api.errors import forbidden, invalid, not_found, unauthorized
+from api.errors import ApiError, forbidden, invalid, not_found, unauthorized
+from api.rate_limit import KeyRateLimiter
 from core.keys import hash_key
 from core.models import KEY_PARTITION, TENANT_PARTITION, Tenant
 from core.storage import API_KEYS, TENANTS, Storage
@@ -117,22 +119,40 @@ def get_directory(request: Request) -> Directory:
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
+def get_rate_limiter(request: Request) -> KeyRateLimiter:
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:  # one per app, sized by its settings
+        limiter = request.app.state.rate_limiter = KeyRateLimiter(
+            request.app.state.settings.api_rate_limit_per_minute
+        )
+    return limiter
+
+
+def rate_limited(retry_after: int) -> ApiError:
+    return ApiError(429, "rate_limited", f"too many requests with this key; retry in {retry_after} s",
+                    headers={"Retry-After": str(retry_after)})
+
+
 def current_principal(
+    request: Request,
     storage: StorageDep,
     settings: SettingsDep,
     directory: Annotated[Directory, Depends(get_directory)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller, or 401 for a missing, unknown or revoked key."""
+    """The caller, or 401 for a missing, unknown or revoked key, or 429 past the key's rate."""
     if credentials is None:
         raise unauthorized()
     key = credentials.credentials
     admin_key = settings.admin_key
     if admin_key and hmac.compare_digest(key.encode(), admin_key.encode()):
-        return Principal(role="admin", tenant_id=OPERATOR_WIDE, key_id=ADMIN_KEY_ID)
-    principal = directory.principal(storage, key)
+        principal: Principal | None = Principal(role="admin", tenant_id=OPERATOR_WIDE, key_id=ADMIN_KEY_ID)
+    else:
+        principal = directory.principal(storage, key)
     if principal is None:
         raise unauthorized()
+    if wait := get_rate_limiter(request).retry_after(principal.key_id):
+        raise rate_limited(wait)
     return principal
 
 
@@ -146,10 +166,13 @@ def require_admin(principal: PrincipalDep) -> Principal:
     return principal
 
 
-def require_operator_reader(principal: PrincipalDep) -> Principal:
-    """Routes the operator and support staff read (tenants)."""
+def require_operator_reader(request: Request, principal: PrincipalDep, storage: StorageDep) -> Principal:
+    """Routes the operator and support staff read (tenants); support reads are audited."""
     if principal.role not in ("admin", "support"):
         raise forbidden("this action needs the operator's key or a support key")
+    if principal.role == "support":
+        tenant_id = request.path_params.get("tenant_id") or principal.tenant_id
+        note_support_read(request, storage, principal.key_id, tenant_id)
     return principal
 
 
@@ -183,6 +206,8 @@ def current_tenant(
         if not principal.operator_wide:
             raise unauthorized("the key's tenant no longer exists")
         raise not_found("tenant")
+    if principal.role == "support":
+        note_support_read(request, storage, principal.key_id, tenant.id)
     return tenant
 
 

@@ -21,7 +21,9 @@ from core.errors import FieldProblem, InvalidInput, MailroomError, StateConflict
 from core.models import SCHEDULE_PARTITION, Campaign, schedule_key
 from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, JOBS, SCHEDULE, Entity, Storage
+from core.telemetry import current_traceparent
 from core.templates import TemplateSpec, compile_template
+from core.timing import time_to_send_seconds
 
 EDITABLE = frozenset({CampaignStatus.DRAFT.value, CampaignStatus.SCHEDULED.value})
 # Azure Tables allows 15 comparisons per filter: PartitionKey plus 14 campaign ids.
@@ -102,6 +104,7 @@ def schedule_entity(campaign: Campaign) -> Entity:
     return {
         "PartitionKey": SCHEDULE_PARTITION, "RowKey": campaign.schedule_key,
         "tenant_id": campaign.tenant_id, "campaign_id": campaign.id, "send_at": campaign.send_at,
+        "traceparent": current_traceparent() or "",  # the run's trace continues from this API call
     }
 
 
@@ -118,9 +121,18 @@ def job_summaries(
         clauses = " or ".join(f"campaign_id eq @c{i}" for i in range(len(chunk)))
         # The SDK substitutes only space-separated "@name" words: keep spaces inside the parentheses.
         for row in table.query(f"PartitionKey eq @t and ( {clauses} )", params,
-                               select=["RowKey", "status", "campaign_id"]):
-            found[row["campaign_id"]].append(JobSummary(id=row["RowKey"], status=row.get("status", "")))
+                               select=["RowKey", "status", "campaign_id", "started_at", "completed_at"]):
+            found[row["campaign_id"]].append(job_summary(row))
     return {cid: jobs[-MAX_JOBS_IN_SUMMARY:] for cid, jobs in found.items()}
+
+
+def job_summary(row: Entity) -> JobSummary:
+    """A job as its campaign lists it, with time-to-send once it completed."""
+    status, started, completed = row.get("status", ""), row.get("started_at", ""), row.get("completed_at", "")
+    return JobSummary(
+        id=row["RowKey"], status=status, started_at=started or None, completed_at=completed or None,
+        time_to_send_seconds=time_to_send_seconds(started, completed) if status == "completed" else None,
+    )
 
 
 def campaign_public(campaign: Campaign, jobs: list[JobSummary]) -> CampaignPublic:

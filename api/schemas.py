@@ -187,6 +187,11 @@ class PreviewRequest(RequestModel):
 class JobSummary(BaseModel):
     id: str
     status: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    time_to_send_seconds: float | None = Field(
+        None, description="A finished job's time from start to close: the headline metric."
+    )
 
 
 class CampaignPublic(BaseModel):
@@ -230,12 +235,17 @@ class JobPublic(BaseModel):
     tasks_total: int
     tasks_done: int
     created_at: str | None = None
+    time_to_send_seconds: float | None = Field(None, description="Start to close, once the job finished.")
+    retry_of: str | None = Field(None, description="For a retry-failed job: the job it retries.")
 
 
 class DeliveryEvent(BaseModel):
     type: str
     at: str
     detail: str | None = None
+    source: str | None = None  # "mailroom" (our own outcome) or the provider's name
+    reason_code: str | None = None  # e.g. the provider's SMTP status "5.1.1"
+    provider_response: str | None = None  # the receiving server's answer, addresses removed
 
 
 class DeliveryPublic(BaseModel):
@@ -248,6 +258,19 @@ class DeliveryPublic(BaseModel):
     attempts: int
     events: list[DeliveryEvent]
     updated_at: str | None = None
+
+
+class ContactDeliveryPublic(BaseModel):
+    """One campaign run's outcome for one contact (``GET /contacts/{id}/deliveries``)."""
+
+    job_id: str
+    campaign_id: str
+    campaign_name: str
+    status: str
+    reason: str
+    provider_message_id: str
+    updated_at: str | None = None
+    job_open: bool = Field(False, description="The job is still running: the status may change.")
 
 
 # -- suppressions ----------------------------------------------------------------------------

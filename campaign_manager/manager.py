@@ -85,7 +85,9 @@ def start_campaign_run(storage: Storage, row: Entity, clock: Clock) -> bool:
         storage.table(SCHEDULE).delete(SCHEDULE_PARTITION, row["RowKey"])
         return False
     # Enqueue (again, after a crash) before dropping the row: a duplicate ticket is harmless.
-    storage.queue(JOB_QUEUE).send(JobTicket(tenant_id=tenant_id, job_id=job_id).to_text())
+    # The API call that scheduled the run left its trace context on the row: the job joins that trace.
+    ticket = JobTicket(tenant_id=tenant_id, job_id=job_id, traceparent=row.get("traceparent") or None)
+    storage.queue(JOB_QUEUE).send(ticket.to_text())
     storage.table(SCHEDULE).delete(SCHEDULE_PARTITION, row["RowKey"])
     log.info("job created tenant=%s campaign=%s job=%s", tenant_id, campaign_id, job_id)
     return True

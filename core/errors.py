@@ -20,6 +20,7 @@ and job outcomes, and the trigger adapters map them to poison-queue decisions.
     ├── RenderError              a template failed for one recipient (recipient skipped)
     └── SendError                a provider call failed; the subclass says what to do
         ├── TransientSendError       retry with backoff (429, 5xx, connect errors)
+        │   └── ProviderHeld         nothing was sent: every provider is held or unhealthy
         ├── RecipientRejected        permanent for this recipient → failed
         ├── ProviderUnavailable      permanent for the provider (401/403, quota) → pause job
         └── AmbiguousSendError       the request may have been accepted → unknown, never resent
@@ -109,6 +110,13 @@ class TransientSendError(SendError):
     """Worth retrying; ``retry_after`` is the provider's hint in seconds, if any."""
 
     retry_after: float | None = None
+
+
+class ProviderHeld(TransientSendError):
+    """Nothing was sent: the provider asked to wait (``Retry-After``) or its breaker is open.
+
+    Waiting for it does not spend one of the recipient's attempts.
+    """
 
 
 class RecipientRejected(SendError):

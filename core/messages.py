@@ -9,12 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import BadMessage
 
+# W3C trace context: version-traceid-parentid-flags (core.telemetry carries traces across queues).
+TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
 
 class Ticket(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def to_text(self) -> str:
-        return self.model_dump_json()
+        return self.model_dump_json(exclude_none=True)  # no trace context: no field at all
 
 
 class JobTicket(Ticket):
@@ -22,6 +25,7 @@ class JobTicket(Ticket):
 
     tenant_id: str = Field(min_length=1, max_length=64)
     job_id: str = Field(min_length=1, max_length=64)
+    traceparent: str | None = Field(None, pattern=TRACEPARENT_PATTERN)
 
 
 class TaskTicket(Ticket):
@@ -30,6 +34,7 @@ class TaskTicket(Ticket):
     tenant_id: str = Field(min_length=1, max_length=64)
     job_id: str = Field(min_length=1, max_length=64)
     task_index: int = Field(ge=0)
+    traceparent: str | None = Field(None, pattern=TRACEPARENT_PATTERN)
 
 
 T = TypeVar("T", bound=Ticket)

@@ -186,6 +186,7 @@ class Job:
     expanded_at: str = ""
     completed_at: str = ""
     progress_at: str = ""
+    retry_of: str = ""  # a retry-failed job: the job whose failed recipients are its roster
     etag: str = ""
 
     def to_entity(self) -> Entity:
@@ -193,6 +194,7 @@ class Job:
             "PartitionKey": self.tenant_id,
             "RowKey": self.id,
             "campaign_id": self.campaign_id,
+            "retry_of": self.retry_of,
             "campaign_name": self.campaign_name,
             "status": self.status,
             "roster_size": self.roster_size,
@@ -243,6 +245,7 @@ class Job:
             expanded_at=e.get("expanded_at", ""),
             completed_at=e.get("completed_at", ""),
             progress_at=e.get("progress_at", ""),
+            retry_of=e.get("retry_of", "") or "",
             etag=etag_of(e),
         )
 

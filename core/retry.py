@@ -1,18 +1,22 @@
 """The one retry policy: exponential backoff with jitter, honouring ``Retry-After``.
 
 Retries are bounded twice: by attempts and by a time budget, so a task never sleeps
-through its lease. What the budget cannot cover is the caller's to re-queue (DESIGN §5).
+through its lease. What the budget cannot cover is the caller's to re-queue (DESIGN §5):
+``requeue_after`` says how long the re-queued message stays invisible, and the attempt
+count carries over (``Attempts(count=attempts made before)``), so ``max_attempts`` bounds
+a recipient across re-queues, not per run.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from core.errors import TransientSendError
+from core.errors import ProviderHeld, TransientSendError
 
 T = TypeVar("T")
 
@@ -39,11 +43,20 @@ class RetryPolicy:
         return wait
 
 
+    def requeue_after(self, attempt: int, retry_after: float | None = None) -> int:
+        """Whole seconds a re-queued message waits before attempt ``attempt + 1`` (≥ 1)."""
+        return max(1, math.ceil(self.delay(attempt, retry_after)))
+
+    def exhausted(self, attempts: int) -> bool:
+        return attempts >= self.max_attempts
+
+
 @dataclass
 class Attempts:
-    """How a call went: the attempts it took (for the delivery log)."""
+    """How a call went: the attempts it took (for the delivery log), counting earlier runs."""
 
     count: int = 0
+    next_delay: float | None = None  # what the policy would have waited next, had time allowed
 
 
 def call_with_retries(
@@ -52,21 +65,40 @@ def call_with_retries(
     attempts: Attempts,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
+    deadline: float | None = None,
 ) -> T:
     """Run ``call``, retrying ``TransientSendError`` within the policy's bounds.
 
-    Raises the last ``TransientSendError`` when attempts or budget run out; every other
-    exception passes through at once.
+    ``deadline`` (a ``monotonic`` instant) bounds the whole task's retrying, not just this
+    call. Raises the last ``TransientSendError`` when attempts or time run out (then
+    ``attempts.next_delay`` says how long to wait before trying again); every other
+    exception passes through at once. ``ProviderHeld`` (the provider asked everyone to
+    wait) waits without spending an attempt, since nothing was sent.
     """
     started = monotonic()
+    limit = started + policy.budget_seconds
+    if deadline is not None:
+        limit = min(limit, deadline)
     while True:
-        attempts.count += 1
         try:
-            return call()
-        except TransientSendError as err:
-            if attempts.count >= policy.max_attempts:
-                raise
-            wait = policy.delay(attempts.count, err.retry_after)
-            if monotonic() - started + wait > policy.budget_seconds:
+            result = call()
+        except ProviderHeld as err:
+            wait = max(err.retry_after or 0.0, 0.01)
+            if monotonic() + wait > limit:
+                attempts.next_delay = wait
                 raise
             sleep(wait)
+            continue
+        except TransientSendError as err:
+            attempts.count += 1
+            wait = policy.delay(attempts.count, err.retry_after)
+            attempts.next_delay = wait
+            if attempts.count >= policy.max_attempts or monotonic() + wait > limit:
+                raise
+            sleep(wait)
+            continue
+        except BaseException:
+            attempts.count += 1
+            raise
+        attempts.count += 1
+        return result

@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--app", default="function_app", help="module holding `app`")
     parser.add_argument("--host-json", type=Path, default=None, help="host.json to read queue semantics from")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work gets on stop")
-    parser.add_argument("--log-format", choices=("plain", "json"), default="plain")
+    parser.add_argument("--log-format", choices=("plain", "json"), default=None,
+                        help="log lines as JSON or plain text (default: MAILROOM_LOG_FORMAT, json)")
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be >= 1")
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _child_command(args: argparse.Namespace, index: int) -> list[str]:
     cmd = [sys.executable, "-m", "devhost", "--worker-index", str(index), "--no-azurite",
            "--port", str(args.port), "--app", args.app, "--grace", str(args.grace),
-           "--log-format", args.log_format]
+           *(["--log-format", args.log_format] if args.log_format else [])]
     if args.host_json is not None:
         cmd += ["--host-json", str(args.host_json.resolve())]
     cmd += [flag for flag, on in (("--no-http", args.no_http), ("--no-timers", args.no_timers),
@@ -96,10 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
     except SettingsError as err:
-        configure_logging(args.log_format, "INFO", args.worker_index)
-        logging.getLogger("devhost").error("%s", err)
+        print(f"devhost: {err}", file=sys.stderr)  # one line naming the setting, no traceback
         return 2
-    configure_logging(args.log_format, settings.log_level, args.worker_index)
+    configure_logging(args.log_format or settings.log_format, settings.log_level, args.worker_index)
     azurite: AzuriteHandle | None = None
     try:
         if not args.no_azurite:

@@ -85,7 +85,7 @@ def check(response: httpx.Response) -> Any:
 def run_demo() -> int:
     started = time.monotonic()
     with console.status("Starting Azurite, the SendGrid simulator and the Functions host…"):
-        stack = Stack(workers=1).start()
+        stack = Stack(workers=1, provider_events=True).start()
     try:
         console.print(
             f"[green]✓[/] stack up in {time.monotonic() - started:.1f}s  API: {stack.base_url}/api/docs"
@@ -104,7 +104,7 @@ def drive(stack: Stack) -> int:
     auth = {"Authorization": f"Bearer {key}"}
     console.print(f"[green]✓[/] tenant {tenant['id']} with a tenant key")
 
-    rows = make_contacts(CONTACTS)
+    rows = with_feedback_addresses(make_contacts(CONTACTS))
     t0 = time.monotonic()
     imported = check(api.post("/contacts", json=rows, headers=auth))
     console.print(
@@ -134,12 +134,15 @@ def drive(stack: Stack) -> int:
     elapsed = time.monotonic() - t_send
 
     print_counts(job)
+    closed_counts = dict(job["counts"])
+    job = await_feedback(api, auth, job)
+    show_a_timeline(api, auth, job_id)
     sent = Counter(m["to"] for m in stack.simulator.messages())
     twice = [e for e, n in sent.items() if n > 1]
     adds_up = sum(job["counts"].values()) == job["roster_size"] == len(roster)
     console.print(
-        f"Roster {job['roster_size']} · sent {job['counts']['sent']} · "
-        f"time to send {elapsed:.1f}s · {job['counts']['sent'] / max(elapsed, 0.001):.0f} emails/s"
+        f"Roster {job['roster_size']} · sent {closed_counts['sent']} · "
+        f"time to send {elapsed:.1f}s · {closed_counts['sent'] / max(elapsed, 0.001):.0f} emails/s"
     )
     console.print(f"SendGrid simulator accepted {sum(sent.values())} messages; sent twice: {len(twice)}")
     console.print(
@@ -147,11 +150,57 @@ def drive(stack: Stack) -> int:
         f"GET {stack.base_url}/api/v1/jobs/{job_id}/deliveries (or deliveries.csv); "
         f"table Deliveries, PartitionKey '{job_id}-<task>' in Azurite"
     )
+    console.print(f"Exported at close: blob delivery-logs/{tenant['id']}/{job_id}.csv (and .summary.json)")
     if not adds_up or twice or job["status"] != "completed":
         console.print("[red]✗ counts do not add up, or someone was sent twice[/]")
         return 1
     console.print("[green]✓ every recipient accounted for[/]")
     return 0
+
+
+# Local parts the SendGrid simulator answers with bounces, complaints and deferrals.
+FEEDBACK_PREFIXES = ["bounce-"] * 3 + ["complain-"] * 2 + ["slow-"] * 3
+
+
+def with_feedback_addresses(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give a few roster members (after the three the demo suppresses) addresses with bad news."""
+    roster = set(expected_roster(rows)[3:3 + len(FEEDBACK_PREFIXES)])
+    prefixes = iter(FEEDBACK_PREFIXES)
+    for row in rows:
+        if row["email"] in roster:
+            row["email"] = next(prefixes) + row["email"]
+    return rows
+
+
+def await_feedback(api: httpx.Client, auth: dict[str, str], job: dict[str, Any],
+                   timeout: float = 30) -> dict[str, Any]:
+    """Poll the closed job while the provider's events move ``sent`` to delivered/bounced/complained."""
+    started = time.monotonic()
+    deadline = started + timeout
+    with console.status("Waiting for SendGrid's delivery events (signed webhooks)…"):
+        while job["counts"]["sent"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            job = check(api.get(f"/jobs/{job['id']}", headers=auth))
+    counts = job["counts"]
+    console.print(
+        f"[green]✓[/] provider feedback: delivered {counts['delivered']} · bounced {counts['bounced']} · "
+        f"complained {counts['complained']} · deferred {counts['deferred']} · still sent {counts['sent']} "
+        f"({time.monotonic() - started:.1f}s after the job closed)"
+    )
+    print_counts(job)
+    return job
+
+
+def show_a_timeline(api: httpx.Client, auth: dict[str, str], job_id: str) -> None:
+    """What support staff see for one bounced recipient."""
+    params = {"status": "bounced", "limit": 1}
+    page = check(api.get(f"/jobs/{job_id}/deliveries", params=params, headers=auth))
+    if not page["items"]:
+        return
+    item = page["items"][0]
+    console.print(f"Timeline of a bounced delivery (contact {item['contact_id']}):")
+    for event in item["events"]:
+        console.print(f"  {event['at']}  {event['type']:<10} {event.get('detail') or ''}")
 
 
 def follow(api: httpx.Client, auth: dict[str, str], job_id: str, timeout: float = 600) -> dict[str, Any]:

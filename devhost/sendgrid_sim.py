@@ -12,7 +12,11 @@ Test-only endpoints live under ``/__sim``:
 - ``POST /__sim/reset``: forget messages, counters and faults
 - ``GET|POST|DELETE /__sim/faults``: fault injection, e.g. ``{"latency_ms": 500}``,
   ``{"fail_addresses": {"a@example.com": 400}}``, ``{"status": 503, "count": 2}``,
-  ``{"status": 429, "count": 1, "retry_after": 7}``
+  ``{"status": 429, "count": 1, "retry_after": 7}``; also a window of failures
+  ``{"status": 503, "for_seconds": 5}``, ``{"reset_count": 2}`` (the connection is dropped
+  before any answer, nothing recorded) and ``{"accept_then_hang": 3, "hang_seconds": 5}``
+  (the message IS accepted and recorded, then no answer comes: the ambiguous case)
+- ``GET /__sim/requests``: every send request's arrival (monotonic seconds) and answer
 
 Run it with ``python -m devhost.sendgrid_sim --port 3030``.
 """
@@ -25,6 +29,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -256,6 +261,10 @@ class FaultsIn(BaseModel):
     status: int | None = Field(None, ge=400, le=599)
     count: int = Field(1, ge=1)
     retry_after: int | None = Field(None, ge=0)
+    for_seconds: float | None = Field(None, gt=0, le=3600)
+    reset_count: int | None = Field(None, ge=0)
+    accept_then_hang: int | None = Field(None, ge=0)
+    hang_seconds: float | None = Field(None, ge=0, le=600)
 
 
 @dataclass
@@ -267,10 +276,16 @@ class Faults:
     status: int | None = None
     count: int = 0
     retry_after: int | None = None
+    status_until: float | None = None  # monotonic end of a ``for_seconds`` window
+    reset_count: int = 0
+    accept_then_hang: int = 0
+    hang_seconds: float = 30.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"latency_ms": self.latency_ms, "fail_addresses": dict(self.fail_addresses),
-                "status": self.status, "count": self.count, "retry_after": self.retry_after}
+                "status": self.status, "count": self.count, "retry_after": self.retry_after,
+                "status_until": self.status_until, "reset_count": self.reset_count,
+                "accept_then_hang": self.accept_then_hang, "hang_seconds": self.hang_seconds}
 
 
 class SendGridSimulator:
@@ -288,6 +303,10 @@ class SendGridSimulator:
         self._requests = 0
         self._accepted = 0
         self._faults = Faults()
+        self._request_log: list[dict[str, Any]] = []
+        # Called with each accepted request's records (outside the lock); must not block or raise.
+        # devhost.sendgrid_events.EventFeedback listens here to post webhook events back.
+        self.listeners: list[Any] = []
         self.app = self._build_app()
 
     # -- state ------------------------------------------------------------------------
@@ -322,6 +341,15 @@ class SendGridSimulator:
                 f.fail_addresses = {k.lower(): v for k, v in faults.fail_addresses.items()}
             if faults.status is not None:
                 f.status, f.count, f.retry_after = faults.status, faults.count, faults.retry_after
+                f.status_until = None
+                if faults.for_seconds is not None:
+                    f.status_until = time.monotonic() + faults.for_seconds
+            if faults.reset_count is not None:
+                f.reset_count = faults.reset_count
+            if faults.accept_then_hang is not None:
+                f.accept_then_hang = faults.accept_then_hang
+            if faults.hang_seconds is not None:
+                f.hang_seconds = faults.hang_seconds
             return f.as_dict()
 
     def clear_faults(self) -> None:
@@ -338,6 +366,28 @@ class SendGridSimulator:
             self._messages.clear()
             self._requests = self._accepted = 0
             self._faults = Faults()
+            self._request_log.clear()
+
+    def request_log(self) -> list[dict[str, Any]]:
+        """Each send request: ``at`` (monotonic seconds on arrival) and the ``status`` answered."""
+        with self._lock:
+            return [dict(entry) for entry in self._request_log]
+
+    def _log_answer(self, at: float, status: int | str) -> None:
+        with self._lock:
+            self._request_log.append({"at": at, "status": status})
+
+    def _take_connection_fault(self) -> str | None:
+        """Consume one ``reset`` or ``hang`` fault, if any is armed."""
+        with self._lock:
+            f = self._faults
+            if f.reset_count > 0:
+                f.reset_count -= 1
+                return "reset"
+            if f.accept_then_hang > 0:
+                f.accept_then_hang -= 1
+                return "hang"
+            return None
 
     def _begin_request(self) -> tuple[int, int | None, int | None]:
         """Count the request and consume one ``status`` fault: (latency, status, retry)."""
@@ -345,7 +395,12 @@ class SendGridSimulator:
             self._requests += 1
             f = self._faults
             status = retry_after = None
-            if f.status is not None and f.count > 0:
+            if f.status is not None and f.status_until is not None:
+                if time.monotonic() < f.status_until:
+                    status, retry_after = f.status, f.retry_after
+                else:
+                    f.status = f.retry_after = f.status_until = None
+            elif f.status is not None and f.count > 0:
                 status, retry_after = f.status, f.retry_after
                 f.count -= 1
                 if f.count == 0:
@@ -390,6 +445,8 @@ class SendGridSimulator:
         with self._lock:
             self._messages.extend(records)
             self._accepted += 1
+        for listener in list(self.listeners):
+            listener(records)
 
     def _authorized(self, header: str) -> bool:
         scheme, _, key = header.partition(" ")
@@ -407,12 +464,20 @@ class SendGridSimulator:
         async def mail_send(request: Request) -> Response:
             # Read the body first: latency models a server that got the request and is slow.
             raw = await request.body()
+            arrived = time.monotonic()
+            connection_fault = self._take_connection_fault()
+            if connection_fault == "reset":
+                self._log_answer(arrived, "reset")
+                _drop_connection(request)
+                return Response(status_code=500)  # never reaches the client
             latency_ms, status, retry_after = self._begin_request()
             if latency_ms:
                 await asyncio.sleep(latency_ms / 1000)
             if not self._authorized(request.headers.get("authorization", "")):
+                self._log_answer(arrived, 401)
                 return _errors_response(401, [_error(MSG_AUTH, None, None)])
             if status is not None:
+                self._log_answer(arrived, status)
                 headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
                 return _errors_response(status, _fault_errors(status), headers)
             if len(raw) > MAX_BODY_BYTES:
@@ -430,6 +495,13 @@ class SendGridSimulator:
                 return _errors_response(fail_status, _fault_errors(fail_status, fail_field))
             message_id = secrets.token_urlsafe(16)  # 22 characters, like SendGrid's ids
             self._record(body, message_id)
+            if connection_fault == "hang":
+                # Accepted and recorded, but the answer never comes in time: the ambiguous case.
+                self._log_answer(arrived, "hang")
+                await asyncio.sleep(self.faults()["hang_seconds"])
+                _drop_connection(request)
+                return Response(status_code=500)
+            self._log_answer(arrived, 202)
             return Response(status_code=202, headers={"X-Message-Id": message_id})
 
         @app.get("/__sim/messages")
@@ -440,6 +512,10 @@ class SendGridSimulator:
         async def delete_messages() -> Response:
             self.clear_messages()
             return Response(status_code=204)
+
+        @app.get("/__sim/requests")
+        async def get_requests() -> dict[str, Any]:
+            return {"requests": self.request_log()}
 
         @app.get("/__sim/stats")
         async def get_stats() -> dict[str, int]:
@@ -464,6 +540,18 @@ class SendGridSimulator:
             return Response(status_code=204)
 
         return app
+
+
+def _drop_connection(request: Request) -> None:
+    """Close the client's TCP connection without an answer (a reset, as the client sees it).
+
+    ASGI has no verb for this; uvicorn's ``receive`` is a method of the request cycle that
+    owns the transport, so the simulator reaches it there.
+    """
+    cycle = getattr(request.receive, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is not None:
+        transport.abort()
 
 
 def create_app(api_key: str | None = None) -> FastAPI:

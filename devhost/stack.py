@@ -25,6 +25,7 @@ import uvicorn
 
 from core.settings import PROJECT_ROOT
 from devhost.azurite import AzuriteHandle, port_is_listening, start_azurite
+from devhost.sendgrid_events import EventFeedback, WebhookSigner, attach_feedback
 from devhost.sendgrid_sim import SendGridSimulator
 
 LOCALHOST = "127.0.0.1"
@@ -80,7 +81,11 @@ class Stack:
         settings: dict[str, str] | None = None,
         azurite_ports: tuple[int, int, int] | None = None,
         log_dir: Path | None = None,
+        provider_events: bool = False,
     ) -> None:
+        """``provider_events``: the simulator posts SendGrid's signed event webhooks back to the
+        host (delivered/bounced/…), as ``make demo`` and ``make serve`` do. Off by default so a
+        run's counts stay ``sent`` where a test checks the send path alone."""
         self.workers = workers
         self.http_port = http_port or free_port()
         self.extra_settings = settings or {}
@@ -91,6 +96,10 @@ class Stack:
         self.simulator_url = ""
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self._sim_cm: Any = None
+        # The simulator posts signed event webhooks back to the host, as SendGrid does.
+        self.webhook_signer = WebhookSigner()
+        self.provider_events = provider_events
+        self.feedback: EventFeedback | None = None
 
     @property
     def base_url(self) -> str:
@@ -112,6 +121,7 @@ class Stack:
             "SENDGRID_API_URL": self.simulator_url,
             "CAMPAIGN_MANAGER_SCHEDULE": "*/2 * * * * *",
             "STATUS_MANAGER_SCHEDULE": "*/2 * * * * *",
+            "SENDGRID_WEBHOOK_PUBLIC_KEY": self.webhook_signer.public_key,
         }
         values.update(self.extra_settings)
         return values
@@ -124,6 +134,10 @@ class Stack:
         for index in range(self.workers):
             self.start_worker(index)
         self.wait_healthy()
+        if self.provider_events:
+            self.feedback = attach_feedback(
+                self.simulator, f"{self.base_url}/api/v1/webhooks/sendgrid", self.webhook_signer
+            )
         return self
 
     def start_worker(self, index: int) -> None:
@@ -171,6 +185,9 @@ class Stack:
         wait_for(healthy, timeout, "the host to answer /api/v1/health", 0.2)
 
     def stop(self) -> None:
+        if self.feedback is not None:
+            self.feedback.stop()
+            self.feedback = None
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -201,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     ports = None if port_is_listening(LOCALHOST, 10002) else (10000, 10001, 10002)
-    stack = Stack(workers=args.workers, http_port=args.port, azurite_ports=ports)
+    stack = Stack(workers=args.workers, http_port=args.port, azurite_ports=ports, provider_events=True)
     admin = os.environ.get("MAILROOM_ADMIN_KEY")
     if admin:
         stack.extra_settings["MAILROOM_ADMIN_KEY"] = admin

@@ -3,11 +3,14 @@
 import logging
 
 import azure.functions as func
+from opentelemetry.trace import SpanKind
 
+from core import telemetry
 from core.errors import BadMessage
 from core.messages import JobTicket, parse_ticket
 from core.status import JobStatus
 from core.storage import JOB_QUEUE, JOBS
+from core.telemetry import job_attributes
 from functions.runtime import is_last_attempt, reject_message, runtime
 from job_manager import expand_roster
 
@@ -26,7 +29,10 @@ def job_manager_queue(msg: func.QueueMessage) -> None:
         reject_message(rt, JOB_QUEUE, text, err)
         return
     try:
-        expand_roster(rt.storage, ticket, rt.settings, rt.owner, rt.clock)
+        attributes = job_attributes(ticket.tenant_id, ticket.job_id)
+        with telemetry.span("job_manager.expand", attributes, ticket.traceparent, SpanKind.CONSUMER) as span:
+            outcome = expand_roster(rt.storage, ticket, rt.settings, rt.owner, rt.clock)
+            span.set_attribute("mailroom.outcome", str(outcome))
     except Exception as err:
         if is_last_attempt(rt, getattr(msg, "dequeue_count", None)):
             # The host moves the message to job-queue-poison next; the job must say why.

@@ -21,7 +21,7 @@ from core.retry import RetryPolicy
 from core.settings import PROJECT_ROOT, Settings, get_settings
 from core.storage import JOBS, Storage
 from core.suppressions import SuppressionCache
-from providers.factory import build_provider
+from providers.factory import build_sender
 from task_manager import Dispatcher, TemplateCache
 
 log = logging.getLogger("mailroom.functions")
@@ -53,12 +53,13 @@ def max_dequeue_count() -> int:
 
 
 def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime:
-    storage = storage or Storage(settings.connection_string)
+    storage = storage or Storage(settings.connection_string, lean_batches=settings.storage_lean_batches)
     policy = RetryPolicy(
         max_attempts=settings.max_send_attempts, budget_seconds=settings.retry_budget_seconds
     )
-    dispatcher = Dispatcher(build_provider(settings), policy, settings.send_concurrency)
     owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    sender = build_sender(settings, storage, owner)  # failover, shared health and rate limits
+    dispatcher = Dispatcher(sender, policy, settings.send_concurrency, limiter=sender.limiter)
     return Runtime(
         settings,
         storage,

@@ -26,10 +26,12 @@ from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.criteria import ContactView, Criteria, parse_criteria
 from core.errors import AlreadyExists, Conflict, NotFound
 from core.messages import JobTicket, TaskTicket
-from core.models import Job, Recipient, Task, pack_recipients, packed_size
+from core.models import TENANT_PARTITION, Job, Recipient, Task, pack_recipients, packed_size
 from core.settings import Settings
 from core.status import JobStatus, TaskStatus
-from core.storage import CONTACTS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Storage
+from core.storage import CONTACTS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, TENANTS, Storage
+from core.telemetry import current_traceparent
+from job_manager.retry import stream_failed_roster
 
 log = logging.getLogger("mailroom.job_manager")
 
@@ -43,6 +45,7 @@ class ExpansionOutcome(StrEnum):
     CONTINUED = "continued"  # budget reached; a continuation ticket is queued
     NOT_NEEDED = "not_needed"  # already expanded, final, paused, or gone
     BUSY = "busy"  # another host holds the expansion lease
+    REFUSED = "refused"  # the roster is over the tenant's max_roster: the job failed, nothing sent
 
 
 @dataclass
@@ -73,9 +76,12 @@ def expand_roster(
         return ExpansionOutcome.BUSY
 
     criteria = parse_criteria(job.criteria or {})
+    first_run = not job.tasks_total and not job.roster_cursor
+    if first_run and refuse_oversized_roster(storage, job, criteria, clock):
+        return ExpansionOutcome.REFUSED
     deadline = monotonic() + settings.job_time_budget_seconds
     buffer = _Buffer(recipients=[])
-    for row_key, recipient in stream_roster(storage, job.tenant_id, criteria, job.roster_cursor):
+    for row_key, recipient in roster_of(storage, job, criteria):
         buffer.cursor = row_key
         if recipient is not None:
             buffer.recipients.append(recipient)
@@ -123,6 +129,52 @@ def claim_expansion(storage: Storage, job: Job, settings: Settings, owner: str, 
     except Conflict:
         return None
     return job
+
+
+def refuse_oversized_roster(storage: Storage, job: Job, criteria: Criteria, clock: Clock) -> bool:
+    """Fail the job before its first task when the roster is over the tenant's ``max_roster``.
+
+    Tasks are enqueued as they are written, so the limit is checked by a counting scan before
+    any of them exists: an over-limit campaign sends nobody rather than the first part of its
+    roster. The scan stops at the first contact past the limit, and only tenants with a
+    ``max_roster`` pay for it.
+    """
+    tenant = storage.table(TENANTS).find(TENANT_PARTITION, job.tenant_id)
+    limit = (tenant or {}).get("max_roster")
+    if not limit:
+        return False
+    matched = 0
+    for _, recipient in stream_roster(storage, job.tenant_id, criteria, ""):
+        matched += recipient is not None
+        if matched > limit:
+            break
+    else:
+        return False
+    now = iso(clock())
+    storage.table(JOBS).update(
+        {
+            "PartitionKey": job.tenant_id,
+            "RowKey": job.id,
+            "status": JobStatus.FAILED.value,
+            "failure_reason": f"the roster has more than {limit} recipients, the tenant's max_roster; "
+            "nothing was sent",
+            "expanded": True,
+            "expanded_at": now,
+            "completed_at": now,
+            "lease_owner": "",
+            "lease_until": "",
+        },
+        etag=job.etag,
+    )
+    log.warning("roster over max_roster job=%s max_roster=%d", job.id, limit)
+    return True
+
+
+def roster_of(storage: Storage, job: Job, criteria: Criteria) -> Iterator[tuple[str, Recipient | None]]:
+    """A retry-failed job's roster is an earlier job's failed recipients; other jobs', the criteria."""
+    if job.retry_of:
+        return stream_failed_roster(storage, job.tenant_id, job.retry_of, job.roster_cursor)
+    return stream_roster(storage, job.tenant_id, criteria, job.roster_cursor)
 
 
 def stream_roster(
@@ -209,7 +261,9 @@ def enqueue_if_in_window(storage: Storage, job: Job, index: int, window: int) ->
         if behind is None or not TaskStatus(behind.get("status", "pending")).is_terminal:
             return  # the Task Manager finishing task index-window enqueues it
     storage.queue(TASK_QUEUE).send(
-        TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index).to_text()
+        TaskTicket(
+            tenant_id=job.tenant_id, job_id=job.id, task_index=index, traceparent=current_traceparent()
+        ).to_text()
     )
 
 

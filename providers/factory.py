@@ -1,24 +1,42 @@
-"""Builds the configured provider, so callers depend on ``EmailProvider`` only."""
+"""Builds the configured providers, so callers depend on ``EmailProvider`` only."""
 
 from __future__ import annotations
 
 from core.errors import SettingsError
+from core.health import BreakerConfig, HealthBoard
+from core.ratelimit import RateLimiter, parse_rates
 from core.settings import Settings
+from core.storage import Storage
 from providers.base import EmailProvider
+from providers.failover import FailoverSender
+
+KNOWN = ("sendgrid", "smtp", "acs")
 
 
-def build_provider(settings: Settings) -> EmailProvider:
-    """The provider named by ``EMAIL_PROVIDER``, configured from the settings.
+def provider_order(settings: Settings) -> list[str]:
+    """``EMAIL_PROVIDERS`` in order, or ``EMAIL_PROVIDER`` alone."""
+    names = [n.strip() for n in settings.email_providers.split(",") if n.strip()]
+    names = names or [settings.email_provider]
+    unknown = [n for n in names if n not in KNOWN]
+    if unknown:
+        raise SettingsError(f"setting EMAIL_PROVIDERS: unknown provider {unknown[0]!r}")
+    return names
+
+
+def build_provider(settings: Settings, name: str | None = None) -> EmailProvider:
+    """One provider (``name``, default ``EMAIL_PROVIDER``), configured from the settings.
 
     Imports are local so a host that uses SMTP never imports the SendGrid client.
     """
-    if settings.email_provider == "sendgrid":
+    name = name or settings.email_provider
+    if name == "sendgrid":
         from providers.sendgrid import SendGridProvider
 
         return SendGridProvider(
-            api_key=settings.sendgrid_api_key, api_url=settings.sendgrid_api_url
+            api_key=settings.sendgrid_api_key, api_url=settings.sendgrid_api_url,
+            timeout=settings.provider_timeout_seconds,
         )
-    if settings.email_provider == "smtp":
+    if name == "smtp":
         from providers.smtp import SmtpProvider
 
         return SmtpProvider(
@@ -29,4 +47,37 @@ def build_provider(settings: Settings) -> EmailProvider:
             starttls=settings.smtp_starttls,
             timeout=settings.smtp_timeout_seconds,
         )
-    raise SettingsError(f"setting EMAIL_PROVIDER: unknown provider {settings.email_provider!r}")
+    if name == "acs":
+        from providers.acs import AcsProvider
+
+        if not settings.acs_connection_string:
+            raise SettingsError("setting ACS_CONNECTION_STRING: required when acs is a provider")
+        return AcsProvider(
+            settings.acs_connection_string, timeout=settings.provider_timeout_seconds,
+            poll_seconds=settings.acs_poll_seconds,
+        )
+    raise SettingsError(f"setting EMAIL_PROVIDER: unknown provider {name!r}")
+
+
+def breaker_config(settings: Settings) -> BreakerConfig:
+    return BreakerConfig(
+        window_seconds=settings.health_window_seconds,
+        failure_ratio=settings.health_failure_ratio,
+        min_requests=settings.health_min_requests,
+        cooldown_seconds=settings.health_cooldown_seconds,
+        sync_seconds=settings.health_sync_seconds,
+        probe_timeout_seconds=max(30.0, settings.provider_timeout_seconds * 3),
+    )
+
+
+def build_sender(settings: Settings, storage: Storage, owner: str = "") -> FailoverSender:
+    """Every configured provider behind failover, shared health and rate limits."""
+    order = provider_order(settings)
+    providers = {name: build_provider(settings, name) for name in order}
+    return FailoverSender(
+        providers,
+        order,
+        health=HealthBoard(storage, breaker_config(settings), owner),
+        limiter=RateLimiter(storage),
+        rates=parse_rates(settings.provider_rate_limits),
+    )

@@ -27,6 +27,8 @@ from core.models import (
 from core.settings import Settings
 from core.status import CampaignStatus, DeliveryStatus, JobStatus, TaskStatus, add_counts, zero_counts
 from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Entity, Storage
+from status_manager.control import close_cancelled_tasks
+from status_manager.delivery_logs import request_delivery_log
 
 log = logging.getLogger("mailroom.status_manager")
 
@@ -35,6 +37,7 @@ log = logging.getLogger("mailroom.status_manager")
 class StatusReport:
     jobs_seen: int = 0
     jobs_closed: list[str] = field(default_factory=list)
+    closed_jobs: list[Job] = field(default_factory=list)  # as closed, for metrics
     tasks_requeued: int = 0
     expansions_requeued: int = 0
 
@@ -45,6 +48,9 @@ class _TaskSummary:
     terminal: int
     stalled: list[int]  # claimed, lease expired: the owner died
     pending: list[int]  # never claimed
+    paused: list[int] = field(default_factory=list)  # stopped by a pause; resume re-enqueues them
+    tasks: int = 0  # task rows written (a cancelled expansion may stop between two job updates)
+    roster: int = 0  # recipients in those rows
 
 
 def close_finished_jobs(storage: Storage, settings: Settings, clock: Clock = utcnow) -> StatusReport:
@@ -57,8 +63,12 @@ def close_finished_jobs(storage: Storage, settings: Settings, clock: Clock = utc
         except NotFound:
             storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, row["RowKey"])
             continue
+        if job.status == JobStatus.CANCELLED and not job.completed_at:
+            settle_cancelled_job(storage, job, clock, report)  # closes once every task is terminal
+            continue
         if JobStatus(job.status).is_final:
             close_campaign(storage, job, clock)
+            request_delivery_log(storage, job)
             storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, row["RowKey"])
             continue
         update_job(storage, job, settings, clock, report)
@@ -82,12 +92,16 @@ def summarize_tasks(storage: Storage, job: Job, clock: Clock) -> _TaskSummary:
         summary.counts[DeliveryStatus.PENDING] += max(0, int(entity.get("size", 0)) - sum(recorded.values()))
         status = TaskStatus(entity.get("status", "pending"))
         index = int(entity["RowKey"])
+        summary.tasks += 1
+        summary.roster += int(entity.get("size", 0) or 0)
         if status.is_terminal:
             summary.terminal += 1
         elif status == TaskStatus.SENDING and _expired(entity.get("lease_until", ""), now):
             summary.stalled.append(index)
         elif status == TaskStatus.PENDING:
             summary.pending.append(index)
+        elif status == TaskStatus.PAUSED:
+            summary.paused.append(index)
     return summary
 
 
@@ -116,8 +130,10 @@ def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, rep
     if finished:
         job.status, job.counts, job.completed_at = JobStatus.COMPLETED.value, summary.counts, iso(now)
         close_campaign(storage, job, clock)
+        request_delivery_log(storage, job)
         storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, f"{job.tenant_id}|{job.id}")
         report.jobs_closed.append(job.id)
+        report.closed_jobs.append(job)
         log.info("job closed job=%s roster=%d", job.id, job.roster_size)
 
 
@@ -132,7 +148,8 @@ def requeue_stalled(
         and (now - parse_iso(job.progress_at) > timedelta(seconds=settings.refill_after_seconds))
     )
     if idle:
-        indexes += summary.pending[: settings.task_window]
+        # A paused task of a running job was stopped while a resume re-enqueued the rest.
+        indexes += (summary.paused + summary.pending)[: settings.task_window]
     for index in indexes:
         storage.queue(TASK_QUEUE).send(
             TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index).to_text()
@@ -143,16 +160,47 @@ def requeue_stalled(
     return len(indexes)
 
 
+def settle_cancelled_job(storage: Storage, job: Job, clock: Clock, report: StatusReport) -> None:
+    """A cancelled job: close its idle tasks, then the job once every task row is terminal.
+
+    The roster is what was written before the cancel: an expansion stopped by it may have
+    written one task past ``tasks_total``, so the totals come from the task rows, counted
+    once the expansion lease has run out (nobody writes tasks after that).
+    """
+    now = clock()
+    close_cancelled_tasks(storage, job, clock)
+    summary = summarize_tasks(storage, job, clock)
+    expansion_over = job.expanded or not job.lease_owner or _expired(job.lease_until, now)
+    finished = expansion_over and summary.terminal >= summary.tasks
+    entity: Entity = {"PartitionKey": job.tenant_id, "RowKey": job.id, "tasks_done": summary.terminal}
+    entity.update({count_column(k): v for k, v in summary.counts.items()})
+    if finished:
+        entity.update(completed_at=iso(now), tasks_total=summary.tasks, roster_size=summary.roster,
+                      progress_at=iso(now))
+    try:
+        storage.table(JOBS).update(entity, etag=job.etag)
+    except Conflict:
+        return
+    if finished:
+        job.counts, job.completed_at = summary.counts, iso(now)
+        close_campaign(storage, job, clock)
+        request_delivery_log(storage, job)
+        storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, f"{job.tenant_id}|{job.id}")
+        report.jobs_closed.append(job.id)
+        report.closed_jobs.append(job)
+        log.info("cancelled job closed job=%s roster=%d", job.id, summary.roster)
+
+
 def close_campaign(storage: Storage, job: Job, clock: Clock) -> None:
     """A campaign ends with its job: same final status, the job's counts."""
     try:
         campaign = Campaign.from_entity(storage.table(CAMPAIGNS).get(job.tenant_id, job.campaign_id))
     except NotFound:
         return
-    if campaign.current_job_id != job.id or campaign.status not in (
-        CampaignStatus.RUNNING,
-        CampaignStatus.PAUSED,
-    ):
+    open_statuses = (CampaignStatus.RUNNING, CampaignStatus.PAUSED)
+    if job.status == JobStatus.CANCELLED:  # a cancel already shows on the campaign; add counts
+        open_statuses += (CampaignStatus.CANCELLED,)
+    if campaign.current_job_id != job.id or campaign.status not in open_statuses:
         return
     final = {
         JobStatus.COMPLETED: CampaignStatus.COMPLETED,

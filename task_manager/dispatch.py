@@ -1,13 +1,17 @@
 """Hands rendered messages to a provider with bounded concurrency and the retry policy.
 
 Each message ends in exactly one ``Outcome``: ``sent`` (accepted), ``failed`` (rejected,
-or transient errors outlasted the policy), ``unknown`` (the provider may have accepted
-it: never resent), or ``halted`` when the provider refused as a whole (bad key,
-suspended account): the caller pauses the job and the recipient stays unattempted.
+or its last attempt failed), ``retrying`` (a transient failure outlasted this task's time
+budget while attempts remain: the caller re-queues it with ``retry_after``), ``unknown``
+(the provider may have accepted it: never resent, unless the tenant chose at-least-once),
+or ``halted`` when the provider refused as a whole (bad key, suspended account): the
+caller pauses the job and the recipient stays unattempted.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,11 +22,13 @@ from core.errors import (
     SendError,
     TransientSendError,
 )
+from core.ratelimit import RateLimiter
 from core.retry import Attempts, RetryPolicy, call_with_retries
 from core.status import DeliveryStatus
-from providers.base import EmailProvider, OutboundEmail
+from providers.base import EmailProvider, OutboundEmail, SendResult
 
 HALTED = "halted"
+NOT_ATTEMPTED = "not attempted: the provider refused this task's earlier sends"
 
 
 @dataclass(frozen=True)
@@ -32,42 +38,95 @@ class Outcome:
     provider: str = ""
     message_id: str = ""
     attempts: int = 0
+    retry_after: int = 0  # seconds, for ``retrying``
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one task's messages go out: the tenant's providers, pace and semantics."""
+
+    providers: tuple[str, ...] = ()
+    tenant_id: str = ""
+    tenant_per_second: float | None = None
+    resend_ambiguous: bool = False  # the tenant chose at-least-once
+    deadline: float | None = None  # ``time.monotonic()`` instant that ends this task's retrying
 
 
 class Dispatcher:
     """Sends with up to ``concurrency`` calls in flight; safe to share across tasks."""
 
-    def __init__(self, provider: EmailProvider, policy: RetryPolicy, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        provider: EmailProvider,
+        policy: RetryPolicy,
+        concurrency: int = 8,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.provider = provider
         self.policy = policy
+        self.limiter = limiter
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
 
-    def send_all(self, emails: list[OutboundEmail]) -> list[Outcome]:
-        """One outcome per email, in order."""
+    def send_all(
+        self, emails: list[OutboundEmail], route: Route | None = None, prior: Sequence[int] | None = None
+    ) -> list[Outcome]:
+        """One outcome per email, in order; ``prior``: attempts each recipient already had."""
+        route = route or Route()
+        prior = list(prior) if prior is not None else [0] * len(emails)
+        halt = threading.Event()  # the provider refused as a whole: attempt nothing more
+        pairs = list(zip(emails, prior, strict=True))
         if len(emails) <= 1:
-            return [self.send_one(e) for e in emails]
-        return list(self._pool.map(self.send_one, emails))
+            return [self.send_one(e, route, p, halt) for e, p in pairs]
+        return list(self._pool.map(lambda pair: self.send_one(pair[0], route, pair[1], halt), pairs))
 
-    def send_one(self, email: OutboundEmail) -> Outcome:
-        attempts = Attempts()
-        name = self.provider.name
+    def send_one(
+        self,
+        email: OutboundEmail,
+        route: Route | None = None,
+        prior: int = 0,
+        halt: threading.Event | None = None,
+    ) -> Outcome:
+        route = route or Route()
+        attempts = Attempts(count=prior)
+        name = getattr(self.provider, "name", "")
+        if halt is not None and halt.is_set():
+            return Outcome(HALTED, NOT_ATTEMPTED, name)
         try:
-            result = call_with_retries(lambda: self.provider.send(email), self.policy, attempts)
+            result = call_with_retries(lambda: self._attempt(email, route), self.policy, attempts,
+                                       deadline=route.deadline)
         except RecipientRejected as err:
-            return Outcome(
-                DeliveryStatus.FAILED, f"rejected by provider: {err.reason}", name, "", attempts.count
-            )
+            return Outcome(DeliveryStatus.FAILED, f"rejected by provider: {err.reason}",
+                           err.provider or name, "", attempts.count)
         except TransientSendError as err:
+            if not self.policy.exhausted(attempts.count):
+                wait = self.policy.requeue_after(max(1, attempts.count), err.retry_after)
+                return Outcome(DeliveryStatus.RETRYING, f"will retry: {err.reason}", err.provider or name, "",
+                               attempts.count, wait)
             reason = f"gave up after {attempts.count} attempts: {err.reason}"
-            return Outcome(DeliveryStatus.FAILED, reason, name, "", attempts.count)
+            return Outcome(DeliveryStatus.FAILED, reason, err.provider or name, "", attempts.count)
         except AmbiguousSendError as err:
+            if route.resend_ambiguous and not self.policy.exhausted(attempts.count):
+                wait = self.policy.requeue_after(attempts.count)
+                return Outcome(DeliveryStatus.RETRYING, f"outcome unknown, will resend (at-least-once): "
+                               f"{err.reason}", err.provider or name, "", attempts.count, wait)
             reason = f"outcome unknown, not resent: {err.reason}"
-            return Outcome(DeliveryStatus.UNKNOWN, reason, name, "", attempts.count)
+            return Outcome(DeliveryStatus.UNKNOWN, reason, err.provider or name, "", attempts.count)
         except ProviderUnavailable as err:
-            return Outcome(HALTED, err.reason, name, "", attempts.count)
+            if halt is not None:
+                halt.set()
+            return Outcome(HALTED, err.reason, err.provider or name, "", attempts.count)
         except SendError as err:  # an adapter's own subclass we do not know: be safe
-            return Outcome(DeliveryStatus.UNKNOWN, f"outcome unknown: {err.reason}", name, "", attempts.count)
+            return Outcome(DeliveryStatus.UNKNOWN, f"outcome unknown: {err.reason}", err.provider or name, "",
+                           attempts.count)
         return Outcome(DeliveryStatus.SENT, "", result.provider or name, result.message_id, attempts.count)
+
+    def _attempt(self, email: OutboundEmail, route: Route) -> SendResult:
+        if self.limiter is not None and route.tenant_per_second:
+            self.limiter.acquire(f"tenant:{route.tenant_id}", route.tenant_per_second)
+        send_via = getattr(self.provider, "send_via", None)
+        if send_via is not None and route.providers:
+            return send_via(email, route.providers)
+        return self.provider.send(email)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -12,29 +12,38 @@ The at-most-once argument (DESIGN §4, invariant 2) in three writes per chunk:
 A host that dies between 2 and 3 leaves ``in_flight`` behind. Whoever claims the task
 after the lease expired marks those recipients ``unknown`` unless a delivery row
 already records their outcome: they are never handed to the provider again.
+
+Transient failures that outlast the task's retry budget (DESIGN §5) do not keep the host:
+their delivery rows say ``retrying`` (with the attempts so far and the last reason), their
+indexes go to ``leftover`` — saved with every ``in_flight`` write, so a crash cannot lose
+them — and the task is re-queued with a visibility delay as ``retrying``. A ``retrying``
+recipient was *not* handed over (the provider refused it before accepting), so sending it
+again is not a second hand-off; its attempt count carries over so ``MAX_SEND_ATTEMPTS``
+bounds it across re-queues, after which it is ``failed`` with the last reason.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.errors import Conflict, NotFound, RenderError
 from core.messages import TaskTicket
-from core.models import Job, Recipient, Task, delivery_entity, unpack_recipients
+from core.models import TENANT_PARTITION, Job, Recipient, Task, delivery_entity, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
-from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, Storage
+from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, TENANTS, Storage
 from core.suppressions import SuppressionCache
 from core.templates import CompiledTemplate, TemplateSpec, build_context, compile_template
 from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 from providers.base import OutboundEmail
-from task_manager.dispatch import HALTED, Dispatcher, Outcome
+from task_manager.dispatch import HALTED, NOT_ATTEMPTED, Dispatcher, Outcome, Route
 
 log = logging.getLogger("mailroom.task_manager")
 
@@ -45,7 +54,8 @@ _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 class TaskOutcome(StrEnum):
     DONE = "done"
     ALREADY_DONE = "already_done"
-    BUSY = "busy"  # another host holds a live lease
+    BUSY = "busy"  # another host holds a live lease (or a retry is not due yet)
+    RETRYING = "retrying"  # some recipients wait for a re-queued attempt
     LOST = "lost"  # our lease was taken over mid-task; we stopped sending
     PAUSED = "paused"  # job paused (by a person, or the provider refused)
     CANCELLED = "cancelled"
@@ -79,6 +89,7 @@ class _Run:
     task: Task
     recipients: list[Recipient]
     clock: Clock
+    was_retrying: set[int] = field(default_factory=set)  # rows that said ``retrying`` at the claim
 
 
 def send_task(
@@ -120,19 +131,33 @@ def run_claimed_task(
         return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
 
     template = templates.get(job)
+    route = route_for(storage, job, settings)
+    prior = prior_attempts(run)
     pending = task.leftover + list(range(task.cursor, task.size))
     suppressed = suppressions.suppressed(job.tenant_id, [run.recipients[i].email for i in pending])
-    task.leftover = []
+    waiting = list(task.leftover)  # earlier leftovers not yet in flight
+    retry_later: list[int] = []
+    retry_after = 0
     for chunk in _chunks(pending, CHUNK):
+        in_chunk = set(chunk)
+        waiting = [i for i in waiting if i not in in_chunk]
+        task.leftover = waiting + retry_later
         if not mark_in_flight(run, chunk):
             log.warning("task lease lost job=%s task=%d", task.job_id, task.index)
             return TaskOutcome.LOST
-        outcomes = send_chunk(run, chunk, template, dispatcher, suppressed)
+        outcomes = send_chunk(run, chunk, template, dispatcher, suppressed, route, prior)
         halted = [i for i, o in zip(chunk, outcomes, strict=True) if o.status == HALTED]
         record_outcomes(run, [(i, o) for i, o in zip(chunk, outcomes, strict=True) if o.status != HALTED])
+        for index, outcome in zip(chunk, outcomes, strict=True):
+            if outcome.status == DeliveryStatus.RETRYING:
+                retry_later.append(index)
+                retry_after = max(retry_after, outcome.retry_after)
+        task.leftover = waiting + retry_later
         task.cursor = max(task.cursor, chunk[-1] + 1)
         if halted:
             return pause_for_provider(run, halted, chunk, outcomes)
+    if retry_later:
+        return requeue_for_retry(run, retry_later, retry_after)
     finish_task(run)
     enqueue_next_in_window(storage, job, task.index + settings.task_window)
     log.info("task done job=%s task=%d recipients=%d", task.job_id, task.index, task.size)
@@ -169,6 +194,8 @@ def claim_task(
     now = clock()
     if task.status == TaskStatus.SENDING and task.lease_until and parse_iso(task.lease_until) > now:
         return TaskOutcome.BUSY
+    if task.status == TaskStatus.RETRYING and task.lease_until and parse_iso(task.lease_until) > now:
+        return TaskOutcome.BUSY  # an early duplicate; the delayed ticket is still on its way
     task.status, task.lease_owner = TaskStatus.SENDING.value, owner
     task.lease_until = later(clock, settings.lease_seconds)
     task.attempt += 1
@@ -220,12 +247,78 @@ def mark_in_flight(run: _Run, chunk: list[int]) -> bool:
     return True
 
 
+def route_for(storage: Storage, job: Job, settings: Settings) -> Route:
+    """The tenant's provider order, send rate and delivery semantics for this task."""
+    tenant = storage.table(TENANTS).find(TENANT_PARTITION, job.tenant_id) or {}
+    providers = tuple(p.strip() for p in str(tenant.get("providers") or "").split(",") if p.strip())
+    per_minute = tenant.get("rate_limit_per_minute")
+    semantics = tenant.get("delivery_semantics") or settings.delivery_semantics
+    return Route(
+        providers=providers,
+        tenant_id=job.tenant_id,
+        tenant_per_second=(float(per_minute) / 60.0) if per_minute else None,
+        resend_ambiguous=semantics == "at-least-once",
+        deadline=time.monotonic() + settings.retry_budget_seconds,
+    )
+
+
+def prior_attempts(run: _Run) -> dict[int, int]:
+    """Attempts already made for leftover recipients left ``retrying`` by an earlier run."""
+    if not run.task.leftover:
+        return {}
+    by_contact = {
+        row["RowKey"]: int(row.get("attempts", 0) or 0)
+        for row in run.storage.table(DELIVERIES).partition(
+            run.task.delivery_partition, select=["RowKey", "status", "attempts"]
+        )
+        if row.get("status") == DeliveryStatus.RETRYING
+    }
+    prior: dict[int, int] = {}
+    for index in run.task.leftover:
+        attempts = by_contact.get(run.recipients[index].contact_id)
+        if attempts is not None:
+            prior[index] = attempts
+            run.was_retrying.add(index)
+    return prior
+
+
+def requeue_for_retry(run: _Run, indexes: list[int], delay: int) -> TaskOutcome:
+    """Put the task back on the queue, invisible for ``delay`` s, for its ``retrying`` recipients.
+
+    The ticket goes first: if saving the task fails after it, the ticket finds the task
+    still ours and harmless; if the ticket fails, the host's retry of this message still
+    finds the leftovers (saved with every ``in_flight`` write).
+    """
+    task, job = run.task, run.job
+    run.storage.queue(TASK_QUEUE).send(
+        TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=task.index).to_text(),
+        visibility_timeout=delay,
+    )
+    task.status, task.in_flight, task.lease_owner = TaskStatus.RETRYING.value, [], ""
+    task.lease_until = later(run.clock, delay)  # not before: an early duplicate waits
+    task.updated_at = iso(run.clock())
+    try:
+        task.etag = run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
+    except Conflict:
+        log.warning("task changed before its retry was saved job=%s task=%d", task.job_id, task.index)
+    log.info("task re-queued job=%s task=%d retrying=%d delay=%ds",
+             task.job_id, task.index, len(indexes), delay)
+    return TaskOutcome.RETRYING
+
+
 def send_chunk(
-    run: _Run, chunk: list[int], template: CompiledTemplate, dispatcher: Dispatcher, suppressed: set[str]
+    run: _Run,
+    chunk: list[int],
+    template: CompiledTemplate,
+    dispatcher: Dispatcher,
+    suppressed: set[str],
+    route: Route | None = None,
+    prior: dict[int, int] | None = None,
 ) -> list[Outcome]:
     """Outcomes for a chunk: suppressed and unrenderable recipients never reach the provider."""
     outcomes: list[Outcome | None] = []
     emails: list[OutboundEmail] = []
+    tries: list[int] = []
     for index in chunk:
         recipient = run.recipients[index]
         if recipient.email in suppressed:
@@ -240,7 +333,8 @@ def send_chunk(
             outcomes.append(Outcome(DeliveryStatus.SKIPPED, f"template error: {err}"))
             continue
         outcomes.append(None)
-    sent = iter(dispatcher.send_all(emails))
+        tries.append((prior or {}).get(index, 0))
+    sent = iter(dispatcher.send_all(emails, route, tries))
     return [o if o is not None else next(sent) for o in outcomes]
 
 
@@ -290,6 +384,10 @@ def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]]) -> None:
             )
         )
         run.task.counts[str(outcome.status)] = run.task.counts.get(str(outcome.status), 0) + 1
+        if index in run.was_retrying:
+            run.was_retrying.discard(index)
+            retrying = DeliveryStatus.RETRYING.value
+            run.task.counts[retrying] = max(0, run.task.counts.get(retrying, 0) - 1)
     if rows:
         run.storage.table(DELIVERIES).batch_upsert(rows)
 
@@ -327,8 +425,8 @@ def pause_for_provider(
 ) -> TaskOutcome:
     """The provider refused as a whole: keep the rest unattempted and pause the job."""
     task, job = run.task, run.job
-    reason = next(o.reason for o in outcomes if o.status == HALTED)
-    task.leftover = halted + list(range(task.cursor, task.size))
+    reason = next(o.reason for o in outcomes if o.status == HALTED and o.reason != NOT_ATTEMPTED)
+    task.leftover = halted + task.leftover + list(range(task.cursor, task.size))
     task.cursor = task.size
     task.in_flight = []
     task.status, task.lease_owner, task.lease_until = TaskStatus.PAUSED.value, "", ""

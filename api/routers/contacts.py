@@ -18,6 +18,7 @@ from core.errors import FieldProblem
 from core.ids import contact_id_for, normalize_email
 from core.models import Contact, Tenant
 from core.storage import CONTACTS, DELIVERIES, JOBS, Entity, Storage, decode_continuation, encode_continuation
+from status_manager.erasure import erase_contact_traces
 
 router = APIRouter(tags=["contacts"], responses=ERROR_RESPONSES)
 
@@ -170,8 +171,10 @@ def delete_contact(contact_id: str, tenant: TenantDep, storage: StorageDep) -> R
     In that order a failure half-way leaves the contact in place, so retrying the DELETE
     finishes the redaction instead of answering 404 with addresses left behind.
     """
-    if storage.table(CONTACTS).find(tenant.id, contact_id) is None:
+    contact = storage.table(CONTACTS).find(tenant.id, contact_id)
+    if contact is None:
         raise not_found("contact")
+    erase_contact_traces(storage, tenant.id, contact_id, contact.get("email", ""))
     redact_deliveries(storage, tenant.id, contact_id)
     storage.table(CONTACTS).delete(tenant.id, contact_id)
     return Response(status_code=204)

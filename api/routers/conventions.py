@@ -16,7 +16,9 @@ DEFAULT_PAGE_LIMIT = DEFAULT_LIMIT
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorBody, "description": description}
+    """Errors are JSON even on routes that answer HTML (the unsubscribe page), so say so."""
+    json_body = {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+    return {"model": ErrorBody, "description": description, "content": {"application/json": json_body}}
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -26,6 +28,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _error("No such resource (or it belongs to another tenant)"),
     413: _error("The request is too large"),
     422: _error("Invalid fields; `details` names each with its path"),
+    429: _error("Too many requests with this key; retry after `Retry-After` seconds"),
     503: _error("A dependency (storage) is down; retry after `Retry-After` seconds"),
 }
 STATE_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -21,12 +21,15 @@ from api.campaign_records import load_campaign
 from api.dependencies import StorageDep
 from api.errors import not_found
 from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Continuation, Limit
-from api.schemas import DeliveryPublic, JobPublic, Page
+from api.schemas import DeliveryEvent, DeliveryPublic, JobPublic, Page
 from core.clock import iso, parse_iso, utcnow
+from core.events import timeline
 from core.ids import normalize_email
 from core.models import Job
 from core.status import FINAL_JOB_STATUSES, TERMINAL_DELIVERY_STATUSES, DeliveryStatus, JobStatus
 from core.storage import DELIVERIES, JOBS, Entity, Storage
+from core.timing import time_to_send_seconds
+from status_manager.delivery_logs import events_for_rows, find_delivery
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -50,6 +53,9 @@ def job_public(job: Job, now: datetime | None = None) -> JobPublic:
         completed_at=job.completed_at or None, eta=eta(job, done, now or utcnow()),
         failure_reason=job.failure_reason or None, last_error=job.last_error or None,
         tasks_total=job.tasks_total, tasks_done=job.tasks_done, created_at=job.created_at or None,
+        time_to_send_seconds=time_to_send_seconds(job.started_at, job.completed_at) if job.completed_at
+        and job.status == JobStatus.COMPLETED.value else None,
+        retry_of=job.retry_of or None,
     )
 
 
@@ -123,14 +129,25 @@ def delivery_query(job_id: str, status: str | None, email: str | None) -> tuple[
     return query, params
 
 
-def delivery_public(entity: Entity) -> DeliveryPublic:
+def delivery_public(entity: Entity, events: list[DeliveryEvent] | None = None) -> DeliveryPublic:
     return DeliveryPublic(
         contact_id=entity["RowKey"], email=entity.get("email", ""), status=entity.get("status", ""),
         reason=entity.get("reason", ""), provider=entity.get("provider", ""),
         provider_message_id=entity.get("provider_message_id", ""),
-        attempts=int(entity.get("attempts", 0) or 0), events=[],
+        attempts=int(entity.get("attempts", 0) or 0), events=events or [],
         updated_at=entity.get("updated_at") or None,
     )
+
+
+def with_timelines(storage: Storage, job: Job, rows: list[Entity]) -> list[DeliveryPublic]:
+    """Each row with its timeline: its own outcome plus the provider events (one query a page)."""
+    provider_events = events_for_rows(storage, rows)
+    queued_at = job.started_at or job.created_at
+    out = []
+    for row in rows:
+        steps = timeline(row, provider_events.get((row["PartitionKey"], row["RowKey"]), []), queued_at)
+        out.append(delivery_public(row, [DeliveryEvent(**step.as_dict()) for step in steps]))
+    return out
 
 
 @router.get("/jobs/{job_id}/deliveries", response_model=Page[DeliveryPublic])
@@ -139,11 +156,21 @@ def list_deliveries(
     status: StatusFilter = None, email: EmailFilter = None,
     limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
 ) -> Page[DeliveryPublic]:
-    _load_job(storage, tenant.id, job_id)
+    job = _load_job(storage, tenant.id, job_id)
     query, params = delivery_query(job_id, status.value if status else None, email)
     page = storage.table(DELIVERIES).query_page(query, params, limit=limit, continuation=continuation)
-    return Page[DeliveryPublic](items=[delivery_public(e) for e in page.items],
+    return Page[DeliveryPublic](items=with_timelines(storage, job, page.items),
                                 continuation=page.continuation)
+
+
+@router.get("/jobs/{job_id}/deliveries/{contact_id}", response_model=DeliveryPublic)
+def get_delivery(job_id: str, contact_id: str, tenant: TenantDep, storage: StorageDep) -> DeliveryPublic:
+    """One recipient of one job with its whole timeline: "what happened to this person's email"."""
+    job = _load_job(storage, tenant.id, job_id)
+    row = find_delivery(storage, tenant.id, job_id, contact_id)
+    if row is None:
+        raise not_found("delivery")
+    return with_timelines(storage, job, [row])[0]
 
 
 @router.get(

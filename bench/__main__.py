@@ -1,0 +1,203 @@
+"""``python -m bench`` (``make bench``): Mailroom against Azurite's ceiling and the seed design.
+
+One run prints a table and writes ``bench/results/bench-<UTC time>.json``. Every figure
+comes from this run on this machine, so compare ratios, not absolutes: the machine is
+shared and noisy. Phases (each on a fresh stack, so one cannot slow the next):
+
+1. ceiling: batched writes/s through the SDK and the lean client, queue send and receive+delete/s;
+2. Mailroom end to end at each ``--recipients`` size (1 host); the largest also measures fairness;
+3. the seed design (``bench.baseline``) at ``--baseline-recipients``;
+4. scale-out: 1, 2 and 3 hosts at ``--scale-recipients``;
+5. with ``--expansion-recipients N``: roster expansion only, on an on-disk Azurite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import profile
+from bench.ceiling import measure_ceiling
+from bench.cost import PRICES_AS_OF, usd_per_million_emails
+from bench.endtoend import run_mailroom
+from bench.expansion import run_expansion
+from bench.report import render_table
+from bench.stack import BENCH_SETTINGS, BenchStack
+from core.settings import PROJECT_ROOT
+from devhost.stack import SIMULATOR_KEY
+
+RESULTS = PROJECT_ROOT / "bench" / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--recipients",
+        type=int,
+        nargs="+",
+        default=[10_000, 100_000],
+        help="end-to-end roster sizes (default 10000 100000); 1000000 adds the 1M case",
+    )
+    parser.add_argument("--baseline-recipients", type=int, default=10_000)
+    parser.add_argument("--scale-recipients", type=int, default=10_000)
+    parser.add_argument("--scale-hosts", type=int, nargs="*", default=[1, 2, 3])
+    parser.add_argument(
+        "--expansion-recipients",
+        type=int,
+        default=0,
+        help="also expand a roster this large (on-disk Azurite; no sending)",
+    )
+    parser.add_argument("--no-fairness", action="store_true")
+    parser.add_argument("--ceiling-entities", type=int, default=5000)
+    parser.add_argument("--no-profile", action="store_true", help="skip py-spy on the largest run")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/...)")
+    args = parser.parse_args(argv)
+    args.out = args.out or RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    return args
+
+
+def _save(results: dict[str, Any], out: Path) -> None:
+    """Written after every phase, so a long run that dies keeps what it measured."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+
+
+def _log(message: str) -> None:
+    print(f"[bench {datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def run_baseline(recipients: int) -> dict[str, Any]:
+    with BenchStack(workers=0) as stack:
+        assert stack.azurite is not None
+        out = stack.log_dir / "baseline.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.baseline",
+            "--connection-string",
+            stack.azurite.connection_string,
+            "--sendgrid-url",
+            stack.simulator_url,
+            "--api-key",
+            SIMULATOR_KEY,
+            "--recipients",
+            str(recipients),
+            "--out",
+            str(out),
+        ]
+        subprocess.run(cmd, cwd=PROJECT_ROOT, check=True)
+        return json.loads(out.read_text())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase in order; ``args.out`` holds what is done so far."""
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {_cpu_count()} CPUs, Python {platform.python_version()}",
+        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "host_settings": BENCH_SETTINGS,
+    }
+    _log("ceiling")
+    with BenchStack(workers=0) as stack:
+        assert stack.azurite is not None
+        results["ceiling"] = measure_ceiling(stack.azurite.connection_string, args.ceiling_entities)
+    _save(results, args.out)
+    runs: list[dict[str, Any]] = []
+    results["mailroom"] = runs
+    sizes = sorted(args.recipients)
+    for size in sizes:
+        last = size == sizes[-1]
+        fairness = last and not args.no_fairness
+        spy = (
+            args.out.with_suffix(".pyspy.txt")
+            if last and not args.no_profile and profile.available()
+            else None
+        )
+        _log(f"mailroom end to end, {size} recipients, 1 host{' + fairness' if fairness else ''}")
+        with BenchStack(workers=1) as stack:
+            runs.append(run_mailroom(stack, size, fairness=fairness, profile=spy))
+        _save(results, args.out)
+    if args.baseline_recipients:
+        _log(f"seed design baseline, {args.baseline_recipients} recipients")
+        results["baseline"] = run_baseline(args.baseline_recipients)
+        _save(results, args.out)
+    scale: list[dict[str, Any]] = []
+    results["scale_out"] = scale
+    for hosts in args.scale_hosts:
+        _log(f"scale-out, {hosts} host(s), {args.scale_recipients} recipients")
+        with BenchStack(workers=hosts) as stack:
+            scale.append(run_mailroom(stack, args.scale_recipients))
+        _save(results, args.out)
+    results.update(_headline(results))
+    if args.expansion_recipients:
+        _log(f"roster expansion, {args.expansion_recipients} recipients, on-disk Azurite")
+        _save(results, args.out)
+        results["expansion"] = run_expansion(args.expansion_recipients)
+    providers_latency = PROJECT_ROOT / "bench" / "providers_latency.py"
+    if providers_latency.exists():
+        results["providers_latency_note"] = "see `python -m bench.providers_latency` (issue 4)"
+    return results
+
+
+def _headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The keys tools read, from the largest end-to-end run (and ratios within this run)."""
+    ceiling = results["ceiling"]
+    main = results["mailroom"][-1] if results["mailroom"] else {}
+    base = results.get("baseline", {})
+    out: dict[str, Any] = {
+        "raw_batch_writes_per_second": ceiling["raw_batch_writes_per_second"],
+        "lean_batch_writes_per_second": ceiling["lean_batch_writes_per_second"],
+        "recipients": main.get("recipients"),
+        "emails_per_second": main.get("emails_per_second"),
+        "storage_requests_per_email": main.get("storage_requests_per_email"),
+        "cpu_us_per_email": main.get("cpu_us_per_email"),
+        "peak_rss_mb": max([r["peak_rss_mb"] for r in results["mailroom"]] or [0]),
+        "fairness_ratio": main.get("fairness_ratio"),
+        "baseline_emails_per_second": base.get("emails_per_second"),
+        "baseline_storage_requests_per_email": base.get("storage_requests_per_email"),
+        "prices_as_of": PRICES_AS_OF,
+    }
+    if main:
+        out["ratio_to_sdk_ceiling"] = main["emails_per_second"] / ceiling["raw_batch_writes_per_second"]
+        out["usd_per_million_emails"] = usd_per_million_emails(
+            main["requests_by_operation"], main["roster_size"]
+        )
+    if main and base:
+        out["ratio_to_baseline"] = main["emails_per_second"] / base["emails_per_second"]
+        out["baseline_usd_per_million_emails"] = usd_per_million_emails(
+            base["requests_by_operation"], base["recipients"]
+        )
+    return out
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every stack stops its hosts and Azurite on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    started = time.monotonic()
+    results = run(args)
+    results["bench_seconds"] = time.monotonic() - started
+    _save(results, args.out)
+    print(render_table(results))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

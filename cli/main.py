@@ -1,0 +1,289 @@
+"""``mailroom``: contacts, campaigns, jobs and delivery logs from a terminal.
+
+Configured by ``MAILROOM_URL``, ``MAILROOM_KEY`` (and ``MAILROOM_TENANT`` for operator-wide
+keys). Every command is one or a few REST calls (API.md); errors print the API's own message
+and exit 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from cli.api import ApiFailure, MailroomApi
+from cli.watch import watch_job
+
+app = typer.Typer(help="Mailroom from the command line (MAILROOM_URL, MAILROOM_KEY).", no_args_is_help=True)
+contacts_app = typer.Typer(help="The tenant's contacts.", no_args_is_help=True)
+campaigns_app = typer.Typer(help="Campaigns: create and steer.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs: watch, show, retry what failed.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants (operator key).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (operator key).", no_args_is_help=True)
+app.add_typer(contacts_app, name="contacts")
+app.add_typer(campaigns_app, name="campaigns")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+IMPORT_BATCH_ROWS = 1000
+TenantOption = Annotated[str | None, typer.Option("--tenant", help="Tenant to act on (operator-wide keys).")]
+
+
+def connect(tenant: str | None = None) -> MailroomApi:
+    try:
+        return MailroomApi.from_environment(tenant)
+    except ApiFailure as err:
+        fail(err)
+
+
+def fail(err: ApiFailure) -> NoReturn:
+    Console(stderr=True).print(f"[red]error:[/red] {err}")
+    raise typer.Exit(1)
+
+
+def show(value: Any) -> None:
+    console.print_json(json.dumps(value))
+
+
+# -- contacts ----------------------------------------------------------------------------------
+
+
+def csv_batches(path: Path, rows_per_batch: int) -> Iterator[tuple[str, int]]:
+    """The file as CSV bodies of ``rows_per_batch`` data rows, each with the header row."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return
+        batch: list[list[str]] = []
+        for row in reader:
+            batch.append(row)
+            if len(batch) >= rows_per_batch:
+                yield _csv_text(header, batch), len(batch)
+                batch = []
+        if batch:
+            yield _csv_text(header, batch), len(batch)
+
+
+def _csv_text(header: list[str], rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def count_rows(path: Path) -> int:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        return max(0, sum(1 for _ in csv.reader(handle)) - 1)
+
+
+@contacts_app.command("import")
+def import_contacts(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV: email,name,<attribute>...")],
+    batch: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per request.")] = IMPORT_BATCH_ROWS,
+    tenant: TenantOption = None,
+) -> None:
+    """Upsert contacts from a CSV file, with a progress bar; bad rows are listed, good rows land."""
+    api = connect(tenant)
+    created = updated = 0
+    rejected: list[dict[str, Any]] = []
+    done = 0
+    columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("import", total=count_rows(file))
+            for body, rows in csv_batches(file, batch):
+                result = api.post("/contacts", content=body.encode(), headers={"Content-Type": "text/csv"})
+                created += result["created"]
+                updated += result["updated"]
+                rejected += [{**r, "index": r["index"] + done} for r in result["rejected"]]
+                done += rows
+                progress.update(bar, completed=done)
+    except ApiFailure as err:
+        fail(err)
+    console.print(f"created {created}, updated {updated}, rejected {len(rejected)}")
+    for problem in rejected[:20]:
+        console.print(f"  row {problem['index']}: {problem['field']}: {problem['message']}")
+
+
+# -- campaigns ---------------------------------------------------------------------------------
+
+
+@campaigns_app.command("create")
+def create_campaign(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Campaign JSON (API.md).")],
+    tenant: TenantOption = None,
+) -> None:
+    """Create a campaign from a JSON file; prints its id and status."""
+    try:
+        body = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as err:
+        fail(ApiFailure(f"{file} is not JSON: {err}"))
+    try:
+        campaign = connect(tenant).post("/campaigns", json=body)
+    except ApiFailure as err:
+        fail(err)
+    console.print(f"campaign {campaign['id']} {campaign['status']}")
+
+
+def _campaign_action(action: str, campaign_id: str, tenant: str | None) -> None:
+    try:
+        campaign = connect(tenant).post(f"/campaigns/{campaign_id}/{action}")
+    except ApiFailure as err:
+        fail(err)
+    console.print(f"campaign {campaign['id']} {campaign['status']}")
+
+
+@campaigns_app.command("schedule")
+def schedule_campaign(campaign_id: str, tenant: TenantOption = None) -> None:
+    """Send now."""
+    try:
+        campaign = connect(tenant).post(f"/campaigns/{campaign_id}/schedule", json={})
+    except ApiFailure as err:
+        fail(err)
+    console.print(f"campaign {campaign['id']} {campaign['status']}")
+
+
+@campaigns_app.command("pause")
+def pause_campaign(campaign_id: str, tenant: TenantOption = None) -> None:
+    """Pause the running job at its next chunk boundary."""
+    _campaign_action("pause", campaign_id, tenant)
+
+
+@campaigns_app.command("resume")
+def resume_campaign(campaign_id: str, tenant: TenantOption = None) -> None:
+    """Continue the paused job."""
+    _campaign_action("resume", campaign_id, tenant)
+
+
+@campaigns_app.command("cancel")
+def cancel_campaign(campaign_id: str, tenant: TenantOption = None) -> None:
+    """Cancel the running job; unsent recipients end cancelled."""
+    _campaign_action("cancel", campaign_id, tenant)
+
+
+# -- jobs and deliveries -----------------------------------------------------------------------
+
+
+@jobs_app.command("watch")
+def watch(
+    job_id: str,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls.")] = 1.0,
+    tenant: TenantOption = None,
+) -> None:
+    """A live progress bar and counts until the job closes."""
+    try:
+        watch_job(connect(tenant), job_id, console, interval)
+    except ApiFailure as err:
+        fail(err)
+
+
+@jobs_app.command("show")
+def show_job(job_id: str, tenant: TenantOption = None) -> None:
+    """The job as JSON (status, counts, progress, eta, time to send)."""
+    try:
+        show(connect(tenant).get(f"/jobs/{job_id}"))
+    except ApiFailure as err:
+        fail(err)
+
+
+@jobs_app.command("retry-failed")
+def retry_failed(job_id: str, tenant: TenantOption = None) -> None:
+    """Start a new job for the recipients that ended failed (asking twice gives the same job)."""
+    try:
+        job = connect(tenant).post(f"/jobs/{job_id}/retry-failed")
+    except ApiFailure as err:
+        fail(err)
+    console.print(f"job {job['id']} {job['status']} (retries {job_id})")
+
+
+DELIVERY_COLUMNS = ("email", "status", "reason", "provider", "attempts", "updated_at")
+
+
+@app.command("deliveries")
+def deliveries(
+    job_id: str,
+    status: Annotated[str | None, typer.Option(help="Only this status, e.g. bounced.")] = None,
+    email: Annotated[str | None, typer.Option(help="Only this recipient.")] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table.")] = False,
+    tenant: TenantOption = None,
+) -> None:
+    """A job's delivery log, as a table or CSV."""
+    api = connect(tenant)
+    params = {k: v for k, v in {"status": status, "email": email, "limit": 1000}.items() if v}
+    try:
+        if as_csv:
+            sys.stdout.write(api.get(f"/jobs/{job_id}/deliveries.csv", params=params))
+            return
+        table = Table(*DELIVERY_COLUMNS)
+        for item in api.pages(f"/jobs/{job_id}/deliveries", params):
+            table.add_row(*(str(item.get(column) or "") for column in DELIVERY_COLUMNS))
+    except ApiFailure as err:
+        fail(err)
+    console.print(table)
+
+
+# -- operator ----------------------------------------------------------------------------------
+
+
+@tenants_app.command("create")
+def create_tenant(
+    name: str,
+    rate_limit_per_minute: Annotated[int | None, typer.Option(help="Send rate cap.")] = None,
+    max_roster: Annotated[int | None, typer.Option(help="Largest roster a job may have.")] = None,
+) -> None:
+    """Create a tenant (operator key)."""
+    body: dict[str, Any] = {"name": name}
+    if rate_limit_per_minute is not None:
+        body["rate_limit_per_minute"] = rate_limit_per_minute
+    if max_roster is not None:
+        body["max_roster"] = max_roster
+    try:
+        show(connect().post("/tenants", json=body))
+    except ApiFailure as err:
+        fail(err)
+
+
+@tenants_app.command("list")
+def list_tenants() -> None:
+    """Tenants (operator or support key)."""
+    try:
+        table = Table("id", "name")
+        for tenant in connect().pages("/tenants"):
+            table.add_row(tenant["id"], tenant["name"])
+    except ApiFailure as err:
+        fail(err)
+    console.print(table)
+
+
+@keys_app.command("create")
+def create_key(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="The tenant the key is for.")] = None,
+    role: Annotated[str, typer.Option(help="tenant or support")] = "tenant",
+) -> None:
+    """Create an API key for a tenant, or (without --tenant) an operator-wide support key.
+
+    The key is shown once.
+    """
+    try:
+        api = connect()
+        made = api.post(f"/tenants/{tenant}/keys" if tenant else "/keys", json={"role": role})
+    except ApiFailure as err:
+        fail(err)
+    show(made)
+
+
+if __name__ == "__main__":
+    app()

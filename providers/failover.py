@@ -1,0 +1,118 @@
+"""Sends through the first healthy provider of an ordered list (a tenant's, or the default).
+
+Per attempt: walk the providers in order, skip one whose breaker is open (``core.health``)
+or that asked everyone to wait (a 429's ``Retry-After`` holds the provider for the whole
+host, not only for the thread that got it), take a token of its rate limit
+(``core.ratelimit``), send, and tell the health board how it went. A transient failure is
+raised for the retry policy to back off; the next attempt picks again, so once the
+breaker opens traffic moves to the next provider. When every provider is held or open,
+``ProviderHeld`` says how long until one may be tried: waiting spends no attempt.
+
+What counts against health: 5xx, connect failures and ambiguous timeouts. A recipient's
+rejection (4xx) is a healthy provider answering; a 429 is a pace, not an outage.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from core.errors import (
+    AmbiguousSendError,
+    ProviderHeld,
+    ProviderUnavailable,
+    RecipientRejected,
+    TransientSendError,
+)
+from core.health import HealthBoard, Permit
+from core.ratelimit import RateLimiter
+from providers.base import EmailProvider, OutboundEmail, SendResult
+
+
+class FailoverSender:
+    """An ``EmailProvider`` over several, in order, with shared health and rate limits."""
+
+    name = "failover"
+
+    def __init__(
+        self,
+        providers: dict[str, EmailProvider],
+        order: Sequence[str],
+        health: HealthBoard | None = None,
+        limiter: RateLimiter | None = None,
+        rates: dict[str, float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.providers = providers
+        self.order = [name for name in order if name in providers] or list(providers)
+        self.health = health
+        self.limiter = limiter
+        self.rates = rates or {}
+        self.clock = clock
+        self._held_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def send(self, email: OutboundEmail) -> SendResult:
+        return self.send_via(email, self.order)
+
+    def send_via(self, email: OutboundEmail, order: Sequence[str] | None) -> SendResult:
+        """Send through the first provider of ``order`` that may take it now."""
+        names = [n for n in (order or self.order) if n in self.providers] or self.order
+        waits: list[float] = []
+        for name in names:
+            held = self._held_for(name)
+            if held > 0:
+                waits.append(held)
+                continue
+            permit = self.health.permit(name) if self.health else Permit(name)
+            if permit is None:
+                waits.append(self.health.reopens_in(name) if self.health else 1.0)
+                continue
+            return self._send_one(name, permit, email)
+        raise ProviderHeld(
+            "every provider is unhealthy or asked to wait", provider=names[0] if names else "",
+            code="held", retry_after=max(0.05, min(waits, default=1.0)),
+        )
+
+    def _send_one(self, name: str, permit: Permit, email: OutboundEmail) -> SendResult:
+        if self.limiter is not None:
+            self.limiter.acquire(f"provider:{name}", self.rates.get(name))
+        try:
+            result = self.providers[name].send(email)
+        except TransientSendError as err:
+            if err.code == "429":
+                self._hold(name, err.retry_after)
+                if permit.probe:
+                    self._record(permit, ok=True)  # it answered: up, only busy
+            else:
+                self._record(permit, ok=False)
+            raise
+        except AmbiguousSendError:
+            self._record(permit, ok=False)
+            raise
+        except RecipientRejected:
+            self._record(permit, ok=True)
+            raise
+        except ProviderUnavailable:
+            raise
+        self._record(permit, ok=True)
+        return result
+
+    def _record(self, permit: Permit, ok: bool) -> None:
+        if self.health is not None:
+            self.health.record(permit, ok)
+
+    def _hold(self, name: str, seconds: float | None) -> None:
+        if not seconds:
+            return
+        with self._lock:
+            self._held_until[name] = max(self._held_until.get(name, 0.0), self.clock() + seconds)
+
+    def _held_for(self, name: str) -> float:
+        with self._lock:
+            return max(0.0, self._held_until.get(name, 0.0) - self.clock())
+
+    def close(self) -> None:
+        for provider in self.providers.values():
+            provider.close()

@@ -1,0 +1,334 @@
+"""Steering a job by hand: pause, resume and cancel (DESIGN §4: ``paused`` sits in between).
+
+Each change is one ETag-guarded write of the job's status, so it never races the Status
+Manager or a Task Manager into a lost update; the rest follows from what the other managers
+already do with that status:
+
+- **pause**: the Task Manager leaves a paused job's tasks alone at claim (the message is
+  acked, the task stays as it was) and stops a running task at its next chunk boundary; the
+  Job Manager stops expanding. Nothing is lost: every unfinished task is still in ``Tasks``.
+- **resume**: puts the job back to where it was and re-enqueues its unfinished tasks inside
+  the job's window (and the expansion, if the roster was not complete).
+- **cancel**: the job turns ``cancelled`` at once; the Status Manager then gives every
+  never-attempted recipient ``cancelled`` (``close_cancelled_tasks``), lets a task that was
+  mid-chunk be recovered by the Task Manager, and closes the job once every task is terminal,
+  so the counts still add up to the roster.
+
+The campaign follows its current job: ``paused``, back to ``running``, ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from core.clock import Clock, iso, later, parse_iso, utcnow
+from core.errors import Conflict, NotFound, StateConflict
+from core.messages import JobTicket, TaskTicket
+from core.models import (
+    SCHEDULE_PARTITION,
+    TASK_SUMMARY_COLUMNS,
+    Campaign,
+    Job,
+    Task,
+    delivery_entity,
+    unpack_recipients,
+)
+from core.settings import Settings
+from core.status import CampaignStatus, DeliveryStatus, JobStatus, TaskStatus
+from core.storage import CAMPAIGNS, DELIVERIES, JOB_QUEUE, JOBS, SCHEDULE, TASK_QUEUE, TASKS, Entity, Storage
+from core.telemetry import current_traceparent
+
+log = logging.getLogger("mailroom.status_manager")
+
+RUNNING_JOB_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.EXPANDING, JobStatus.SENDING})
+CANCEL_REASON = "the job was cancelled before this recipient was sent"
+CANCEL_OWNER = "status-manager-cancel"
+_WRITE_TRIES = 5
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+def pause_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock = utcnow) -> Job:
+    """Pause a queued, expanding or sending job; ``StateConflict`` otherwise."""
+
+    def decide(job: Job) -> Entity:
+        if job.status not in RUNNING_JOB_STATUSES:
+            raise StateConflict(f"a {job.status} job cannot be paused")
+        return {"status": JobStatus.PAUSED.value}
+
+    job = change_job(storage, tenant_id, job_id, decide)
+    campaign_follows_job(storage, job, clock)
+    log.info("job paused job=%s", job.id)
+    return job
+
+
+def resume_job(
+    storage: Storage, settings: Settings, tenant_id: str, job_id: str, clock: Clock = utcnow
+) -> Job:
+    """Continue a paused job where it stopped; ``StateConflict`` if it is not paused."""
+
+    def decide(job: Job) -> Entity:
+        if job.status != JobStatus.PAUSED:
+            raise StateConflict(f"a {job.status} job cannot be resumed")
+        changes: Entity = {"status": status_after_pause(job).value, "failure_reason": "",
+                           "progress_at": iso(clock())}
+        if not job.expanded:
+            # Any host may take the expansion now; the one that stopped meets a new ETag.
+            changes.update(lease_owner="", lease_until=later(clock, settings.lease_seconds))
+        return changes
+
+    job = change_job(storage, tenant_id, job_id, decide)
+    if not job.expanded:
+        storage.queue(JOB_QUEUE).send(JobTicket(tenant_id=job.tenant_id, job_id=job.id).to_text())
+    requeued = requeue_unfinished_tasks(storage, job, settings.task_window, clock)
+    campaign_follows_job(storage, job, clock)
+    log.info("job resumed job=%s tasks_requeued=%d", job.id, requeued)
+    return job
+
+
+def cancel_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock = utcnow) -> Job:
+    """Cancel a job that has not ended; the Status Manager accounts for the rest."""
+
+    def decide(job: Job) -> Entity:
+        if JobStatus(job.status).is_final:
+            raise StateConflict(f"a {job.status} job cannot be cancelled")
+        return {"status": JobStatus.CANCELLED.value, "failure_reason": "cancelled"}
+
+    job = change_job(storage, tenant_id, job_id, decide)
+    campaign_follows_job(storage, job, clock)
+    log.info("job cancelled job=%s", job.id)
+    return job
+
+
+def status_after_pause(job: Job) -> JobStatus:
+    """Where a paused job goes back to: sending once expanded, else expanding (or queued)."""
+    if job.expanded:
+        return JobStatus.SENDING
+    return JobStatus.EXPANDING if job.started_at else JobStatus.QUEUED
+
+
+def load_job(storage: Storage, tenant_id: str, job_id: str) -> Job:
+    return Job.from_entity(storage.table(JOBS).get(tenant_id, job_id))
+
+
+def change_job(storage: Storage, tenant_id: str, job_id: str, decide: Callable[[Job], Entity]) -> Job:
+    """Read, decide, write under the ETag; re-read and decide again when the job moved."""
+    for _ in range(_WRITE_TRIES):
+        job = load_job(storage, tenant_id, job_id)
+        changes = decide(job)
+        try:
+            etag = storage.table(JOBS).update(
+                {"PartitionKey": tenant_id, "RowKey": job_id, **changes}, etag=job.etag
+            )
+        except Conflict:
+            continue
+        for name, value in changes.items():
+            setattr(job, name, value)
+        job.etag = etag
+        return job
+    raise StateConflict("the job kept changing while we tried to update it; try again")
+
+
+def requeue_unfinished_tasks(storage: Storage, job: Job, window: int, clock: Clock = utcnow) -> int:
+    """Put a resumed job's unfinished tasks back on the queue, keeping its window.
+
+    A pending task goes on the queue if it is inside the window (its index is below
+    ``window`` or the task ``window`` places before it is terminal); the others follow as
+    tasks finish, exactly as before the pause. A task stopped by the pause (``paused``) or
+    whose owner died (lease expired) goes back at once; one with a live lease is still
+    running and needs nothing.
+    """
+    now = clock()
+    rows = {int(e["RowKey"]): e for e in storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS)}
+    terminal = {i for i, e in rows.items() if TaskStatus(e.get("status", "pending")).is_terminal}
+    count = 0
+    for index in sorted(rows):
+        status = TaskStatus(rows[index].get("status", "pending"))
+        if status.is_terminal:
+            continue
+        lease = rows[index].get("lease_until", "")
+        if status == TaskStatus.SENDING and lease and parse_iso(lease) > now:
+            continue
+        in_window = index < window or (index - window) in terminal
+        if status == TaskStatus.PENDING and not in_window:
+            continue
+        storage.queue(TASK_QUEUE).send(
+            TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index,
+                       traceparent=current_traceparent()).to_text()
+        )
+        count += 1
+    return count
+
+
+# -- cancelled jobs: closing what was never attempted ---------------------------------------------
+
+
+def close_cancelled_tasks(storage: Storage, job: Job, clock: Clock = utcnow, budget: int = 50) -> int:
+    """Give the never-attempted recipients of a cancelled job's idle tasks ``cancelled``.
+
+    An idle task (``pending``, or ``paused`` between chunks) is claimed with its ETag like
+    the Task Manager claims it, so a host that claims it at the same moment wins or loses
+    cleanly. A task mid-chunk is left to its owner, or, when the owner died, re-enqueued so
+    the Task Manager records its in-flight recipients ``unknown`` and closes the rest.
+    Returns how many tasks were closed (at most ``budget`` per call).
+    """
+    now = clock()
+    closed = 0
+    for summary in storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS):
+        status = TaskStatus(summary.get("status", "pending"))
+        if status.is_terminal:
+            continue
+        if status == TaskStatus.SENDING:
+            lease = summary.get("lease_until", "")
+            if not lease or parse_iso(lease) <= now:
+                storage.queue(TASK_QUEUE).send(
+                    TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=int(summary["RowKey"]))
+                    .to_text()
+                )
+            continue
+        if closed >= budget:
+            break
+        if close_idle_task(storage, job.id, summary["RowKey"], clock):
+            closed += 1
+    return closed
+
+
+def close_idle_task(storage: Storage, job_id: str, row_key: str, clock: Clock = utcnow) -> bool:
+    """Claim one idle task, record its unsent recipients ``cancelled`` and mark it so."""
+    tasks = storage.table(TASKS)
+    try:
+        entity = tasks.get(job_id, row_key)
+    except NotFound:
+        return False
+    task = Task.from_entity(entity)
+    if task.status not in (TaskStatus.PENDING, TaskStatus.PAUSED, TaskStatus.RETRYING) or task.in_flight:
+        return False
+    task.status, task.lease_owner = TaskStatus.SENDING.value, CANCEL_OWNER
+    task.lease_until = later(clock, 60)
+    task.updated_at = iso(clock())
+    try:
+        task.etag = tasks.update(task.progress_entity(), etag=task.etag)
+    except Conflict:
+        return False  # a Task Manager took it; it sees the cancel itself
+    recipients = unpack_recipients(entity)
+    at = iso(clock())
+    remaining = task.leftover + list(range(task.cursor, task.size))
+    rows = [
+        delivery_entity(task, recipients[i], DeliveryStatus.CANCELLED, at, reason=CANCEL_REASON)
+        for i in remaining
+    ]
+    storage.table(DELIVERIES).batch_upsert(rows)
+    log_rows = storage.table(DELIVERIES).partition(task.delivery_partition, select=["status"])
+    recorded = Counter(row["status"] for row in log_rows)
+    task.counts = dict(recorded)
+    task.status, task.cursor, task.leftover, task.in_flight = TaskStatus.CANCELLED.value, task.size, [], []
+    task.lease_owner, task.lease_until = "", ""
+    task.updated_at = task.completed_at = at
+    try:
+        tasks.update(task.progress_entity(), etag=task.etag)
+    except Conflict:
+        log.warning("cancelled task changed under us job=%s task=%s", job_id, row_key)
+        return False
+    return True
+
+
+# -- campaigns -------------------------------------------------------------------------------------
+
+_CAMPAIGN_FOR_JOB = {
+    JobStatus.PAUSED: CampaignStatus.PAUSED,
+    JobStatus.QUEUED: CampaignStatus.RUNNING,
+    JobStatus.EXPANDING: CampaignStatus.RUNNING,
+    JobStatus.SENDING: CampaignStatus.RUNNING,
+    JobStatus.CANCELLED: CampaignStatus.CANCELLED,
+}
+
+
+def campaign_follows_job(storage: Storage, job: Job, clock: Clock = utcnow) -> None:
+    """Give the job's campaign the matching status, if this job is its current run."""
+    target = _CAMPAIGN_FOR_JOB.get(JobStatus(job.status))
+    if target is None:
+        return
+    for _ in range(_WRITE_TRIES):
+        entity = storage.table(CAMPAIGNS).find(job.tenant_id, job.campaign_id)
+        if entity is None:
+            return
+        campaign = Campaign.from_entity(entity)
+        if campaign.current_job_id != job.id or campaign.status not in (
+            CampaignStatus.RUNNING, CampaignStatus.PAUSED,
+        ):
+            return
+        try:
+            storage.table(CAMPAIGNS).update(
+                {"PartitionKey": job.tenant_id, "RowKey": campaign.id, "status": target.value,
+                 "updated_at": iso(clock())},
+                etag=campaign.etag,
+            )
+            return
+        except Conflict:
+            continue
+
+
+def load_campaign(storage: Storage, tenant_id: str, campaign_id: str) -> Campaign:
+    return Campaign.from_entity(storage.table(CAMPAIGNS).get(tenant_id, campaign_id))
+
+
+def current_job(storage: Storage, campaign: Campaign) -> Job | None:
+    if not campaign.current_job_id:
+        return None
+    try:
+        return load_job(storage, campaign.tenant_id, campaign.current_job_id)
+    except NotFound:
+        return None
+
+
+def pause_campaign(storage: Storage, tenant_id: str, campaign_id: str, clock: Clock = utcnow) -> Campaign:
+    """Pause the campaign's running job."""
+    campaign = load_campaign(storage, tenant_id, campaign_id)
+    job = current_job(storage, campaign)
+    if job is None or campaign.status != CampaignStatus.RUNNING:
+        raise StateConflict(f"a {campaign.status} campaign has no running job to pause")
+    pause_job(storage, tenant_id, job.id, clock)
+    return load_campaign(storage, tenant_id, campaign_id)
+
+
+def resume_campaign(
+    storage: Storage, settings: Settings, tenant_id: str, campaign_id: str, clock: Clock = utcnow
+) -> Campaign:
+    """Resume the campaign's paused job (paused by a person or by the provider)."""
+    campaign = load_campaign(storage, tenant_id, campaign_id)
+    job = current_job(storage, campaign)
+    if job is None or campaign.status not in (CampaignStatus.RUNNING, CampaignStatus.PAUSED):
+        raise StateConflict(f"a {campaign.status} campaign has no paused job to resume")
+    resume_job(storage, settings, tenant_id, job.id, clock)
+    return load_campaign(storage, tenant_id, campaign_id)
+
+
+def cancel_campaign(storage: Storage, tenant_id: str, campaign_id: str, clock: Clock = utcnow) -> Campaign:
+    """Cancel the running job, or a campaign that is scheduled but not started yet."""
+    campaign = load_campaign(storage, tenant_id, campaign_id)
+    if campaign.status == CampaignStatus.SCHEDULED:
+        return cancel_scheduled_campaign(storage, campaign, clock)
+    job = current_job(storage, campaign)
+    if job is None or campaign.status not in (CampaignStatus.RUNNING, CampaignStatus.PAUSED):
+        raise StateConflict(f"a {campaign.status} campaign cannot be cancelled")
+    cancel_job(storage, tenant_id, job.id, clock)
+    return load_campaign(storage, tenant_id, campaign_id)
+
+
+def cancel_scheduled_campaign(storage: Storage, campaign: Campaign, clock: Clock) -> Campaign:
+    """Unschedule a campaign whose run has not started: campaign first, then its index row."""
+    old_key = campaign.schedule_key
+    try:
+        storage.table(CAMPAIGNS).update(
+            {"PartitionKey": campaign.tenant_id, "RowKey": campaign.id,
+             "status": CampaignStatus.CANCELLED.value, "schedule_key": "", "updated_at": iso(clock())},
+            etag=campaign.etag,
+        )
+    except Conflict as err:
+        raise StateConflict("the campaign changed (it may have just started); try again") from err
+    if old_key:
+        storage.table(SCHEDULE).delete(SCHEDULE_PARTITION, old_key)
+    return load_campaign(storage, campaign.tenant_id, campaign.id)

@@ -1,0 +1,476 @@
+"""The event processor: provider events → delivery statuses, timelines and suppressions.
+
+For each event of an ``events-queue`` batch:
+
+1. ``locate`` its delivery: ``custom_args`` (tenant, job, task, contact; the Task Manager
+   puts them on every message), else the provider message id through ``MessageIndex``.
+2. ``store_events`` in ``DeliveryEvents``, keyed by the event so a duplicate is a no-op
+   (one existence query and one batch insert per delivery partition).
+3. ``merge_into_delivery``: the order-independent lattice join of ``core.events`` on the
+   ``Deliveries`` row (ETag-guarded), keeping the Task Manager's original outcome for the
+   timeline, and moving the counters the Status Manager sums (``apply_moves``).
+4. ``suppress_if_needed``: hard bounce, complaint and unsubscribe at once; soft bounces
+   after ``SOFT_BOUNCE_SUPPRESS_AFTER``.
+
+An event whose delivery row is not written yet (the webhook can beat the Task Manager's
+outcome batch) is re-queued with a delay; after ``MAX_ATTEMPTS`` it, like an event naming
+nothing we know, is kept as an orphan (``DeliveryEvents`` partition ``orphans-<date>``)
+and counted. Nothing here raises on bad events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from core.clock import Clock, iso, utcnow
+from core.errors import AlreadyExists, BadMessage, Conflict
+from core.events import (
+    DeliveryLogRequest,
+    EventBatch,
+    ProviderEvent,
+    event_entity,
+    merge_status,
+    parse_sendgrid_event,
+    suppression_reason,
+)
+from core.ids import email_hash
+from core.models import Job, count_column
+from core.settings import Settings
+from core.status import FINAL_JOB_STATUSES, TaskStatus
+from core.storage import (
+    CAMPAIGNS,
+    CONTACT_HISTORY,
+    DELIVERIES,
+    DELIVERY_EVENTS,
+    EVENTS_QUEUE,
+    JOBS,
+    MESSAGE_INDEX,
+    SUPPRESSIONS,
+    TASKS,
+    Entity,
+    Storage,
+    etag_of,
+)
+from core.suppressions import add_suppression
+
+log = logging.getLogger("mailroom.events")
+
+MAX_ATTEMPTS = 8
+RETRY_DELAY_SECONDS = 15
+_WRITE_RETRIES = 8
+_FINAL = frozenset(s.value for s in FINAL_JOB_STATUSES)
+
+
+@dataclass
+class EventReport:
+    """What one batch did (counts only: logs never carry addresses)."""
+
+    applied: int = 0
+    duplicates: int = 0
+    status_changes: int = 0
+    suppressed: int = 0
+    retried: int = 0
+    orphans: int = 0
+    ignored: int = 0
+    retry_events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+class _Context:
+    """Per-batch caches so a batch of one job reads the job once."""
+
+    def __init__(self, storage: Storage, settings: Settings, clock: Clock) -> None:
+        self.storage, self.settings, self.clock = storage, settings, clock
+        self._jobs: dict[tuple[str, str], Job | None] = {}
+
+    def job(self, tenant_id: str, job_id: str) -> Job | None:
+        key = (tenant_id, job_id)
+        if key not in self._jobs:
+            entity = self.storage.table(JOBS).find(tenant_id, job_id)
+            self._jobs[key] = Job.from_entity(entity) if entity else None
+        return self._jobs[key]
+
+
+@dataclass
+class _Moves:
+    """Recipients that changed status in this batch, summed so each counter is written once."""
+
+    by_task: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
+    by_job: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], Job] = field(default_factory=dict)
+    history: list[Entity] = field(default_factory=list)
+
+    def add(self, job: Job, task_id: str, old: str, new: str) -> None:
+        for counter in (self.by_task.setdefault((job.id, task_id), Counter()),
+                        self.by_job.setdefault((job.tenant_id, job.id), Counter())):
+            counter[old] -= 1
+            counter[new] += 1
+        self.jobs[(job.tenant_id, job.id)] = job
+
+
+def process_event_batch(
+    storage: Storage,
+    batch: EventBatch,
+    settings: Settings,
+    clock: Clock = utcnow,
+    retry_delay: int = RETRY_DELAY_SECONDS,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> EventReport:
+    """Apply every event of one queue message; never raises for a bad or unmatched event.
+
+    Events are grouped by delivery partition so a batch costs a few requests per task
+    and per delivery, not per event: one existence query and one batch insert of events
+    per partition, one merge per delivery, one counter update per task and per job.
+    """
+    ctx = _Context(storage, settings, clock)
+    report = EventReport()
+    groups: dict[str, dict[str, list[tuple[ProviderEvent, Any]]]] = {}
+    unresolved: list[tuple[ProviderEvent, Any, str]] = []
+    for raw in batch.events:
+        event = parse_sendgrid_event(raw)
+        if event is None:
+            report.ignored += 1
+            continue
+        located = locate(storage, event)
+        if located is None:
+            unresolved.append((event, raw, "retry"))
+            continue
+        groups.setdefault(located.partition, {}).setdefault(located.contact_id, []).append((located, raw))
+    moves = _Moves()
+    for by_contact in groups.values():
+        unresolved += apply_partition(ctx, by_contact, report, moves)
+    settle_unresolved(storage, batch, unresolved, report, clock, retry_delay, max_attempts)
+    apply_moves(storage, moves)
+    log.info(
+        "events batch applied=%d duplicates=%d changes=%d suppressed=%d retried=%d orphans=%d ignored=%d",
+        report.applied, report.duplicates, report.status_changes, report.suppressed, report.retried,
+        report.orphans, report.ignored,
+    )
+    return report
+
+
+def settle_unresolved(
+    storage: Storage, batch: EventBatch, unresolved: list[tuple[ProviderEvent, Any, str]],
+    report: EventReport, clock: Clock, retry_delay: int, max_attempts: int,
+) -> None:
+    """Re-queue events whose delivery may still appear; keep the rest as orphans."""
+    last_try = batch.attempt + 1 >= max_attempts
+    for event, raw, verdict in unresolved:
+        if verdict == "retry" and not last_try:
+            report.retried += 1
+            report.retry_events.append(raw)
+        else:
+            keep_orphan(storage, event, clock)
+            report.orphans += 1
+    if report.retry_events:
+        again = EventBatch(source=batch.source, events=report.retry_events, attempt=batch.attempt + 1)
+        storage.queue(EVENTS_QUEUE).send(again.model_dump_json(), visibility_timeout=retry_delay)
+
+
+def apply_partition(
+    ctx: _Context, by_contact: dict[str, list[tuple[ProviderEvent, Any]]], report: EventReport, moves: _Moves
+) -> list[tuple[ProviderEvent, Any, str]]:
+    """Store and merge the events of one delivery partition; returns those it could not place."""
+    first = next(iter(by_contact.values()))[0][0]
+    job = ctx.job(first.tenant_id, first.job_id)
+    if job is None:
+        return [(e, raw, "orphan") for items in by_contact.values() for e, raw in items]
+    rows = read_deliveries(ctx.storage, first.partition, list(by_contact))
+    missing = [c for c, row in rows.items() if row is None]
+    unplaced: list[tuple[ProviderEvent, Any, str]] = []
+    if missing:
+        verdict = "orphan" if _task_is_terminal(ctx.storage, first) else "retry"
+        unplaced = [(e, raw, verdict) for c in missing for e, raw in by_contact[c]]
+    placed = {c: items for c, items in by_contact.items() if rows[c] is not None}
+    if not placed:
+        return unplaced
+    fresh = store_events(ctx.storage, first.partition, [e for items in placed.values() for e, _ in items])
+    for contact_id, items in placed.items():
+        events = [e for e, _ in items]
+        stored_now = len({e.key for e in events if e.key in fresh})
+        report.applied += stored_now
+        report.duplicates += len(events) - stored_now
+        # Merging duplicates again is harmless (a join) and finishes a crashed earlier try.
+        change = merge_into_delivery(ctx, events, rows[contact_id])
+        if change is not None:
+            old, new, reason = change
+            report.status_changes += 1
+            moves.add(job, first.task_id, old, new)
+            if job.status in _FINAL:
+                moves.history.append(history_update(job, contact_id, new, reason))
+        seen: set[str] = set()
+        for event in events:
+            if event.key in fresh and event.key not in seen:
+                seen.add(event.key)
+                if suppress_if_needed(ctx, job, event, rows[contact_id].get("email", "")):
+                    report.suppressed += 1
+    return unplaced
+
+
+# Azure Tables allows 15 comparisons in a filter: the PartitionKey and 14 RowKeys.
+_ROWS_PER_QUERY = 14
+
+
+def read_deliveries(storage: Storage, partition: str, contact_ids: list[str]) -> dict[str, Entity | None]:
+    """The delivery rows of ``contact_ids`` in one partition, 14 per query (``None``: not written yet)."""
+    found: dict[str, Entity | None] = dict.fromkeys(contact_ids)
+    for i in range(0, len(contact_ids), _ROWS_PER_QUERY):
+        chunk = contact_ids[i:i + _ROWS_PER_QUERY]
+        params = {"pk": partition, **{f"r{j}": c for j, c in enumerate(chunk)}}
+        # The SDK substitutes only space-separated "@name" words: keep spaces inside the parentheses.
+        clauses = " or ".join(f"RowKey eq @r{j}" for j in range(len(chunk)))
+        for row in storage.table(DELIVERIES).query(f"PartitionKey eq @pk and ( {clauses} )", params):
+            found[row["RowKey"]] = row
+    return found
+
+
+def locate(storage: Storage, event: ProviderEvent) -> ProviderEvent | None:
+    """The event with its delivery's ids filled in, or ``None`` when we cannot tell yet."""
+    if event.matched_by_custom_args:
+        return event
+    if not event.message_id:
+        return None
+    entry = storage.table(MESSAGE_INDEX).find(message_index_partition(event.message_id), event.message_id)
+    if entry is None:
+        return None
+    return replace(
+        event, tenant_id=entry.get("tenant_id", ""), job_id=entry.get("job_id", ""),
+        task_id=entry.get("task_id", ""), contact_id=entry.get("contact_id", ""),
+    )
+
+
+def message_index_partition(message_id: str) -> str:
+    """256 partitions spread the index; the id alone names the partition (a point read)."""
+    return hashlib.sha256(message_id.encode()).hexdigest()[:2]
+
+
+def store_events(storage: Storage, partition: str, events: list[ProviderEvent]) -> set[str]:
+    """Insert the events not stored yet; the keys of those this call stored (the rest are duplicates).
+
+    One query finds which keys exist, one batch inserts the rest; if a concurrent host
+    stored one in between, the batch fails as a whole and each is inserted alone.
+    """
+    unique = {e.key: e for e in events}
+    contacts = sorted({e.contact_id for e in unique.values()})
+    existing = {
+        row["RowKey"].split("|", 1)[1]
+        for row in storage.table(DELIVERY_EVENTS).query(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            {"pk": partition, "lo": f"{contacts[0]}|", "hi": f"{contacts[-1]}}}"}, select=["RowKey"],
+        )
+    }
+    new = [e for key, e in unique.items() if key not in existing]
+    if not new:
+        return set()
+    try:
+        storage.table(DELIVERY_EVENTS).batch_insert([event_entity(e) for e in new])
+        return {e.key for e in new}
+    except AlreadyExists:
+        stored = set()
+        for event in new:
+            try:
+                storage.table(DELIVERY_EVENTS).insert(event_entity(event))
+                stored.add(event.key)
+            except AlreadyExists:
+                continue
+        return stored
+
+
+def merge_into_delivery(
+    ctx: _Context, events: list[ProviderEvent], row: Entity
+) -> tuple[str, str, str] | None:
+    """Join the events' statuses into the delivery row; (old, new, reason) if the status changed."""
+    deliveries = ctx.storage.table(DELIVERIES)
+    proving = [e for e in events if e.status is not None]
+    for _ in range(_WRITE_RETRIES):
+        old = status = row.get("status", "")
+        key, winner = row.get("status_event", ""), None
+        for event in proving:
+            if merge_status(status, key, str(event.status), event.key):
+                status, key, winner = str(event.status), event.key, event
+        if winner is None:
+            return None
+        update: Entity = {
+            "PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], "status": status,
+            "reason": winner.detail, "status_event": key, "updated_at": iso(ctx.clock()),
+        }
+        if not row.get("outcome"):
+            update.update(outcome=old, outcome_at=row.get("updated_at", ""),
+                          outcome_reason=row.get("reason", ""))
+        if winner.message_id and not row.get("provider_message_id"):
+            update["provider_message_id"] = winner.message_id
+        if not row.get("provider"):
+            update["provider"] = "sendgrid"
+        try:
+            deliveries.update(update, etag=etag_of(row))
+        except Conflict:
+            row = deliveries.get(row["PartitionKey"], row["RowKey"])
+            continue
+        return (old, status, winner.detail) if old != status else None
+    log.warning("delivery kept changing partition=%s", row.get("PartitionKey"))
+    return None
+
+
+def apply_moves(storage: Storage, moves: _Moves) -> None:
+    """Move recipients between counters so sums stay right after tasks and jobs finished.
+
+    A task still running is left alone: its ``finish_task`` recounts from the delivery rows,
+    and touching it would change its ETag under the Task Manager (which would then think it
+    lost the lease). A closed job is no longer summed by the Status Manager, so its own
+    ``count_*`` columns (and its campaign's counts) are moved too.
+    """
+    for (job_id, task_id), delta in moves.by_task.items():
+        move_task_counts(storage, job_id, task_id, delta)
+    for key, delta in moves.by_job.items():
+        job = moves.jobs[key]
+        if move_job_counts(storage, job, delta):
+            move_campaign_counts(storage, job, delta)
+    if moves.history:
+        storage.table(CONTACT_HISTORY).batch_upsert(moves.history)
+
+
+def move_task_counts(storage: Storage, job_id: str, task_id: str, delta: Counter[str]) -> None:
+    tasks = storage.table(TASKS)
+    for _ in range(_WRITE_RETRIES):
+        task = tasks.find(job_id, task_id)
+        if task is None or not TaskStatus(task.get("status", "pending")).is_terminal:
+            return
+        counts = _moved(json.loads(task.get("counts") or "{}"), delta)
+        try:
+            tasks.update({"PartitionKey": job_id, "RowKey": task_id,
+                          "counts": json.dumps(counts, separators=(",", ":"))}, etag=etag_of(task))
+            return
+        except Conflict:
+            continue
+
+
+def move_job_counts(storage: Storage, job: Job, delta: Counter[str]) -> bool:
+    """Only for a closed job (the Status Manager sums an open one); ``True`` if it moved them."""
+    jobs = storage.table(JOBS)
+    for _ in range(_WRITE_RETRIES):
+        entity = jobs.find(job.tenant_id, job.id)
+        if entity is None or entity.get("status") not in _FINAL:
+            return False
+        current = {status: int(entity.get(count_column(status), 0) or 0) for status in delta}
+        columns = {count_column(k): v for k, v in _moved(current, delta).items()}
+        try:
+            jobs.update({"PartitionKey": job.tenant_id, "RowKey": job.id, **columns}, etag=etag_of(entity))
+            return True
+        except Conflict:
+            continue
+    return False
+
+
+def move_campaign_counts(storage: Storage, job: Job, delta: Counter[str]) -> None:
+    campaigns = storage.table(CAMPAIGNS)
+    for _ in range(_WRITE_RETRIES):
+        entity = campaigns.find(job.tenant_id, job.campaign_id)
+        if entity is None or entity.get("current_job_id") != job.id or entity.get("status") not in _FINAL:
+            return
+        counts = _moved(json.loads(entity.get("counts") or "{}"), delta)
+        try:
+            campaigns.update({"PartitionKey": job.tenant_id, "RowKey": job.campaign_id,
+                              "counts": json.dumps(counts, separators=(",", ":"))}, etag=etag_of(entity))
+            return
+        except Conflict:
+            continue
+
+
+def history_update(job: Job, contact_id: str, status: str, reason: str) -> Entity:
+    """A closed job's contact history row follows late events (``ContactHistory``, merged)."""
+    return {"PartitionKey": job.tenant_id, "RowKey": f"{contact_id}|{job.id}", "status": status,
+            "reason": reason}
+
+
+def suppress_if_needed(ctx: _Context, job: Job, event: ProviderEvent, row_email: str) -> bool:
+    """Hard bounce, complaint, unsubscribe: suppress now. Soft bounces: after N of them."""
+    email = event.email or row_email
+    if not email:
+        return False
+    reason = suppression_reason(event)
+    if reason is not None:
+        add_suppression(ctx.storage, job.tenant_id, email, reason=reason, source="sendgrid",
+                        campaign_id=job.campaign_id, clock=ctx.clock)
+        return True
+    if event.soft_bounce:
+        return count_soft_bounce(ctx, job, email)
+    return False
+
+
+def count_soft_bounce(ctx: _Context, job: Job, email: str) -> bool:
+    """One more soft bounce on the (inactive) suppression row; suppress at the threshold."""
+    table = ctx.storage.table(SUPPRESSIONS)
+    key = email_hash(email)
+    row = table.find(job.tenant_id, key)
+    if row is not None and row.get("active", True):
+        return False
+    bounces = int((row or {}).get("soft_bounces", 0) or 0) + 1
+    if bounces >= ctx.settings.soft_bounce_suppress_after:
+        entity = add_suppression(ctx.storage, job.tenant_id, email, reason="soft_bounces", source="sendgrid",
+                                 campaign_id=job.campaign_id, clock=ctx.clock)
+        table.update({"PartitionKey": entity["PartitionKey"], "RowKey": key, "soft_bounces": bounces})
+        return True
+    now = iso(ctx.clock())
+    table.upsert({"PartitionKey": job.tenant_id, "RowKey": key, "email": email, "reason": "soft_bounce",
+                  "source": "sendgrid", "active": False, "soft_bounces": bounces, "at": now,
+                  "updated_at": now})
+    return False
+
+
+def keep_orphan(storage: Storage, event: ProviderEvent, clock: Clock) -> None:
+    """An event we cannot match: kept (without the address) for support, never an error."""
+    entity: Entity = {
+        "PartitionKey": f"orphans-{iso(clock())[:10]}", "RowKey": event.key, "type": event.type,
+        "at": event.at, "source": "sendgrid", "provider_message_id": event.message_id,
+        "tenant_id": event.tenant_id, "job_id": event.job_id, "task_id": event.task_id,
+        "contact_id": event.contact_id, "detail": event.detail,
+        "email_hash": email_hash(event.email) if event.email else "",
+    }
+    try:
+        storage.table(DELIVERY_EVENTS).insert(entity)
+    except AlreadyExists:
+        pass
+
+
+def orphan_count(storage: Storage, day: str) -> int:
+    """How many orphaned events were kept on ``day`` (``YYYY-MM-DD``)."""
+    return sum(1 for _ in storage.table(DELIVERY_EVENTS).partition(f"orphans-{day}", select=["RowKey"]))
+
+
+def _task_is_terminal(storage: Storage, event: ProviderEvent) -> bool:
+    task = storage.table(TASKS).find(event.job_id, event.task_id)
+    if task is None:
+        return True  # no such task: waiting cannot help
+    try:
+        return TaskStatus(task.get("status", "pending")).is_terminal
+    except ValueError:
+        return True
+
+
+def _moved(counts: dict[str, Any], delta: Counter[str]) -> dict[str, int]:
+    out = {k: int(v) for k, v in counts.items()}
+    for status, change in delta.items():
+        out[status] = max(0, out.get(status, 0) + change)
+    return out
+
+
+def parse_events_message(text: str) -> EventBatch | DeliveryLogRequest:
+    """Decode an ``events-queue`` message; raises ``BadMessage`` when it is neither kind."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise BadMessage("events-queue message is not JSON") from err
+    kind = value.get("kind") if isinstance(value, dict) else None
+    try:
+        if kind == "delivery_log":
+            return DeliveryLogRequest.model_validate(value)
+        return EventBatch.model_validate(value)
+    except ValueError as err:
+        raise BadMessage(f"events-queue message rejected: {type(err).__name__}") from err
+
+
+__all__ = ["EventReport", "process_event_batch", "parse_events_message", "orphan_count"]

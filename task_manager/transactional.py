@@ -1,0 +1,130 @@
+"""Transactional email (``POST /emails``): a one-task job on the same Task Manager path.
+
+A transactional email is a job with no campaign whose single task holds its recipients
+(≤50), so it is claimed, rendered, suppression-checked, sent, retried and accounted for
+exactly like a campaign's task, and the Status Manager closes it the same way. Its id is
+the job id.
+
+``idempotency_key``: a row in ``IdempotencyKeys`` (PartitionKey tenant, RowKey the
+sha256 of the key) maps the key to the email id for 24 hours. The row is written before
+the job, so two concurrent requests with one key race on one insert and the loser answers
+the winner's id; every creation step after it is idempotent (an existing job or task is
+taken as written, a duplicate ticket finds the task claimed or done), so a request that
+died halfway is finished by its retry, and nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from core.clock import Clock, iso, parse_iso, utcnow
+from core.errors import AlreadyExists, Conflict, NotFound
+from core.ids import contact_id_for, new_id, normalize_email
+from core.messages import TaskTicket
+from core.models import ACTIVE_PARTITION, Job, Recipient, Task, Tenant, active_job_key
+from core.status import JobStatus
+from core.storage import ACTIVE_JOBS, IDEMPOTENCY_KEYS, JOBS, TASK_QUEUE, TASKS, Storage, etag_of
+
+log = logging.getLogger("mailroom.transactional")
+
+IDEMPOTENCY_HOURS = 24
+TRANSACTIONAL = "transactional"  # the campaign name a transactional job shows
+
+
+@dataclass(frozen=True)
+class TransactionalEmail:
+    """A validated request: the API's schema builds it."""
+
+    to: list[str]
+    template: dict[str, Any]  # a TemplateSpec as a dict (subject, html, text, from_email, ...)
+    data: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    id: str
+    created: bool  # False: an earlier request with the same idempotency_key made it
+
+
+def submit_email(
+    storage: Storage, tenant: Tenant, email: TransactionalEmail, clock: Clock = utcnow
+) -> Submitted:
+    """Queue one transactional email (or return the one its idempotency key already made)."""
+    email_id, created = new_id(), True
+    if email.idempotency_key:
+        email_id, created = claim_idempotency_key(storage, tenant.id, email.idempotency_key, email_id, clock)
+        if not created and storage.table(JOBS).find(tenant.id, email_id) is not None:
+            return Submitted(email_id, created=False)
+    create_email_job(storage, tenant, email, email_id, clock)
+    return Submitted(email_id, created)
+
+
+def claim_idempotency_key(
+    storage: Storage, tenant_id: str, key: str, email_id: str, clock: Clock
+) -> tuple[str, bool]:
+    """(email id, whether this request owns it): the key's id for 24 h, else ``email_id``."""
+    table = storage.table(IDEMPOTENCY_KEYS)
+    row_key = hashlib.sha256(key.encode()).hexdigest()
+    now = clock()
+    entity = {"PartitionKey": tenant_id, "RowKey": row_key, "email_id": email_id, "created_at": iso(now)}
+    for _ in range(5):
+        try:
+            table.insert(entity)
+            return email_id, True
+        except AlreadyExists:
+            pass
+        try:
+            existing = table.get(tenant_id, row_key)
+        except NotFound:
+            continue
+        if now - parse_iso(existing["created_at"]) < timedelta(hours=IDEMPOTENCY_HOURS):
+            return existing["email_id"], False
+        try:
+            table.update(entity, etag=etag_of(existing), replace=True)  # expired: the key is free again
+            return email_id, True
+        except Conflict:
+            continue
+    raise Conflict("the idempotency key is being claimed by concurrent requests")
+
+
+def create_email_job(
+    storage: Storage, tenant: Tenant, email: TransactionalEmail, email_id: str, clock: Clock
+) -> None:
+    """Job, active-job index, one task, one ticket: each step safe to repeat."""
+    now = iso(clock())
+    recipients = [
+        Recipient(contact_id_for(tenant.contact_salt, address), address, "", dict(email.data))
+        for address in dict.fromkeys(normalize_email(a) for a in email.to)
+    ]
+    job = Job(
+        id=email_id, tenant_id=tenant.id, campaign_id="", campaign_name=TRANSACTIONAL,
+        template=email.template, criteria={}, status=JobStatus.SENDING.value,
+        roster_size=len(recipients), expanded=True, tasks_total=1,
+        created_at=now, started_at=now, expanded_at=now, progress_at=now,
+    )
+    try:
+        storage.table(JOBS).insert(job.to_entity())
+    except AlreadyExists:
+        pass
+    storage.table(ACTIVE_JOBS).upsert({
+        "PartitionKey": ACTIVE_PARTITION, "RowKey": active_job_key(tenant.id, email_id),
+        "tenant_id": tenant.id, "job_id": email_id, "since": now,
+    })
+    task = Task(job_id=email_id, index=0, tenant_id=tenant.id, size=len(recipients), created_at=now,
+                updated_at=now)
+    try:
+        storage.table(TASKS).insert(task.to_entity(recipients))
+    except AlreadyExists:
+        pass
+    storage.queue(TASK_QUEUE).send(TaskTicket(tenant_id=tenant.id, job_id=email_id, task_index=0).to_text())
+    log.info("transactional email queued tenant=%s email=%s recipients=%d",
+             tenant.id, email_id, len(recipients))
+
+
+def is_transactional(job: Job) -> bool:
+    return not job.campaign_id and job.campaign_name == TRANSACTIONAL

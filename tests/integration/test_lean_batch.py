@@ -1,0 +1,103 @@
+"""The lean $batch path writes exactly what the SDK writes, and storage requests are counted."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from core.errors import AlreadyExists
+from core.request_count import RequestCounter
+from core.settings import Settings
+from core.storage import DELIVERIES, JOB_QUEUE, Storage
+
+WHEN = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
+def _row(partition: str, row: str) -> dict[str, object]:
+    return {
+        "PartitionKey": partition,
+        "RowKey": row,
+        "email": "zoë.o'neil@example.com",
+        "empty": "",
+        "attempts": 3,
+        "negative": -(2**31),
+        "flag": True,
+        "off": False,
+        "ratio": 0.25,
+        "raw": b"\x00\xffbytes",
+        "at": WHEN,
+        "missing": None,
+    }
+
+
+def _typed(entity: dict[str, object]) -> dict[str, tuple[type, object]]:
+    return {k: (type(v), v) for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
+
+
+@pytest.fixture
+def sdk_storage(settings: Settings, storage: Storage) -> Storage:
+    """The same tables, written through the SDK's batch path."""
+    return Storage(settings.connection_string, namespace=storage.namespace, lean_batches=False)
+
+
+def test_lean_and_sdk_batches_store_identical_values_and_types(storage: Storage, sdk_storage: Storage):
+    partition = "job-'1'-000001"
+    storage.table(DELIVERIES).batch_upsert([_row(partition, f"lean{i:03d}") for i in range(150)])
+    sdk_storage.table(DELIVERIES).batch_upsert([_row(partition, f"sdk{i:03d}") for i in range(150)])
+
+    lean = storage.table(DELIVERIES).get(partition, "lean042")
+    sdk = storage.table(DELIVERIES).get(partition, "sdk042")
+
+    assert _typed(lean) == _typed(sdk)
+    assert "missing" not in lean
+    assert lean["raw"] == b"\x00\xffbytes" and lean["at"] == WHEN and lean["flag"] is True
+
+
+def test_a_merge_upsert_keeps_other_columns_and_a_replace_drops_them(storage: Storage):
+    table = storage.table(DELIVERIES)
+    table.batch_upsert([{"PartitionKey": "p", "RowKey": "r", "email": "a@example.com", "status": "pending"}])
+    table.batch_upsert([{"PartitionKey": "p", "RowKey": "r", "status": "sent"}])
+    assert table.get("p", "r")["email"] == "a@example.com"
+    table.batch_upsert([{"PartitionKey": "p", "RowKey": "r", "status": "failed"}], replace=True)
+    assert "email" not in table.get("p", "r")
+
+
+def test_a_lean_insert_batch_with_an_existing_key_is_already_exists_and_writes_nothing(storage: Storage):
+    table = storage.table(DELIVERIES)
+    table.batch_insert([{"PartitionKey": "p", "RowKey": "taken"}])
+    with pytest.raises(AlreadyExists):
+        table.batch_insert([{"PartitionKey": "p", "RowKey": "new"}, {"PartitionKey": "p", "RowKey": "taken"}])
+    assert table.find("p", "new") is None
+
+
+def test_a_value_the_lean_path_does_not_encode_goes_through_the_sdk(storage: Storage):
+    table = storage.table(DELIVERIES)
+    guid = uuid.uuid4()
+    table.batch_upsert([{"PartitionKey": "p", "RowKey": "g", "guid": guid}])
+    assert str(table.get("p", "g")["guid"]) == str(guid)
+
+
+def test_requests_are_counted_by_operation_type(settings: Settings):
+    counter = RequestCounter()
+    store = Storage(settings.connection_string, namespace="t" + secrets.token_hex(5), request_counter=counter)
+    store.ensure_resources()
+    before = counter.snapshot()
+    store.table(DELIVERIES).batch_upsert([{"PartitionKey": "p", "RowKey": f"{i:03d}"} for i in range(250)])
+    store.table(DELIVERIES).get("p", "001")
+    list(store.table(DELIVERIES).partition("p"))
+    store.queue(JOB_QUEUE).send("{}")
+    for message in store.queue(JOB_QUEUE).receive(1):
+        store.queue(JOB_QUEUE).delete(message)
+    after = counter.snapshot()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+    assert delta == {
+        "table.batch": 3,
+        "table.get": 1,
+        "table.query": 1,
+        "queue.send": 1,
+        "queue.receive": 1,
+        "queue.delete": 1,
+    }
