@@ -260,6 +260,13 @@ class DeliveryPublic(BaseModel):
     updated_at: str | None = None
 
 
+class WebhookAccepted(BaseModel):
+    """The webhook's answer: how many events were queued, in how many events-queue messages."""
+
+    events: int
+    messages: int
+
+
 class ContactDeliveryPublic(BaseModel):
     """One campaign run's outcome for one contact (``GET /contacts/{id}/deliveries``)."""
 

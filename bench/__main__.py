@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--recipients",
         type=int,
-        nargs="+",
+        nargs="*",
         default=[10_000, 100_000],
         help="end-to-end roster sizes (default 10000 100000); 1000000 adds the 1M case",
     )

@@ -20,9 +20,10 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from core.errors import SendError
+from core.errors import AlreadyExists, SendError, StorageError
 from core.models import Recipient
 from core.request_count import RequestCounter
 from core.storage import TASK_QUEUE, TASKS, Storage
@@ -60,17 +61,16 @@ class SeedPipeline:
         tasks, queue = self.storage.table(TABLE), self.storage.queue(QUEUE)
         for index in range(self.recipients):
             self._room.acquire()
-            tasks.insert(
-                {
-                    "PartitionKey": self.job,
-                    "RowKey": f"{index:08d}",
-                    "status": "pending",
-                    "email": f"seed{index:07d}@example.com",
-                    "name": f"Recipient {index}",
-                    "attributes": json.dumps({"plan": "pro" if index % 3 == 0 else "free"}),
-                }
-            )
-            queue.send(json.dumps({"job": self.job, "index": index}))
+            task = {
+                "PartitionKey": self.job,
+                "RowKey": f"{index:08d}",
+                "status": "pending",
+                "email": f"seed{index:07d}@example.com",
+                "name": f"Recipient {index}",
+                "attributes": json.dumps({"plan": "pro" if index % 3 == 0 else "free"}),
+            }
+            _with_one_retry(lambda: tasks.insert(task))  # noqa: B023 - called at once
+            _with_one_retry(lambda: queue.send(json.dumps({"job": self.job, "index": index})))  # noqa: B023
 
     def work(self) -> None:
         tasks, queue = self.storage.table(TABLE), self.storage.queue(QUEUE)
@@ -83,8 +83,11 @@ class SeedPipeline:
                 continue
             idle = MIN_POLL_SECONDS
             for message in messages:
-                self.handle(tasks, json.loads(message.content))
-                queue.delete(message)
+                try:
+                    self.handle(tasks, json.loads(message.content))
+                    queue.delete(message)
+                except StorageError:
+                    continue  # Azurite dropped a connection: the message comes back after its timeout
                 self._room.release()
 
     def handle(self, tasks, ticket: dict) -> None:
@@ -120,6 +123,20 @@ class SeedPipeline:
         with self._lock:
             self.done += 1
             self.sent += outcome["status"] == "sent"
+
+
+def _with_one_retry(write: Callable[[], object]) -> None:
+    """Azurite under load sometimes resets a connection: try once more (a landed insert is fine)."""
+    for attempt in (1, 2):
+        try:
+            write()
+            return
+        except AlreadyExists:
+            return
+        except StorageError:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
 
 
 def run(connection_string: str, sendgrid_url: str, api_key: str, recipients: int) -> dict:

@@ -198,6 +198,7 @@ def run_mailroom(
         "recipients": recipients,
         "roster_size": roster,
         "sent": int(job.get("count_sent") or 0),
+        "counts": {k.removeprefix("count_"): v for k, v in job.items() if k.startswith("count_") and v},
         "hosts": len(cpu_after),
         "seconds": wall,
         "emails_per_second": roster / wall if wall else 0.0,

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         32, alias="TASK_WINDOW", ge=1, le=1000, description="Tasks of one job on task-queue at once."
     )
     send_concurrency: int = Field(
-        32,
+        8,
         alias="SEND_CONCURRENCY",
         ge=1,
         le=256,

@@ -9,6 +9,8 @@ counts do not add up or the simulator saw anyone twice.
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import sys
 import time
@@ -137,6 +139,7 @@ def drive(stack: Stack) -> int:
     closed_counts = dict(job["counts"])
     job = await_feedback(api, auth, job)
     show_a_timeline(api, auth, job_id)
+    logged = every_delivery_logged(api, auth, job_id, job["roster_size"])
     sent = Counter(m["to"] for m in stack.simulator.messages())
     twice = [e for e, n in sent.items() if n > 1]
     adds_up = sum(job["counts"].values()) == job["roster_size"] == len(roster)
@@ -151,6 +154,9 @@ def drive(stack: Stack) -> int:
         f"table Deliveries, PartitionKey '{job_id}-<task>' in Azurite"
     )
     console.print(f"Exported at close: blob delivery-logs/{tenant['id']}/{job_id}.csv (and .summary.json)")
+    if not logged:
+        console.print("[red]✗ a delivery has no timeline, or the CSV does not have one row per recipient[/]")
+        return 1
     if not adds_up or twice or job["status"] != "completed":
         console.print("[red]✗ counts do not add up, or someone was sent twice[/]")
         return 1
@@ -201,6 +207,22 @@ def show_a_timeline(api: httpx.Client, auth: dict[str, str], job_id: str) -> Non
     console.print(f"Timeline of a bounced delivery (contact {item['contact_id']}):")
     for event in item["events"]:
         console.print(f"  {event['at']}  {event['type']:<10} {event.get('detail') or ''}")
+
+
+def every_delivery_logged(api: httpx.Client, auth: dict[str, str], job_id: str, roster: int) -> bool:
+    """Every delivery has a timeline and the CSV export has one row per recipient."""
+    timelines, token = 0, None
+    while True:
+        params = {"limit": 1000, **({"continuation": token} if token else {})}
+        page = check(api.get(f"/jobs/{job_id}/deliveries", params=params, headers=auth))
+        timelines += sum(1 for item in page["items"] if item["events"])
+        token = page["continuation"]
+        if not token:
+            break
+    exported = api.get(f"/jobs/{job_id}/deliveries.csv", headers=auth).text
+    rows = len(list(csv.DictReader(io.StringIO(exported))))
+    console.print(f"[green]✓[/] {timelines} deliveries with a timeline; the CSV export has {rows} rows")
+    return timelines == rows == roster
 
 
 def follow(api: httpx.Client, auth: dict[str, str], job_id: str, timeout: float = 600) -> dict[str, Any]:

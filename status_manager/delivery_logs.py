@@ -218,9 +218,12 @@ def events_for_rows(storage: Storage, rows: list[Entity]) -> dict[tuple[str, str
     if first["PartitionKey"] == last["PartitionKey"]:
         query = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
         params = {"pk": first["PartitionKey"], "lo": f"{first['RowKey']}|", "hi": f"{last['RowKey']}}}"}
-    else:
-        query = "PartitionKey ge @plo and PartitionKey le @phi"
-        params = {"plo": first["PartitionKey"], "phi": last["PartitionKey"]}
+    else:  # the tail of the first partition, the middle ones whole, the head of the last
+        query = ("( PartitionKey eq @p0 and RowKey ge @lo )"
+                 " or ( PartitionKey gt @p0 and PartitionKey lt @pn )"
+                 " or ( PartitionKey eq @pn and RowKey lt @hi )")
+        params = {"p0": first["PartitionKey"], "pn": last["PartitionKey"], "lo": f"{first['RowKey']}|",
+                  "hi": f"{last['RowKey']}}}"}
     found: dict[tuple[str, str], list[Entity]] = {}
     for entity in storage.table(DELIVERY_EVENTS).query(query, params):
         key = (entity["PartitionKey"], entity["RowKey"].split("|", 1)[0])

@@ -138,7 +138,10 @@ def run_claimed_task(
     waiting = list(task.leftover)  # earlier leftovers not yet in flight
     retry_later: list[int] = []
     retry_after = 0
-    for chunk in _chunks(pending, CHUNK):
+    chunks = _chunks(pending, CHUNK)
+    for number, chunk in enumerate(chunks):
+        if number > 0 and (stopped := stop_if_job_halted(run, chunks[number:], waiting, retry_later)):
+            return stopped
         in_chunk = set(chunk)
         waiting = [i for i in waiting if i not in in_chunk]
         task.leftover = waiting + retry_later
@@ -280,6 +283,34 @@ def prior_attempts(run: _Run) -> dict[int, int]:
             prior[index] = attempts
             run.was_retrying.add(index)
     return prior
+
+
+def stop_if_job_halted(
+    run: _Run, rest: list[list[int]], waiting: list[int], retry_later: list[int]
+) -> TaskOutcome | None:
+    """At a chunk boundary: stop when the job was paused or cancelled meanwhile.
+
+    One point read per chunk (≤100 recipients), so a pause by a person or by another
+    task's provider refusal stops this task within one chunk instead of at its end.
+    """
+    task = run.task
+    status = run.storage.table(JOBS).get(run.job.tenant_id, run.job.id, select=["status"]).get("status")
+    if status not in (JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.FAILED):
+        return None
+    unsent = [i for chunk in rest for i in chunk]
+    unsent_set = set(unsent)
+    task.leftover = unsent + [i for i in waiting if i not in unsent_set] + retry_later
+    task.cursor, task.in_flight = task.size, []
+    if status != JobStatus.PAUSED:
+        return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
+    task.status, task.lease_owner, task.lease_until = TaskStatus.PAUSED.value, "", ""
+    task.updated_at = iso(run.clock())
+    try:
+        task.etag = run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
+    except Conflict:
+        return TaskOutcome.LOST
+    log.info("task stopped by a pause job=%s task=%d unsent=%d", task.job_id, task.index, len(task.leftover))
+    return TaskOutcome.PAUSED
 
 
 def requeue_for_retry(run: _Run, indexes: list[int], delay: int) -> TaskOutcome:

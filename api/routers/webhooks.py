@@ -16,13 +16,13 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
 from sendgrid.helpers.eventwebhook import EventWebhook
 from starlette.concurrency import run_in_threadpool
 
 from api.dependencies import SettingsDep, StorageDep
 from api.errors import ApiError, invalid
 from api.routers.conventions import ERROR_RESPONSES
+from api.schemas import WebhookAccepted
 from core.events import split_into_messages
 from core.storage import EVENTS_QUEUE
 
@@ -31,11 +31,6 @@ log = logging.getLogger("mailroom.webhooks")
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
-
-
-class WebhookAccepted(BaseModel):
-    events: int
-    messages: int
 
 
 def signature_is_valid(

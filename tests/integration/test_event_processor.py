@@ -13,7 +13,7 @@ from core.clock import iso
 from core.events import EventBatch
 from core.ids import email_hash
 from core.models import Job
-from core.storage import DELIVERIES, EVENTS_QUEUE, JOBS, SUPPRESSIONS, TASKS
+from core.storage import CAMPAIGNS, DELIVERIES, EVENTS_QUEUE, JOBS, SUPPRESSIONS, TASKS
 from providers.sendgrid import SendGridProvider
 from status_manager.events import orphan_count, process_event_batch
 from tests.integration.delivery_helpers import (
@@ -90,6 +90,8 @@ def test_late_events_move_a_closed_jobs_counts(storage, host, simulator):
     assert (counts["sent"], counts["delivered"], counts["bounced"], counts["complained"]) == (0, 5, 2, 1)
     tasks = [json.loads(t["counts"]) for t in storage.table(TASKS).partition(job.id, select=["counts"])]
     assert sum(t.get("delivered", 0) for t in tasks) == 5 and sum(t.get("sent", 0) for t in tasks) == 0
+    campaign = json.loads(storage.table(CAMPAIGNS).get(job.tenant_id, job.campaign_id)["counts"])
+    assert (campaign["sent"], campaign["delivered"], campaign["bounced"]) == (0, 5, 2)
 
 
 def test_an_unknown_delivery_becomes_delivered_when_the_providers_events_arrive(storage, host, simulator):
@@ -133,7 +135,7 @@ def test_an_event_that_beats_its_outcome_row_is_retried_then_applied(storage, ho
     add_contacts(storage, tenant, people("ok1"))
     campaign = schedule_campaign(storage, tenant)
     host.expand_round()
-    job_id = storage.table("Campaigns").get(tenant.id, campaign.id)["current_job_id"]
+    job_id = storage.table(CAMPAIGNS).get(tenant.id, campaign.id)["current_job_id"]
     early = {"event": "delivered", "timestamp": EVENT_TIME, "sg_event_id": "early", "email": "x@example.com",
              "tenant_id": tenant.id, "job_id": job_id, "task_id": "000000", "contact_id": "not-yet"}
     report = process_event_batch(storage, EventBatch(events=[early]), settings, retry_delay=0)

@@ -329,3 +329,40 @@ def test_jobs_table_counts_match_the_rows_after_requeues(storage, settings, sims
 
     assert stored.counts[DeliveryStatus.SENT] == 16 == len(rows)
     assert sum(stored.counts.values()) == stored.roster_size == 16
+
+
+def test_a_pause_stops_a_running_task_at_the_next_chunk_and_resuming_sends_the_rest_once(
+    storage, settings, sims
+):
+    one_task = settings.model_copy(update={"task_size": 250, "task_window": 1})
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, [{"email": f"u{i}-{secrets.token_hex(2)}@example.com"} for i in range(250)])
+    campaign = schedule_campaign(storage, tenant)
+    plain = sender_for(storage, sims)
+    host = host_with(storage, one_task, plain, RetryPolicy(base_delay=0.02))
+    while (job := job_of(storage, campaign)) is None or not job.expanded:
+        host.expand_round()
+
+    class PausesOnFirstSend:
+        name = "sendgrid"
+        paused = False
+
+        def send(self, email):
+            if not self.paused:
+                self.paused = True
+                paused_job = {"PartitionKey": job.tenant_id, "RowKey": job.id, "status": "paused"}
+                storage.table(JOBS).update(paused_job)
+            return plain.send(email)
+
+        def close(self) -> None:
+            plain.close()
+
+    pausing = host_with(storage, one_task, plain, RetryPolicy(base_delay=0.02), concurrency=1)
+    pausing.dispatcher = Dispatcher(PausesOnFirstSend(), RetryPolicy(base_delay=0.02), 1)
+    ticket = TaskTicket(tenant_id=tenant.id, job_id=job.id, task_index=0)
+
+    assert pausing.send(ticket) == TaskOutcome.PAUSED
+    assert len(sims.sendgrid.messages()) == 100  # the chunk under way, nothing after it
+    storage.table(JOBS).update({"PartitionKey": job.tenant_id, "RowKey": job.id, "status": "sending"})
+    assert host.send(ticket) == TaskOutcome.DONE
+    assert len(sims.sendgrid.messages()) == 250 and handed_twice(sims.sendgrid.messages()) == []

@@ -30,7 +30,7 @@ from core.settings import load_settings
 from core.storage import Storage
 from tests.conftest import ADMIN_KEY
 
-EXAMPLES_PER_OPERATION = 30
+EXAMPLES_PER_OPERATION = 25
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
