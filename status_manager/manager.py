@@ -83,7 +83,9 @@ def close_finished_jobs(storage: Storage, settings: Settings, clock: Clock = utc
     return report
 
 
-def summarize_tasks(storage: Storage, job: Job, clock: Clock) -> _TaskSummary:
+def summarize_tasks(
+    storage: Storage, job: Job, clock: Clock, retry_grace: timedelta = timedelta(seconds=60)
+) -> _TaskSummary:
     now = clock()
     summary = _TaskSummary(counts=zero_counts(), terminal=0, stalled=[], pending=[])
     for entity in storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS):
@@ -98,6 +100,9 @@ def summarize_tasks(storage: Storage, job: Job, clock: Clock) -> _TaskSummary:
             summary.terminal += 1
         elif status == TaskStatus.SENDING and _expired(entity.get("lease_until", ""), now):
             summary.stalled.append(index)
+        elif status == TaskStatus.RETRYING and _expired(entity.get("lease_until", ""), now - retry_grace):
+            # Its delayed re-queue ticket should have arrived by now: treat it as lost.
+            summary.stalled.append(index)
         elif status == TaskStatus.PENDING:
             summary.pending.append(index)
         elif status == TaskStatus.PAUSED:
@@ -110,7 +115,7 @@ def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, rep
     if not job.expanded and _expansion_stalled(job, settings, now):
         storage.queue(JOB_QUEUE).send(JobTicket(tenant_id=job.tenant_id, job_id=job.id).to_text())
         report.expansions_requeued += 1
-    summary = summarize_tasks(storage, job, clock)
+    summary = summarize_tasks(storage, job, clock, timedelta(seconds=settings.refill_after_seconds))
     changed = summary.counts != job.counts or summary.terminal != job.tasks_done
     if job.status != JobStatus.PAUSED:
         report.tasks_requeued += requeue_stalled(storage, job, summary, settings, now, changed)

@@ -8,7 +8,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from campaign_manager import start_due_campaigns
-from core.clock import later, utcnow
+from core.clock import iso, later, utcnow
 from core.messages import JobTicket, TaskTicket
 from core.models import Task, unpack_recipients
 from core.status import JobStatus
@@ -150,3 +150,16 @@ def test_status_manager_refills_a_window_a_crash_left_short(storage, settings):
     close_finished_jobs(storage, small, clock=lambda: later_on)
     queued = [TaskTicket.model_validate_json(t).task_index for t in storage.queue(TASK_QUEUE).peek()]
     assert sorted(queued) == [0, 1]
+
+
+def test_status_manager_requeues_a_retrying_task_whose_delayed_ticket_never_came(storage, settings):
+    tenant, campaign, ticket, small = _expanded_job(storage, settings, 60, task_size=30)
+    expand_roster(storage, ticket, small, "h1")
+    storage.queue(TASK_QUEUE).clear()
+    job = job_of(storage, campaign)
+    not_before = datetime.now(UTC) - timedelta(seconds=small.refill_after_seconds + 5)
+    storage.table(TASKS).update({"PartitionKey": job.id, "RowKey": "000000", "status": "retrying",
+                                 "lease_owner": "", "lease_until": iso(not_before)})
+    close_finished_jobs(storage, small)
+    queued = [TaskTicket.model_validate_json(t).task_index for t in storage.queue(TASK_QUEUE).peek()]
+    assert 0 in queued
