@@ -19,6 +19,8 @@ TARGETS = {
 def _f(value: Any, digits: int = 0) -> str:
     if value is None:
         return "–"
+    if isinstance(value, str):
+        return value
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return f"{value:,}"
@@ -99,6 +101,9 @@ def render_table(results: dict[str, Any]) -> str:
         )
         picked = [(n, v) for n, v in spy["inclusive"] if n.startswith(wanted)][:12]
         lines += [f"  incl {share * 100:5.1f}%  {name}" for name, share in picked]
+    latency = results.get("providers_latency")
+    if latency:
+        lines += ["", "Provider latency (python -m bench.providers_latency):", latency["output"].rstrip()]
     lines += ["", "DESIGN §9 targets (largest end-to-end run):"]
     for key, target in TARGETS.items():
         value = results.get(key)

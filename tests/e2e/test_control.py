@@ -17,7 +17,9 @@ from core.storage import TASK_QUEUE, TASKS, Storage
 from devhost.stack import Stack, wait_for
 from tests.e2e.conftest import TEMPLATE, TenantClient, new_tenant, people
 
-SLOW = {"TASK_SIZE": "10", "TASK_WINDOW": "2", "TASK_LEASE_SECONDS": "6", "WINDOW_REFILL_AFTER_SECONDS": "10"}
+# Few sends in flight at 40 ms each, so the job is still running when the test steers it.
+SLOW = {"TASK_SIZE": "10", "TASK_WINDOW": "2", "TASK_LEASE_SECONDS": "6", "WINDOW_REFILL_AFTER_SECONDS": "10",
+        "SEND_CONCURRENCY": "4"}
 ROSTER = 600
 
 
