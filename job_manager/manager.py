@@ -35,6 +35,8 @@ from job_manager.retry import stream_failed_roster
 
 log = logging.getLogger("mailroom.job_manager")
 
+_EXPANDABLE = frozenset({JobStatus.QUEUED.value, JobStatus.EXPANDING.value, JobStatus.SENDING.value})
+
 CONTACT_COLUMNS = ["RowKey", "email", "name", "attributes", "lists", "state"]
 # Keep one task entity well under the 1 MiB entity limit whatever the attributes weigh.
 MAX_TASK_BYTES = 800_000
@@ -101,7 +103,7 @@ def expand_roster(
         job = write_task(storage, job, buffer, settings, owner, clock)
         if job is None:
             return ExpansionOutcome.BUSY
-    finish_expansion(storage, job, clock)
+    finish_expansion(storage, job, owner, clock)
     log.info("roster expanded job=%s roster=%d tasks=%d", job.id, job.roster_size, job.tasks_total)
     return ExpansionOutcome.EXPANDED
 
@@ -233,20 +235,11 @@ def write_task(
     job.roster_size += size
     job.roster_cursor = cursor
     job.lease_until = later(clock, settings.lease_seconds)
-    try:
-        job.etag = storage.table(JOBS).update(
-            {
-                "PartitionKey": job.tenant_id,
-                "RowKey": job.id,
-                "tasks_total": job.tasks_total,
-                "roster_size": job.roster_size,
-                "roster_cursor": job.roster_cursor,
-                "lease_until": job.lease_until,
-                "status": JobStatus.EXPANDING.value,
-            },
-            etag=job.etag,
-        )
-    except Conflict:
+    progress = {
+        "tasks_total": job.tasks_total, "roster_size": job.roster_size, "roster_cursor": job.roster_cursor,
+        "lease_until": job.lease_until, "status": JobStatus.EXPANDING.value,
+    }
+    if not update_under_lease(storage, job, progress, owner):
         return None
     if cursor != buffer.cursor:
         return None  # resume from the stored task's cursor on the next ticket
@@ -267,21 +260,33 @@ def enqueue_if_in_window(storage: Storage, job: Job, index: int, window: int) ->
     )
 
 
-def finish_expansion(storage: Storage, job: Job, clock: Clock) -> None:
+def finish_expansion(storage: Storage, job: Job, owner: str, clock: Clock) -> None:
     now = iso(clock())
-    storage.table(JOBS).update(
-        {
-            "PartitionKey": job.tenant_id,
-            "RowKey": job.id,
-            "expanded": True,
-            "expanded_at": now,
-            "status": JobStatus.SENDING.value,
-            "lease_owner": "",
-            "lease_until": "",
-            "progress_at": now,
-        },
-        etag=job.etag,
-    )
+    done = {"expanded": True, "expanded_at": now, "status": JobStatus.SENDING.value, "lease_owner": "",
+            "lease_until": "", "progress_at": now}
+    if not update_under_lease(storage, job, done, owner):
+        log.warning("expansion finished after losing its lease job=%s", job.id)
+
+
+def update_under_lease(storage: Storage, job: Job, fields: dict, owner: str, attempts: int = 5) -> bool:
+    """An ETag-guarded job update that survives writers of *other* columns.
+
+    The Status Manager rewrites a job's counts while its roster expands, which changes the
+    ETag but not the lease. On a conflict we re-read: while the lease is still ours and the
+    job still expanding (not paused or cancelled meanwhile) we retry with the new ETag;
+    otherwise another host resumed the expansion, or a person stopped it, and we stop.
+    """
+    entity = {"PartitionKey": job.tenant_id, "RowKey": job.id, **fields}
+    for _ in range(attempts):
+        try:
+            job.etag = storage.table(JOBS).update(entity, etag=job.etag)
+            return True
+        except Conflict:
+            current = Job.from_entity(storage.table(JOBS).get(job.tenant_id, job.id))
+            if current.lease_owner != owner or current.status not in _EXPANDABLE:
+                return False
+            job.etag = current.etag
+    return False
 
 
 def save_cursor(storage: Storage, job: Job, cursor: str, clock: Clock) -> None:
@@ -290,19 +295,8 @@ def save_cursor(storage: Storage, job: Job, cursor: str, clock: Clock) -> None:
     The owner is cleared so any host may claim it; ``lease_until`` stays set so the
     Status Manager re-enqueues the ticket only if nobody picks it up in time.
     """
-    try:
-        storage.table(JOBS).update(
-            {
-                "PartitionKey": job.tenant_id,
-                "RowKey": job.id,
-                "roster_cursor": cursor,
-                "lease_owner": "",
-                "lease_until": later(clock, 120),
-            },
-            etag=job.etag,
-        )
-    except Conflict:
-        pass  # someone else resumed; their cursor is at least as far
+    handed_over = {"roster_cursor": cursor, "lease_owner": "", "lease_until": later(clock, 120)}
+    update_under_lease(storage, job, handed_over, job.lease_owner)  # False: someone resumed further
 
 
 def _too_big(buffer: _Buffer) -> bool:

@@ -163,3 +163,21 @@ def test_status_manager_requeues_a_retrying_task_whose_delayed_ticket_never_came
     close_finished_jobs(storage, small)
     queued = [TaskTicket.model_validate_json(t).task_index for t in storage.queue(TASK_QUEUE).peek()]
     assert 0 in queued
+
+
+def test_status_manager_passes_during_expansion_do_not_stall_it(storage, settings):
+    tenant, campaign, ticket, small = _expanded_job(storage, settings, 200, task_size=20)
+    passes = Counter()
+
+    def clock_with_status_passes() -> float:
+        # Between every contact the expansion looks at the clock: run a Status Manager pass there,
+        # which rewrites the job's counts (and so its ETag) while the expansion holds the lease.
+        close_finished_jobs(storage, small)
+        passes["n"] += 1
+        return 0.0
+
+    outcome = expand_roster(storage, ticket, small, "h1", monotonic=clock_with_status_passes)
+
+    job = job_of(storage, campaign)
+    assert outcome == ExpansionOutcome.EXPANDED and passes["n"] > 100
+    assert job.expanded and job.roster_size == 190 and job.tasks_total == 10
