@@ -109,10 +109,11 @@ def send_task(
         return TaskOutcome.MISSING
     if job.status == JobStatus.PAUSED:
         return TaskOutcome.PAUSED  # resume re-enqueues the job's unfinished tasks
-    task = claim_task(storage, ticket, settings, owner, clock)
-    if not isinstance(task, Task):
-        return task
-    run = _Run(storage, settings, job, task, [], clock)
+    claimed = claim_task(storage, ticket, settings, owner, clock)
+    if isinstance(claimed, TaskOutcome):
+        return claimed
+    task, recipients = claimed
+    run = _Run(storage, settings, job, task, recipients, clock)
     try:
         return run_claimed_task(run, dispatcher, suppressions, templates)
     except Exception as err:
@@ -124,7 +125,6 @@ def run_claimed_task(
     run: _Run, dispatcher: Dispatcher, suppressions: SuppressionCache, templates: TemplateCache
 ) -> TaskOutcome:
     storage, settings, job, task = run.storage, run.settings, run.job, run.task
-    run.recipients = unpack_recipients(storage.table(TASKS).get(task.job_id, task.row_key))
     if task.in_flight:
         recover_in_flight(run)
     if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
@@ -184,8 +184,8 @@ def release_after_error(run: _Run, err: Exception) -> None:
 
 def claim_task(
     storage: Storage, ticket: TaskTicket, settings: Settings, owner: str, clock: Clock
-) -> Task | TaskOutcome:
-    """Take the task under a lease, or say why not."""
+) -> tuple[Task, list[Recipient]] | TaskOutcome:
+    """Take the task under a lease (and its recipients, from the same read), or say why not."""
     tasks = storage.table(TASKS)
     try:
         entity = tasks.get(ticket.job_id, f"{ticket.task_index:06d}", select=None)
@@ -207,7 +207,7 @@ def claim_task(
         task.etag = tasks.update(task.progress_entity(), etag=task.etag)
     except Conflict:
         return TaskOutcome.BUSY
-    return task
+    return task, unpack_recipients(entity)
 
 
 def recover_in_flight(run: _Run) -> None:
