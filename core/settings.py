@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(
         120, alias="TASK_LEASE_SECONDS", ge=5, description="How long a claimed task or expansion is owned."
     )
+    job_status_check_seconds: float = Field(
+        1.0,
+        alias="JOB_STATUS_CHECK_SECONDS",
+        ge=0,
+        description="A running task looks at its job's status (paused? cancelled?) at a chunk boundary "
+        "at most this often.",
+    )
     job_time_budget_seconds: int = Field(
         240,
         alias="JOB_TIME_BUDGET_SECONDS",

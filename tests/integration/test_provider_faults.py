@@ -334,7 +334,7 @@ def test_jobs_table_counts_match_the_rows_after_requeues(storage, settings, sims
 def test_a_pause_stops_a_running_task_at_the_next_chunk_and_resuming_sends_the_rest_once(
     storage, settings, sims
 ):
-    one_task = settings.model_copy(update={"task_size": 250, "task_window": 1})
+    one_task = settings.model_copy(update={"task_size": 250, "task_window": 1, "job_status_check_seconds": 0})
     tenant = make_tenant(storage)
     add_contacts(storage, tenant, [{"email": f"u{i}-{secrets.token_hex(2)}@example.com"} for i in range(250)])
     campaign = schedule_campaign(storage, tenant)
