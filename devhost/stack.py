@@ -126,14 +126,27 @@ class Stack:
         values.update(self.extra_settings)
         return values
 
+    # The module whose ``app`` the host processes load (the bench loads an instrumented one).
+    app_module = "function_app"
+
+    def start_azurite(self) -> AzuriteHandle:
+        return start_azurite(ports=self.azurite_ports)
+
+    def worker_env(self) -> dict[str, str]:
+        """The environment of a host process: ours, plus the app settings, never local.settings.json."""
+        env = {**os.environ, **self.env(), "PYTHONUNBUFFERED": "1"}
+        env["MAILROOM_LOCAL_SETTINGS"] = str(self.log_dir / "no-local-settings.json")
+        return env
+
     def start(self) -> Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.azurite = start_azurite(ports=self.azurite_ports)
+        self.azurite = self.start_azurite()
         self._sim_cm = serve_in_thread(self.simulator.app)
         self.simulator_url = self._sim_cm.__enter__()
         for index in range(self.workers):
             self.start_worker(index)
-        self.wait_healthy()
+        if self.workers:
+            self.wait_healthy()
         if self.provider_events:
             self.feedback = attach_feedback(
                 self.simulator, f"{self.base_url}/api/v1/webhooks/sendgrid", self.webhook_signer
@@ -142,23 +155,12 @@ class Stack:
 
     def start_worker(self, index: int) -> None:
         """Start host process ``index``; worker 0 serves HTTP and runs the timers."""
-        env = {**os.environ, **self.env(), "PYTHONUNBUFFERED": "1"}
-        env.pop("MAILROOM_LOCAL_SETTINGS", None)
-        env["MAILROOM_LOCAL_SETTINGS"] = str(self.log_dir / "no-local-settings.json")
         log = open(self.log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - closed with the process
-        cmd = [
-            sys.executable,
-            "-m",
-            "devhost",
-            "--no-azurite",
-            "--worker-index",
-            str(index),
-            "--port",
-            str(self.http_port),
-            "--grace",
-            "2",
-        ]
-        self.processes[index] = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=log)
+        cmd = [sys.executable, "-m", "devhost", "--no-azurite", "--app", self.app_module,
+               "--worker-index", str(index), "--port", str(self.http_port), "--grace", "2"]
+        self.processes[index] = subprocess.Popen(
+            cmd, cwd=PROJECT_ROOT, env=self.worker_env(), stdout=log, stderr=log
+        )
         log.close()
 
     def kill_worker(self, index: int) -> None:
