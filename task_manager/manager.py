@@ -40,6 +40,7 @@ from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, TENANTS, Storage
 from core.suppressions import SuppressionCache
+from core.telemetry import current_traceparent
 from core.templates import CompiledTemplate, TemplateSpec, build_context, compile_template
 from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 from providers.base import OutboundEmail
@@ -487,7 +488,9 @@ def enqueue_next_in_window(storage: Storage, job: Job, index: int) -> None:
     nxt = storage.table(TASKS).find(job.id, f"{index:06d}")
     if nxt is not None and nxt.get("status") == TaskStatus.PENDING:
         storage.queue(TASK_QUEUE).send(
-            TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index).to_text()
+            TaskTicket(
+                tenant_id=job.tenant_id, job_id=job.id, task_index=index, traceparent=current_traceparent()
+            ).to_text()
         )
 
 
