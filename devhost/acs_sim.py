@@ -99,17 +99,7 @@ class AcsSimulator:
         """(latency, status, retry-after, connection fault) for one send request."""
         with self._lock:
             f = self._faults
-            status = retry_after = None
-            if f.status is not None and f.status_until is not None:
-                if time.monotonic() < f.status_until:
-                    status, retry_after = f.status, f.retry_after
-                else:
-                    f.status = f.retry_after = f.status_until = None
-            elif f.status is not None and f.count > 0:
-                status, retry_after = f.status, f.retry_after
-                f.count -= 1
-                if f.count == 0:
-                    f.status = f.retry_after = None
+            status, retry_after = f.take_status()
             connection = None
             if f.reset_count > 0:
                 f.reset_count, connection = f.reset_count - 1, "reset"

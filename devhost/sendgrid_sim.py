@@ -281,6 +281,23 @@ class Faults:
     accept_then_hang: int = 0
     hang_seconds: float = 30.0
 
+    def take_status(self) -> tuple[int | None, int | None]:
+        """Consume one ``status`` answer (window or count): (status, retry-after) or (None, None).
+
+        Callers hold the simulator's lock.
+        """
+        if self.status is not None and self.status_until is not None:
+            if time.monotonic() < self.status_until:
+                return self.status, self.retry_after
+            self.status = self.retry_after = self.status_until = None
+        elif self.status is not None and self.count > 0:
+            answer = self.status, self.retry_after
+            self.count -= 1
+            if self.count == 0:
+                self.status = self.retry_after = None
+            return answer
+        return None, None
+
     def as_dict(self) -> dict[str, Any]:
         return {"latency_ms": self.latency_ms, "fail_addresses": dict(self.fail_addresses),
                 "status": self.status, "count": self.count, "retry_after": self.retry_after,
@@ -394,17 +411,7 @@ class SendGridSimulator:
         with self._lock:
             self._requests += 1
             f = self._faults
-            status = retry_after = None
-            if f.status is not None and f.status_until is not None:
-                if time.monotonic() < f.status_until:
-                    status, retry_after = f.status, f.retry_after
-                else:
-                    f.status = f.retry_after = f.status_until = None
-            elif f.status is not None and f.count > 0:
-                status, retry_after = f.status, f.retry_after
-                f.count -= 1
-                if f.count == 0:
-                    f.status = f.retry_after = None
+            status, retry_after = f.take_status()
             return f.latency_ms, status, retry_after
 
     def _failing_address(self, body: dict[str, Any]) -> tuple[int, str] | None:
