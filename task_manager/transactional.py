@@ -122,7 +122,8 @@ def create_email_job(
     except AlreadyExists:
         pass
     storage.queue(TASK_QUEUE).send(TaskTicket(tenant_id=tenant.id, job_id=email_id, task_index=0).to_text())
-    log.info("transactional send queued tenant=%s id=%s recipients=%d", tenant.id, email_id, len(recipients))
+    log.info("transactional send queued tenant=%s id=%s recipients=%d",
+             tenant.id, task.job_id, len(recipients))
 
 
 def is_transactional(job: Job) -> bool:
