@@ -129,9 +129,12 @@ def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, rep
     if not changed and not finished:
         return
     try:
-        storage.table(JOBS).update(entity, etag=job.etag)
+        # The count columns are ours alone: merge them without an ETag, so an expansion writing
+        # the job row every task does not make every pass skip. Closing is ETag-guarded: a pause
+        # or cancel that landed meanwhile wins, and the next pass decides again.
+        storage.table(JOBS).update(entity, etag=job.etag if finished else None)
     except Conflict:
-        return  # the job moved on under us (a task, a pause); the next pass sees it
+        return
     if finished:
         job.status, job.counts, job.completed_at = JobStatus.COMPLETED.value, summary.counts, iso(now)
         close_campaign(storage, job, clock)
