@@ -69,19 +69,7 @@ class AcsSimulator:
         faults = faults if isinstance(faults, FaultsIn) else FaultsIn.model_validate(faults)
         with self._lock:
             f = self._faults
-            if faults.latency_ms is not None:
-                f.latency_ms = faults.latency_ms
-            if faults.fail_addresses is not None:
-                f.fail_addresses = {k.lower(): v for k, v in faults.fail_addresses.items()}
-            if faults.status is not None:
-                f.status, f.count, f.retry_after = faults.status, faults.count, faults.retry_after
-                f.status_until = time.monotonic() + faults.for_seconds if faults.for_seconds else None
-            if faults.reset_count is not None:
-                f.reset_count = faults.reset_count
-            if faults.accept_then_hang is not None:
-                f.accept_then_hang = faults.accept_then_hang
-            if faults.hang_seconds is not None:
-                f.hang_seconds = faults.hang_seconds
+            f.apply(faults)
             return f.as_dict()
 
     def clear_faults(self) -> None:

@@ -281,6 +281,22 @@ class Faults:
     accept_then_hang: int = 0
     hang_seconds: float = 30.0
 
+    def apply(self, faults: FaultsIn) -> None:
+        """Merge the fields ``faults`` gives (same shape as the HTTP body). Callers hold the lock."""
+        if faults.latency_ms is not None:
+            self.latency_ms = faults.latency_ms
+        if faults.fail_addresses is not None:
+            self.fail_addresses = {k.lower(): v for k, v in faults.fail_addresses.items()}
+        if faults.status is not None:
+            self.status, self.count, self.retry_after = faults.status, faults.count, faults.retry_after
+            self.status_until = time.monotonic() + faults.for_seconds if faults.for_seconds else None
+        if faults.reset_count is not None:
+            self.reset_count = faults.reset_count
+        if faults.accept_then_hang is not None:
+            self.accept_then_hang = faults.accept_then_hang
+        if faults.hang_seconds is not None:
+            self.hang_seconds = faults.hang_seconds
+
     def take_status(self) -> tuple[int | None, int | None]:
         """Consume one ``status`` answer (window or count): (status, retry-after) or (None, None).
 
@@ -352,21 +368,7 @@ class SendGridSimulator:
             faults = FaultsIn.model_validate(faults)
         with self._lock:
             f = self._faults
-            if faults.latency_ms is not None:
-                f.latency_ms = faults.latency_ms
-            if faults.fail_addresses is not None:
-                f.fail_addresses = {k.lower(): v for k, v in faults.fail_addresses.items()}
-            if faults.status is not None:
-                f.status, f.count, f.retry_after = faults.status, faults.count, faults.retry_after
-                f.status_until = None
-                if faults.for_seconds is not None:
-                    f.status_until = time.monotonic() + faults.for_seconds
-            if faults.reset_count is not None:
-                f.reset_count = faults.reset_count
-            if faults.accept_then_hang is not None:
-                f.accept_then_hang = faults.accept_then_hang
-            if faults.hang_seconds is not None:
-                f.hang_seconds = faults.hang_seconds
+            f.apply(faults)
             return f.as_dict()
 
     def clear_faults(self) -> None:
