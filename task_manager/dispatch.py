@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from core.errors import (
@@ -26,6 +25,7 @@ from core.ratelimit import RateLimiter
 from core.retry import Attempts, RetryPolicy, call_with_retries
 from core.status import DeliveryStatus
 from providers.base import EmailProvider, OutboundEmail, SendResult
+from task_manager.send_pool import FairSendPool
 
 HALTED = "halted"
 NOT_ATTEMPTED = "not attempted: the provider refused this task's earlier sends"
@@ -53,7 +53,11 @@ class Route:
 
 
 class Dispatcher:
-    """Sends with up to ``concurrency`` calls in flight; safe to share across tasks."""
+    """Sends with up to ``concurrency`` calls in flight; safe to share across tasks.
+
+    The calls in flight are shared between tenants in turn (``FairSendPool``), so one tenant's
+    many tasks on this host do not queue ahead of another tenant's few.
+    """
 
     def __init__(
         self,
@@ -65,7 +69,7 @@ class Dispatcher:
         self.provider = provider
         self.policy = policy
         self.limiter = limiter
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+        self._pool = FairSendPool(concurrency, name="send")
 
     def send_all(
         self, emails: list[OutboundEmail], route: Route | None = None, prior: Sequence[int] | None = None
@@ -77,7 +81,9 @@ class Dispatcher:
         pairs = list(zip(emails, prior, strict=True))
         if len(emails) <= 1:
             return [self.send_one(e, route, p, halt) for e, p in pairs]
-        return list(self._pool.map(lambda pair: self.send_one(pair[0], route, pair[1], halt), pairs))
+        return self._pool.map(
+            route.tenant_id, lambda pair: self.send_one(pair[0], route, pair[1], halt), pairs
+        )
 
     def send_one(
         self,
@@ -129,5 +135,5 @@ class Dispatcher:
         return self.provider.send(email)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()
         self.provider.close()
