@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -239,3 +241,69 @@ def test_simulator_validates_like_sendgrid(
 def test_factory_builds_sendgrid_provider() -> None:
     provider = build_provider(load_settings(EMAIL_PROVIDER="sendgrid"))
     assert isinstance(provider, SendGridProvider)
+
+
+def test_sends_from_one_thread_reuse_one_connection(
+    provider: SendGridProvider, sim: tuple[SendGridSimulator, str]
+) -> None:
+    results = [provider.send(email(to_email=f"k{n}@example.com")) for n in range(20)]
+    assert len({r.message_id for r in results}) == 20
+    assert provider.transport.handler.connections_opened == 1
+
+
+def test_an_error_response_leaves_the_connection_reusable(
+    provider: SendGridProvider, sim: tuple[SendGridSimulator, str]
+) -> None:
+    with pytest.raises(RecipientRejected):
+        provider.send(email(from_email="not-an-address"))
+    provider.send(email())
+    assert provider.transport.handler.connections_opened == 1
+
+
+def test_a_connection_idle_past_its_limit_is_replaced_not_reused(sim: tuple[SendGridSimulator, str]) -> None:
+    provider = SendGridProvider(API_KEY, sim[1])
+    provider.transport.handler._idle_seconds = 0.0  # every kept connection is already too old
+    for n in range(3):
+        provider.send(email(to_email=f"idle{n}@example.com"))
+    assert provider.transport.handler.connections_opened == 3
+    provider.close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_ambiguous_send() -> None:
+    """The server hangs up after each response (keep-alive not honoured): the next send reconnects."""
+    served: list[int] = []
+    hung_up: list[int] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        while len(served) < 3:
+            conn, _ = listener.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                served.append(len(served))
+                conn.sendall(b"HTTP/1.1 202 Accepted\r\nX-Message-Id: m%d\r\nContent-Length: 0\r\n\r\n"
+                             % len(served))
+            hung_up.append(1)  # closed without saying "Connection: close": the client sees the socket
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    provider = SendGridProvider(API_KEY, f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        ids = []
+        for n in range(3):
+            ids.append(provider.send(email(to_email=f"hup{n}@example.com")).message_id)
+            wait_for(lambda n=n: len(hung_up) > n, 5)
+    finally:
+        provider.close()
+        listener.close()
+    assert ids == ["m1", "m2", "m3"]
+    assert provider.transport.handler.connections_opened == 3
