@@ -32,7 +32,7 @@ from devhost.stack import serve_in_thread
 from providers.base import OutboundEmail
 from providers.failover import FailoverSender
 from providers.sendgrid import SendGridProvider
-from task_manager import Dispatcher, TemplateCache, send_task
+from task_manager import Dispatcher, JobCache, send_task
 
 
 def serial_rate(provider: SendGridProvider, count: int) -> float:
@@ -74,12 +74,12 @@ def pipeline_rate(storage: Storage, settings, provider: SendGridProvider, recipi
         max_attempts=settings.max_send_attempts, budget_seconds=settings.retry_budget_seconds
     )
     dispatcher = Dispatcher(sender, policy, settings.send_concurrency)
-    suppressions, templates = SuppressionCache(storage), TemplateCache()
+    suppressions, jobs = SuppressionCache(storage), JobCache()
     tickets = [TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=i)
                for i in range(job.tasks_total)]
     started = time.perf_counter()
     with ThreadPoolExecutor(task_workers) as pool:
-        list(pool.map(lambda t: send_task(storage, t, settings, dispatcher, suppressions, templates,
+        list(pool.map(lambda t: send_task(storage, t, settings, dispatcher, suppressions, jobs,
                                           f"bench-{t.task_index}"), tickets))
     elapsed = time.perf_counter() - started
     sent = sum(sum(Task.from_entity(e).counts.values()) for e in storage.table(TASKS).partition(job.id))

@@ -22,7 +22,7 @@ from core.settings import PROJECT_ROOT, Settings, get_settings
 from core.storage import JOBS, Storage
 from core.suppressions import SuppressionCache
 from providers.factory import build_sender
-from task_manager import Dispatcher, TemplateCache
+from task_manager import Dispatcher, JobCache
 
 log = logging.getLogger("mailroom.functions")
 
@@ -33,7 +33,7 @@ class Runtime:
     storage: Storage
     dispatcher: Dispatcher
     suppressions: SuppressionCache
-    templates: TemplateCache
+    jobs: JobCache
     owner: str
     clock: Clock = utcnow
     max_dequeue_count: int = 5
@@ -65,7 +65,7 @@ def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime
         storage,
         dispatcher,
         SuppressionCache(storage),
-        TemplateCache(),
+        JobCache(),
         owner,
         max_dequeue_count=max_dequeue_count(),
     )

@@ -30,7 +30,7 @@ def task_manager_queue(msg: func.QueueMessage) -> None:
     try:
         attributes = job_attributes(ticket.tenant_id, ticket.job_id, **{"mailroom.task": ticket.task_index})
         with telemetry.span("task_manager.send", attributes, ticket.traceparent, SpanKind.CONSUMER) as span:
-            outcome = send_task(rt.storage, ticket, rt.settings, rt.dispatcher, rt.suppressions, rt.templates,
+            outcome = send_task(rt.storage, ticket, rt.settings, rt.dispatcher, rt.suppressions, rt.jobs,
                                 rt.owner, rt.clock)
             span.set_attribute("mailroom.outcome", str(outcome))
     except Exception as err:

@@ -27,24 +27,26 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.errors import Conflict, NotFound, RenderError
 from core.messages import TaskTicket
-from core.models import TENANT_PARTITION, Job, Recipient, Task, delivery_entity, unpack_recipients
+from core.models import Job, Recipient, Task, delivery_entity, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
-from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, TENANTS, Storage
+from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, Storage
 from core.suppressions import SuppressionCache
 from core.telemetry import current_traceparent
-from core.templates import CompiledTemplate, TemplateSpec, build_context, compile_template
+from core.templates import CompiledTemplate, build_context
 from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 from providers.base import OutboundEmail
 from task_manager.dispatch import HALTED, NOT_ATTEMPTED, Dispatcher, Outcome, Route
+from task_manager.job_cache import HALTING, JobCache
 
 log = logging.getLogger("mailroom.task_manager")
 
@@ -63,23 +65,6 @@ class TaskOutcome(StrEnum):
     MISSING = "missing"
 
 
-class TemplateCache:
-    """Compiled templates per job, so each host compiles a job's template once."""
-
-    def __init__(self, size: int = 64) -> None:
-        self._items: OrderedDict[str, CompiledTemplate] = OrderedDict()
-        self._size = size
-
-    def get(self, job: Job) -> CompiledTemplate:
-        compiled = self._items.get(job.id)
-        if compiled is None:
-            compiled = compile_template(TemplateSpec.model_validate(job.template))
-            self._items[job.id] = compiled
-            if len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return compiled
-
-
 @dataclass
 class _Run:
     """Everything one task run needs, passed around instead of a dozen arguments."""
@@ -90,8 +75,9 @@ class _Run:
     task: Task
     recipients: list[Recipient]
     clock: Clock
+    jobs: JobCache | None = None
     was_retrying: set[int] = field(default_factory=set)  # rows that said ``retrying`` at the claim
-    status_seen_at: float = field(default_factory=time.monotonic)  # when the job's status was last read
+    counts_exact: bool = False  # first run of an untouched task: its running counts need no recount
 
 
 def send_task(
@@ -100,13 +86,13 @@ def send_task(
     settings: Settings,
     dispatcher: Dispatcher,
     suppressions: SuppressionCache,
-    templates: TemplateCache,
+    jobs: JobCache,
     owner: str,
     clock: Clock = utcnow,
 ) -> TaskOutcome:
     """Send every recipient of one task exactly once (or account for why not)."""
-    try:
-        job = Job.from_entity(storage.table(JOBS).get(ticket.tenant_id, ticket.job_id))
+    try:  # read fresh: a task never starts on a pause or cancel it could have seen
+        job = jobs.job(storage, ticket.tenant_id, ticket.job_id, max_age=0)
     except NotFound:
         return TaskOutcome.MISSING
     if job.status == JobStatus.PAUSED:
@@ -115,16 +101,17 @@ def send_task(
     if isinstance(claimed, TaskOutcome):
         return claimed
     task, recipients = claimed
-    run = _Run(storage, settings, job, task, recipients, clock)
+    run = _Run(storage, settings, job, task, recipients, clock, jobs)
+    run.counts_exact = task.attempt == 1 and task.cursor == 0 and not task.leftover and not task.in_flight
     try:
-        return run_claimed_task(run, dispatcher, suppressions, templates)
+        return run_claimed_task(run, dispatcher, suppressions, jobs)
     except Exception as err:
         release_after_error(run, err)
         raise
 
 
 def run_claimed_task(
-    run: _Run, dispatcher: Dispatcher, suppressions: SuppressionCache, templates: TemplateCache
+    run: _Run, dispatcher: Dispatcher, suppressions: SuppressionCache, jobs: JobCache
 ) -> TaskOutcome:
     storage, settings, job, task = run.storage, run.settings, run.job, run.task
     if task.in_flight:
@@ -132,8 +119,8 @@ def run_claimed_task(
     if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
         return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
 
-    template = templates.get(job)
-    route = route_for(storage, job, settings)
+    template = jobs.template(job)
+    route = route_for(job, settings, jobs.tenant(storage, job.tenant_id))
     prior = prior_attempts(run)
     pending = task.leftover + list(range(task.cursor, task.size))
     suppressed = suppressions.suppressed(job.tenant_id, [run.recipients[i].email for i in pending])
@@ -252,9 +239,8 @@ def mark_in_flight(run: _Run, chunk: list[int]) -> bool:
     return True
 
 
-def route_for(storage: Storage, job: Job, settings: Settings) -> Route:
+def route_for(job: Job, settings: Settings, tenant: dict[str, Any]) -> Route:
     """The tenant's provider order, send rate and delivery semantics for this task."""
-    tenant = storage.table(TENANTS).find(TENANT_PARTITION, job.tenant_id) or {}
     providers = tuple(p.strip() for p in str(tenant.get("providers") or "").split(",") if p.strip())
     per_minute = tenant.get("rate_limit_per_minute")
     semantics = tenant.get("delivery_semantics") or settings.delivery_semantics
@@ -292,17 +278,20 @@ def stop_if_job_halted(
 ) -> TaskOutcome | None:
     """At a chunk boundary: stop when the job was paused or cancelled meanwhile.
 
-    A point read at a chunk boundary (≤100 recipients), at most every
-    ``JOB_STATUS_CHECK_SECONDS``, so a pause by a person or by another task's provider
-    refusal stops this task within about a second instead of at its end, without a job
-    read per chunk on the hot path.
+    The job row comes from the host's ``JobCache``, at most ``JOB_STATUS_CHECK_SECONDS`` old
+    (and read fresh before stopping), so a pause by a person or by another task's provider
+    refusal stops this task within about a second instead of at its end, at the cost of one
+    job read per second per host rather than one per task.
     """
     task = run.task
-    if time.monotonic() - run.status_seen_at < run.settings.job_status_check_seconds:
+    if run.jobs is None:
         return None
-    run.status_seen_at = time.monotonic()
-    status = run.storage.table(JOBS).get(run.job.tenant_id, run.job.id, select=["status"]).get("status")
-    if status not in (JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.FAILED):
+    try:
+        status = run.jobs.job(run.storage, run.job.tenant_id, run.job.id,
+                              run.settings.job_status_check_seconds).status
+    except NotFound:
+        return None
+    if status not in HALTING:
         return None
     unsent = [i for chunk in rest for i in chunk]
     unsent_set = set(unsent)
@@ -431,13 +420,19 @@ def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]]) -> None:
 
 
 def finish_task(run: _Run, status: TaskStatus = TaskStatus.DONE) -> None:
-    """Mark the task terminal with counts recounted from its delivery rows (exact)."""
+    """Mark the task terminal with exact counts.
+
+    A task sent in one run from untouched (``counts_exact``) counted each recipient once as its
+    outcome was written; any other (recovered, retried, cancelled midway) is recounted from its
+    delivery rows.
+    """
     task = run.task
-    statuses = Counter(
-        row["status"]
-        for row in run.storage.table(DELIVERIES).partition(task.delivery_partition, select=["status"])
-    )
-    task.counts = dict(statuses)
+    if not (run.counts_exact and sum(task.counts.values()) == task.size):
+        statuses = Counter(
+            row["status"]
+            for row in run.storage.table(DELIVERIES).partition(task.delivery_partition, select=["status"])
+        )
+        task.counts = dict(statuses)
     task.status, task.in_flight, task.leftover = status.value, [], []
     task.cursor = task.size
     task.lease_owner, task.lease_until = "", ""

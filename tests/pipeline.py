@@ -27,7 +27,7 @@ from core.suppressions import SuppressionCache
 from job_manager import expand_roster
 from providers.base import EmailProvider
 from status_manager import close_finished_jobs
-from task_manager import Dispatcher, TemplateCache, send_task
+from task_manager import Dispatcher, JobCache, send_task
 
 TEMPLATE = {
     "subject": "Hello {{ contact.name }}",
@@ -114,7 +114,7 @@ class InProcessHost:
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(self.provider, RetryPolicy(max_attempts=3, base_delay=0.01), 4)
         self.suppressions = SuppressionCache(self.storage)
-        self.templates = TemplateCache()
+        self.jobs = JobCache()
 
     def run_round(self) -> None:
         self.expand_round()
@@ -141,7 +141,7 @@ class InProcessHost:
             self.settings,
             self.dispatcher,
             self.suppressions,
-            self.templates,
+            self.jobs,
             self.owner,
         )
 

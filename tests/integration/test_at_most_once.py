@@ -20,7 +20,7 @@ from core.storage import DELIVERIES, TASKS
 from core.suppressions import SuppressionCache
 from providers.base import OutboundEmail, SendResult
 from providers.sendgrid import SendGridProvider
-from task_manager import Dispatcher, TemplateCache, send_task
+from task_manager import Dispatcher, JobCache, send_task
 from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
 from tests.sim_fixtures import running_sendgrid_simulator
 
@@ -75,7 +75,7 @@ def test_crashes_anywhere_never_send_twice_and_account_for_everyone(storage, set
                     one_task,
                     dispatcher,
                     SuppressionCache(storage),
-                    TemplateCache(),
+                    JobCache(),
                     owner=f"host-{sends}",
                     clock=clock,
                 )
@@ -155,7 +155,7 @@ def test_requeues_and_crashes_together_never_send_twice_and_account_for_everyone
             sends = plan.pop(0) if plan else None
             dispatcher = Dispatcher(Flaky(provider, failing, sends, counter), policy, 2)
             try:
-                send_task(storage, ticket, one_task, dispatcher, SuppressionCache(storage), TemplateCache(),
+                send_task(storage, ticket, one_task, dispatcher, SuppressionCache(storage), JobCache(),
                           owner=f"host-{sends}", clock=clock)
             except Crash:
                 pass

@@ -73,6 +73,24 @@ def test_campaign_sends_each_matching_recipient_once_and_counts_add_up(storage, 
     assert len(deliveries_of(storage, job.id)) == 100
 
 
+def test_each_tasks_counts_match_its_delivery_rows_without_a_recount(storage, host):
+    """Tasks sent in one run keep running counts (no recount query); they must equal the rows."""
+    tenant = make_tenant(storage)
+    rows = people(130, term_every=1)
+    add_contacts(storage, tenant, rows)
+    add_suppression(storage, tenant.id, rows[5]["email"])
+    campaign = schedule_campaign(storage, tenant)
+    host.run_until(lambda: (j := job_of(storage, campaign)) is not None and j.status == JobStatus.COMPLETED)
+
+    job = job_of(storage, campaign)
+    tasks = [Task.from_entity(e) for e in storage.table(TASKS).partition(job.id)]
+    assert len(tasks) == 4
+    for task in tasks:
+        recorded = Counter(r["status"] for r in storage.table(DELIVERIES).partition(task.delivery_partition))
+        assert {k: v for k, v in task.counts.items() if v} == dict(recorded)
+    assert job.counts["suppressed"] == 1 and job.counts["sent"] == 129
+
+
 def test_every_message_carries_our_ids_and_one_click_unsubscribe(storage, host, simulator):
     sim, _ = simulator
     tenant = make_tenant(storage)
