@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from bench.procstats import diff_counts
 from bench.profile import Profiler, top_functions
 from bench.stack import BenchStack
 from core.clock import parse_iso
+from core.errors import StorageError
 from core.ids import contact_id_for
 from core.storage import CONTACTS, JOBS, TENANTS, Storage
 
@@ -82,7 +84,9 @@ def import_contacts(tenant: Tenant, count: int) -> float:
     return time.monotonic() - started
 
 
-def write_contacts(storage: Storage, tenant_id: str, count: int) -> float:
+def write_contacts(
+    storage: Storage, tenant_id: str, count: int, progress: Callable[[int], None] | None = None
+) -> float:
     salt = storage.table(TENANTS).get("tenant", tenant_id)["contact_salt"]
     tag = secrets.token_hex(3)
     started = time.monotonic()
@@ -101,8 +105,22 @@ def write_contacts(storage: Storage, tenant_id: str, count: int) -> float:
                     "state": "active",
                 }
             )
-        storage.table(CONTACTS).batch_upsert(rows)
+        _upsert_with_retries(storage, rows)
+        if progress is not None and (first + WRITE_CHUNK) % 100_000 == 0:
+            progress(first + WRITE_CHUNK)
     return time.monotonic() - started
+
+
+def _upsert_with_retries(storage: Storage, rows: list[dict[str, Any]], attempts: int = 5) -> None:
+    """Azurite resets a connection now and then once its store holds ~10^6 rows; upserts repeat safely."""
+    for attempt in range(1, attempts + 1):
+        try:
+            storage.table(CONTACTS).batch_upsert(rows)
+            return
+        except StorageError:
+            if attempt == attempts:
+                raise
+            time.sleep(2.0 * attempt)
 
 
 def schedule_campaign(tenant: Tenant, name: str) -> str:

@@ -11,6 +11,7 @@ records how long expansion took and the host's peak RSS, then stops.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +34,11 @@ def run_expansion(recipients: int, on_disk: bool = False, timeout: float = 3600)
             assert stack.azurite is not None
             storage = Storage(stack.azurite.connection_string)
             tenant = new_tenant(stack, "bench expansion")
-            write_seconds = write_contacts(storage, tenant.id, recipients)
+            began = time.monotonic()
+            write_seconds = write_contacts(
+                storage, tenant.id, recipients,
+                progress=lambda n: _say(f"{n:,} contacts written in {time.monotonic() - began:.0f}s"),
+            )
             before = stack.host_samples()
             started = time.monotonic()
             campaign_id = schedule_campaign(tenant, "bench expansion")
@@ -43,6 +48,9 @@ def run_expansion(recipients: int, on_disk: bool = False, timeout: float = 3600)
                 job = job_entity(storage, tenant, campaign_id)
                 if job is not None and job.get("expanded"):
                     break
+                if job is not None and int(time.monotonic() - started) % 60 == 0:
+                    _say(f"expanding: {int(job.get('tasks_total') or 0)} tasks after "
+                         f"{time.monotonic() - started:.0f}s")
                 time.sleep(1.0)
             else:
                 raise TimeoutError(f"expansion of {recipients} did not finish within {timeout:.0f}s")
@@ -64,3 +72,7 @@ def run_expansion(recipients: int, on_disk: bool = False, timeout: float = 3600)
                 "peak_rss_mb": max(a.peak_rss_mb for a in after),
                 "azurite": "on disk (--location)" if on_disk else "in memory",
             }
+
+
+def _say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
