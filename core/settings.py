@@ -115,7 +115,13 @@ class Settings(BaseSettings):
         500, alias="TASK_SIZE", ge=1, le=5000, description="Recipients per task (one queue message)."
     )
     task_window: int = Field(
-        32, alias="TASK_WINDOW", ge=1, le=1000, description="Tasks of one job on task-queue at once."
+        6,
+        alias="TASK_WINDOW",
+        ge=1,
+        le=1000,
+        description="Tasks of one job on task-queue or running at once. Small keeps the queue short, so "
+        "another tenant's task is picked up within seconds (fairness); each host process that should "
+        "work on one job at the same time needs about this many.",
     )
     send_concurrency: int = Field(
         32,
