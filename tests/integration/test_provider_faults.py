@@ -30,6 +30,7 @@ from providers.acs import AcsProvider
 from providers.failover import FailoverSender
 from providers.sendgrid import SendGridProvider
 from task_manager import Dispatcher, TaskOutcome
+from task_manager.manager import CHUNK
 from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
 
 SG_KEY = "SG.faults"
@@ -362,7 +363,7 @@ def test_a_pause_stops_a_running_task_at_the_next_chunk_and_resuming_sends_the_r
     ticket = TaskTicket(tenant_id=tenant.id, job_id=job.id, task_index=0)
 
     assert pausing.send(ticket) == TaskOutcome.PAUSED
-    assert len(sims.sendgrid.messages()) == 100  # the chunk under way, nothing after it
+    assert len(sims.sendgrid.messages()) == CHUNK  # the chunk under way, nothing after it
     storage.table(JOBS).update({"PartitionKey": job.tenant_id, "RowKey": job.id, "status": "sending"})
     assert host.send(ticket) == TaskOutcome.DONE
     assert len(sims.sendgrid.messages()) == 250 and handed_twice(sims.sendgrid.messages()) == []
