@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     with Stack(workers=1, settings=FAST) as running:
+        yield running
+
+
+@contextmanager
+def stack_with_latency(settings: dict[str, str], latency_ms: int) -> Iterator[Stack]:
+    """One host with ``settings``; the simulator answers each send after ``latency_ms``."""
+    with Stack(workers=1, settings=settings) as running:
+        running.simulator.set_faults({"latency_ms": latency_ms})
         yield running
 
 

@@ -15,7 +15,7 @@ import pytest
 from core.status import TaskStatus
 from core.storage import TASK_QUEUE, TASKS, Storage
 from devhost.stack import Stack, wait_for
-from tests.e2e.conftest import TEMPLATE, TenantClient, new_tenant, people
+from tests.e2e.conftest import TEMPLATE, TenantClient, new_tenant, people, stack_with_latency
 
 # Few sends in flight at 40 ms each, so the job is still running when the test steers it.
 SLOW = {"TASK_SIZE": "10", "TASK_WINDOW": "2", "TASK_LEASE_SECONDS": "6", "WINDOW_REFILL_AFTER_SECONDS": "10",
@@ -25,8 +25,7 @@ ROSTER = 600
 
 @pytest.fixture(scope="module")
 def slow_stack() -> Iterator[Stack]:
-    with Stack(workers=1, settings=SLOW) as running:
-        running.simulator.set_faults({"latency_ms": 40})
+    with stack_with_latency(SLOW, 40) as running:
         yield running
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from devhost.stack import Stack, wait_for
-from tests.e2e.conftest import TEMPLATE, TenantClient, new_tenant, people
+from tests.e2e.conftest import TEMPLATE, TenantClient, new_tenant, people, stack_with_latency
 
 # Tasks of 100 so a few thousand recipients make many tasks (a window's worth and more).
 SETTINGS = {"TASK_SIZE": "100", "SEND_CONCURRENCY": "8"}
@@ -27,8 +27,7 @@ BOUND = 2.0
 
 @pytest.fixture(scope="module")
 def busy_stack() -> Iterator[Stack]:
-    with Stack(workers=1, settings=SETTINGS) as running:
-        running.simulator.set_faults({"latency_ms": 50})
+    with stack_with_latency(SETTINGS, 50) as running:
         yield running
 
 
