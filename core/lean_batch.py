@@ -1,4 +1,4 @@
-"""Entity-group transactions ($batch) written straight onto HTTP, without the SDK's pipeline.
+"""Entity-group transactions ($batch) and string-column queries straight onto HTTP, without the SDK.
 
 Why: ``azure-data-tables`` runs its whole policy pipeline for every sub-request of a batch
 and builds the multipart body through generic HTTP objects; measured on 2 cores that is
@@ -11,6 +11,10 @@ It covers exactly what ``core.storage.Table`` batches: insert, merge-upsert and
 replace-upsert, with values of the types our models store (str, bool, int32, float,
 bytes, datetime, None). Anything else raises ``UnsupportedEntity`` and the caller uses
 the SDK for that batch. Errors map onto ``core.errors`` like the SDK path does.
+
+Queries (``query_strings``) are for the one hot read, the roster scan: it selects string
+columns only, so the service's ``odata=nometadata`` JSON is already the entity and the SDK's
+per-entity deserialization (a third of the expansion's CPU in the bench profile) is skipped.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import hmac
 import json
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import urllib3
 
@@ -94,7 +98,7 @@ class LeanBatchClient:
         service_url: str,
         account_name: str,
         account_key: str,
-        on_request: Callable[[], None] | None = None,
+        on_request: Callable[[str], None] | None = None,
         timeout: float = 30.0,
     ) -> None:
         self._service_url = service_url.rstrip("/")
@@ -126,13 +130,13 @@ class LeanBatchClient:
             "MaxDataServiceVersion": "3.0;NetFx",
             "Accept": "application/json",
             "Content-Type": content_type,
-            "Authorization": self._sign(content_type, now),
+            "Authorization": self._sign("POST", content_type, now, self._resource),
         }
         # An upsert is idempotent, so a server error may be retried; an insert is not.
         attempts = 3 if kind != INSERT else 1
         for attempt in range(1, attempts + 1):
             if self._on_request is not None:
-                self._on_request()
+                self._on_request("table.batch")
             try:
                 response = self._pool.request("POST", self._batch_url, body=payload, headers=headers)
             except urllib3.exceptions.HTTPError as err:
@@ -160,9 +164,52 @@ class LeanBatchClient:
             f"Accept: {accept}\r\nx-ms-date: {now}\r\nDate: {now}\r\n\r\n{body}\r\n"
         )
 
-    def _sign(self, content_type: str, now: str) -> str:
+    def query_strings(
+        self, table: str, odata_filter: str, select: list[str], page_size: int = 1000
+    ) -> Iterator[dict[str, str]]:
+        """Every entity matching ``odata_filter``, page by page, with the ``select`` columns.
+
+        Only for columns that hold strings: without metadata the service sends values
+        untyped, which for a string is the value itself.
+        """
+        url = f"{self._service_url}/{table}()"
+        resource = "/" + self._account + urlsplit(url).path
+        params = {"$filter": odata_filter, "$select": ",".join(select), "$top": str(page_size)}
+        while True:
+            now = formatdate(usegmt=True)
+            headers = {
+                "x-ms-version": API_VERSION,
+                "x-ms-date": now,
+                "Date": now,
+                "DataServiceVersion": "3.0",
+                "MaxDataServiceVersion": "3.0;NetFx",
+                "Accept": "application/json;odata=nometadata",
+                "Authorization": self._sign("GET", "", now, resource),
+            }
+            if self._on_request is not None:
+                self._on_request("table.query")
+            try:
+                response = self._pool.request("GET", f"{url}?{urlencode(params, quote_via=quote)}",
+                                              headers=headers)
+            except urllib3.exceptions.HTTPError as err:
+                raise StorageError(f"storage request failed: {type(err).__name__}") from err
+            if response.status != 200:
+                raise StorageError(f"storage query failed with status {response.status}")
+            for entity in json.loads(response.data)["value"]:
+                yield {name: value for name, value in entity.items() if value is not None}
+            next_partition = response.headers.get("x-ms-continuation-NextPartitionKey")
+            if not next_partition:
+                return
+            params["NextPartitionKey"] = next_partition
+            next_row = response.headers.get("x-ms-continuation-NextRowKey")
+            if next_row:
+                params["NextRowKey"] = next_row
+            else:
+                params.pop("NextRowKey", None)
+
+    def _sign(self, verb: str, content_type: str, now: str, resource: str) -> str:
         """Shared Key for the Table service: verb, MD5, type, date, canonical resource."""
-        text = f"POST\n\n{content_type}\n{now}\n{self._resource}"
+        text = f"{verb}\n\n{content_type}\n{now}\n{resource}"
         digest = hmac.new(self._key, text.encode("utf-8"), hashlib.sha256).digest()
         return f"SharedKey {self._account}:{base64.b64encode(digest).decode()}"
 

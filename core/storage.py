@@ -145,6 +145,13 @@ def odata_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _substitute(filter: str, parameters: Mapping[str, str]) -> str:
+    """``@name`` words replaced by their quoted string values, as the SDK does."""
+    return " ".join(
+        odata_quote(parameters[word[1:]]) if word.startswith("@") else word for word in filter.split(" ")
+    )
+
+
 @dataclass
 class Page:
     """One page of a query: the entities and the opaque token for the next page."""
@@ -290,8 +297,23 @@ class Table:
         parameters: Mapping[str, Any] | None = None,
         select: list[str] | None = None,
         page_size: int = MAX_PAGE,
+        strings_only: bool = False,
     ) -> Iterator[Entity]:
-        """Stream every entity matching ``filter``, page by page (never all in memory)."""
+        """Stream every entity matching ``filter``, page by page (never all in memory).
+
+        ``strings_only``: every ``select`` column holds a string and every parameter is one,
+        so with a lean client the pages skip the SDK's per-entity deserialization (the
+        roster scan); the entities are then plain dicts without ETag metadata.
+        """
+        params = dict(parameters or {})
+        all_strings = all(isinstance(value, str) for value in params.values())
+        if strings_only and self._lean is not None and select and all_strings:
+            return self._lean.query_strings(self.name, _substitute(filter, params), select, page_size)
+        return self._query_sdk(filter, params, select, page_size)
+
+    def _query_sdk(
+        self, filter: str, parameters: dict[str, Any], select: list[str] | None, page_size: int
+    ) -> Iterator[Entity]:
         try:
             pages = self._client.query_entities(
                 filter, parameters=dict(parameters or {}), select=select, results_per_page=page_size
@@ -439,7 +461,7 @@ class Storage:
             self._table_service.url,
             named.name,
             named.key,
-            on_request=(lambda: counter.add("table.batch")) if counter is not None else None,
+            on_request=counter.add if counter is not None else None,
         )
 
     def table_name(self, name: str) -> str:

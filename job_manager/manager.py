@@ -191,7 +191,7 @@ def stream_roster(
     if after:
         query += " and RowKey gt @after"
         params["after"] = after
-    for entity in storage.table(CONTACTS).query(query, params, select=CONTACT_COLUMNS):
+    for entity in storage.table(CONTACTS).query(query, params, select=CONTACT_COLUMNS, strings_only=True):
         view = ContactView(
             email=entity.get("email", ""),
             name=entity.get("name", "") or "",

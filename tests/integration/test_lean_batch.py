@@ -101,3 +101,40 @@ def test_requests_are_counted_by_operation_type(settings: Settings):
         "queue.receive": 1,
         "queue.delete": 1,
     }
+
+
+def _strings(partition: str, n: int) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = [
+        {"PartitionKey": partition, "RowKey": f"r{i:03d}", "email": f"zoë.o'neil+{i}@example.com",
+         "name": "" if i % 3 else f"Zoë \"{i}\" O'Neil", "attributes": '{"plan": "pro"}'}
+        for i in range(n)
+    ]
+    rows[4].pop("name")  # a contact without a name column at all
+    return rows
+
+
+def test_a_lean_string_query_pages_through_and_returns_what_the_sdk_returns(
+    storage: Storage, sdk_storage: Storage
+):
+    partition = f"tenant-'{secrets.token_hex(2)}'"
+    storage.table(DELIVERIES).batch_upsert(_strings(partition, 25))
+    select = ["RowKey", "email", "name", "attributes"]
+    query, params = "PartitionKey eq @p and RowKey gt @after", {"p": partition, "after": "r002"}
+
+    lean = list(storage.table(DELIVERIES).query(query, params, select=select, page_size=4, strings_only=True))
+    sdk = list(sdk_storage.table(DELIVERIES).query(query, params, select=select, page_size=4))
+
+    assert [e["RowKey"] for e in lean] == [f"r{i:03d}" for i in range(3, 25)]
+    assert [dict(e) for e in lean] == [{k: v for k, v in e.items() if v is not None} for e in sdk]
+    assert "name" not in lean[1] and lean[0]["name"] == 'Zoë "3" O\'Neil'
+
+
+def test_a_lean_query_is_counted_as_a_query_per_page(settings: Settings, storage: Storage):
+    counter = RequestCounter()
+    counted = Storage(settings.connection_string, namespace=storage.namespace, request_counter=counter)
+    partition = secrets.token_hex(4)
+    storage.table(DELIVERIES).batch_upsert(_strings(partition, 10))
+    rows = list(counted.table(DELIVERIES).query("PartitionKey eq @p", {"p": partition}, select=["RowKey"],
+                                                page_size=4, strings_only=True))
+    assert len(rows) == 10
+    assert counter.snapshot().get("table.query") == 3
