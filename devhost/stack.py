@@ -33,6 +33,14 @@ DEMO_ADMIN_KEY = "local-admin-key"
 SIMULATOR_KEY = "SG.local-simulator"
 
 
+class HostExited(RuntimeError):
+    """A host process stopped while the stack waited for it; ``port_taken``: its port was in use."""
+
+    def __init__(self, message: str, port_taken: bool = False) -> None:
+        super().__init__(message)
+        self.port_taken = port_taken
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "a condition",
              interval: float = 0.05) -> Any:
     """Poll until ``predicate`` returns something truthy, or fail naming ``what``."""
@@ -87,6 +95,7 @@ class Stack:
         host (delivered/bounced/…), as ``make demo`` and ``make serve`` do. Off by default so a
         run's counts stay ``sent`` where a test checks the send path alone."""
         self.workers = workers
+        self._choose_port = http_port is None  # ours to change if another process takes it first
         self.http_port = http_port or free_port()
         self.extra_settings = settings or {}
         self.azurite_ports = azurite_ports
@@ -95,6 +104,7 @@ class Stack:
         self.simulator = SendGridSimulator(api_key=SIMULATOR_KEY)
         self.simulator_url = ""
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._log_offsets: dict[int, int] = {}
         self._sim_cm: Any = None
         # The simulator posts signed event webhooks back to the host, as SendGrid does.
         self.webhook_signer = WebhookSigner()
@@ -143,19 +153,38 @@ class Stack:
         self.azurite = self.start_azurite()
         self._sim_cm = serve_in_thread(self.simulator.app)
         self.simulator_url = self._sim_cm.__enter__()
-        for index in range(self.workers):
-            self.start_worker(index)
-        if self.workers:
-            self.wait_healthy()
+        self.start_workers()
         if self.provider_events:
             self.feedback = attach_feedback(
                 self.simulator, f"{self.base_url}/api/v1/webhooks/sendgrid", self.webhook_signer
             )
         return self
 
+    def start_workers(self, attempts: int = 3) -> None:
+        """Start every host process and wait until worker 0 answers.
+
+        A free port is only free until someone binds it: under load an outgoing connection
+        can take the port picked for the host's HTTP server before the host binds it. When
+        that port was ours to pick, pick another and start again.
+        """
+        for attempt in range(1, attempts + 1):
+            for index in range(self.workers):
+                self.start_worker(index)
+            if not self.workers:
+                return
+            try:
+                self.wait_healthy()
+                return
+            except HostExited as err:
+                if not (self._choose_port and err.port_taken and attempt < attempts):
+                    raise
+                self.stop_workers()
+                self.http_port = free_port()
+
     def start_worker(self, index: int) -> None:
         """Start host process ``index``; worker 0 serves HTTP and runs the timers."""
         log = open(self.log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - closed with the process
+        self._log_offsets[index] = log.tell()  # this run's lines start here
         cmd = [sys.executable, "-m", "devhost", "--no-azurite", "--app", self.app_module,
                "--worker-index", str(index), "--port", str(self.http_port), "--grace", "2"]
         self.processes[index] = subprocess.Popen(
@@ -173,10 +202,12 @@ class Stack:
         def healthy() -> bool:
             for index, process in self.processes.items():
                 if process.poll() is not None:
-                    raise RuntimeError(
-                        f"host worker {index} exited with {process.returncode}; "
-                        f"see {self.log_dir}/worker-{index}.log"
-                    )
+                    log = self.log_dir / f"worker-{index}.log"
+                    with log.open("rb") as lines:
+                        lines.seek(self._log_offsets.get(index, 0))
+                        taken = b"address already in use" in lines.read()
+                    raise HostExited(f"host worker {index} exited with {process.returncode}; see {log}",
+                                     port_taken=taken)
             if not port_is_listening(LOCALHOST, self.http_port):
                 return False
             try:
@@ -190,6 +221,16 @@ class Stack:
         if self.feedback is not None:
             self.feedback.stop()
             self.feedback = None
+        self.stop_workers()
+        if self._sim_cm is not None:
+            self._sim_cm.__exit__(None, None, None)
+            self._sim_cm = None
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
+
+    def stop_workers(self) -> None:
+        """SIGTERM every host process (they finish what they can), SIGKILL what outlives 15 s."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -199,12 +240,6 @@ class Stack:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
-        if self._sim_cm is not None:
-            self._sim_cm.__exit__(None, None, None)
-            self._sim_cm = None
-        if self.azurite is not None:
-            self.azurite.stop()
-            self.azurite = None
 
     def __enter__(self) -> Stack:
         return self.start()
