@@ -149,15 +149,20 @@ class Stack:
         return env
 
     def start(self) -> Stack:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.azurite = self.start_azurite()
-        self._sim_cm = serve_in_thread(self.simulator.app)
-        self.simulator_url = self._sim_cm.__enter__()
-        self.start_workers()
-        if self.provider_events:
-            self.feedback = attach_feedback(
-                self.simulator, f"{self.base_url}/api/v1/webhooks/sendgrid", self.webhook_signer
-            )
+        """Start everything; if any part fails, stop what did start (``with`` would not)."""
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.azurite = self.start_azurite()
+            self._sim_cm = serve_in_thread(self.simulator.app)
+            self.simulator_url = self._sim_cm.__enter__()
+            self.start_workers()
+            if self.provider_events:
+                self.feedback = attach_feedback(
+                    self.simulator, f"{self.base_url}/api/v1/webhooks/sendgrid", self.webhook_signer
+                )
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def start_workers(self, attempts: int = 3) -> None:

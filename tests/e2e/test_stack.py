@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 
 import httpx
+import pytest
 
-from devhost.stack import Stack
+from devhost.azurite import AzuriteHandle
+from devhost.stack import HostExited, Stack
 
 
 def test_a_host_port_taken_before_the_host_binds_it_is_replaced_by_another():
@@ -19,3 +21,22 @@ def test_a_host_port_taken_before_the_host_binds_it_is_replaced_by_another():
         with stack:
             assert stack.http_port != taken
             assert httpx.get(f"{stack.base_url}/api/v1/health", timeout=10).status_code == 200
+
+
+class _UnloadableApp(Stack):
+    app_module = "no_such_module"  # every host process exits at start
+
+
+def test_a_stack_that_fails_to_start_stops_what_it_had_started():
+    stack = _UnloadableApp(workers=1)
+    emulators: list[AzuriteHandle] = []
+
+    def start_azurite() -> AzuriteHandle:
+        emulators.append(Stack.start_azurite(stack))
+        return emulators[-1]
+
+    stack.start_azurite = start_azurite  # type: ignore[method-assign]
+    with pytest.raises(HostExited):
+        stack.start()
+    assert stack.azurite is None
+    assert emulators and emulators[0].process.poll() is not None, "Azurite outlived the failed start"
