@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import math
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -132,7 +133,9 @@ class LeanBatchClient:
             "Content-Type": content_type,
             "Authorization": self._sign("POST", content_type, now, self._resource),
         }
-        # An upsert is idempotent, so a server error may be retried; an insert is not.
+        # An upsert is idempotent, so a server error or a dropped connection may be retried (a
+        # task's outcome rows must not be lost to a reset: its recipients would end ``unknown``);
+        # an insert is not.
         attempts = 3 if kind != INSERT else 1
         for attempt in range(1, attempts + 1):
             if self._on_request is not None:
@@ -140,8 +143,12 @@ class LeanBatchClient:
             try:
                 response = self._pool.request("POST", self._batch_url, body=payload, headers=headers)
             except urllib3.exceptions.HTTPError as err:
+                if attempt < attempts:
+                    time.sleep(0.2 * attempt)
+                    continue
                 raise StorageError(f"storage request failed: {type(err).__name__}") from err
             if response.status in _RETRYABLE_STATUS and attempt < attempts:
+                time.sleep(0.2 * attempt)
                 continue
             _raise_for_batch(response.status, response.data)
             return

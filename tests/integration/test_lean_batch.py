@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
+import socket
+import struct
+import threading
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
 from core.errors import AlreadyExists
+from core.lean_batch import MERGE, LeanBatchClient
 from core.request_count import RequestCounter
 from core.settings import Settings
 from core.storage import DELIVERIES, JOB_QUEUE, Storage
@@ -138,3 +143,50 @@ def test_a_lean_query_is_counted_as_a_query_per_page(settings: Settings, storage
                                                 page_size=4, strings_only=True))
     assert len(rows) == 10
     assert counter.snapshot().get("table.query") == 3
+
+
+class _DropsFirstConnection:
+    """A raw HTTP server: the first request's connection is reset, the next ones answer 202."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen()
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/devstoreaccount1"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests += 1
+                if self.requests == 1:  # reset: RST instead of an answer
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    continue
+                answer = b"--batchresponse\r\nHTTP/1.1 204 No Content\r\n\r\n--batchresponse--\r\n"
+                conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_an_upsert_batch_whose_connection_is_dropped_is_sent_again_not_lost():
+    server = _DropsFirstConnection()
+    client = LeanBatchClient(server.url, "devstoreaccount1", base64.b64encode(b"key").decode())
+    try:
+        client.submit("Deliveries", MERGE, [{"PartitionKey": "p", "RowKey": "r", "status": "sent"}])
+    finally:
+        server.close()
+    assert server.requests == 2
