@@ -118,7 +118,8 @@ class KeepAliveHandler(urllib.request.HTTPSHandler, urllib.request.HTTPHandler):
         if not usable:
             self._drop(key, connection)
             return None
-        sock.settimeout(timeout)
+        if sock.gettimeout() != timeout:  # settimeout is a system call even when nothing changes
+            sock.settimeout(timeout)
         return connection
 
     def _drop(self, key: tuple[str, str], connection: http.client.HTTPConnection) -> None:
