@@ -77,7 +77,7 @@ class _Run:
     task: Task
     recipients: list[Recipient]
     clock: Clock
-    jobs: JobCache | None = None
+    jobs: JobCache
     was_retrying: set[int] = field(default_factory=set)  # rows that said ``retrying`` at the claim
     counts_exact: bool = False  # first run of an untouched task: its running counts need no recount
 
@@ -106,16 +106,14 @@ def send_task(
     run = _Run(storage, settings, job, task, recipients, clock, jobs)
     run.counts_exact = task.attempt == 1 and task.cursor == 0 and not task.leftover and not task.in_flight
     try:
-        return run_claimed_task(run, dispatcher, suppressions, jobs)
+        return run_claimed_task(run, dispatcher, suppressions)
     except Exception as err:
         release_after_error(run, err)
         raise
 
 
-def run_claimed_task(
-    run: _Run, dispatcher: Dispatcher, suppressions: SuppressionCache, jobs: JobCache
-) -> TaskOutcome:
-    storage, settings, job, task = run.storage, run.settings, run.job, run.task
+def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: SuppressionCache) -> TaskOutcome:
+    storage, settings, job, task, jobs = run.storage, run.settings, run.job, run.task, run.jobs
     if task.in_flight:
         recover_in_flight(run)
     if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
@@ -286,8 +284,6 @@ def stop_if_job_halted(
     job read per second per host rather than one per task.
     """
     task = run.task
-    if run.jobs is None:
-        return None
     try:
         status = run.jobs.job(run.storage, run.job.tenant_id, run.job.id,
                               run.settings.job_status_check_seconds).status
@@ -506,7 +502,7 @@ def record_task_failure(
         return
     if TaskStatus(task.status).is_terminal:
         return
-    run = _Run(storage, settings, job, task, [], clock)
+    run = _Run(storage, settings, job, task, [], clock, JobCache())
     run.recipients = unpack_recipients(storage.table(TASKS).get(task.job_id, task.row_key))
     if task.in_flight:
         recover_in_flight(run)
