@@ -79,7 +79,6 @@ class _Run:
     clock: Clock
     jobs: JobCache
     was_retrying: set[int] = field(default_factory=set)  # rows that said ``retrying`` at the claim
-    counts_exact: bool = False  # first run of an untouched task: its running counts need no recount
 
 
 def send_task(
@@ -104,7 +103,6 @@ def send_task(
         return claimed
     task, recipients = claimed
     run = _Run(storage, settings, job, task, recipients, clock, jobs)
-    run.counts_exact = task.attempt == 1 and task.cursor == 0 and not task.leftover and not task.in_flight
     try:
         return run_claimed_task(run, dispatcher, suppressions)
     except Exception as err:
@@ -418,19 +416,18 @@ def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]]) -> None:
 
 
 def finish_task(run: _Run, status: TaskStatus = TaskStatus.DONE) -> None:
-    """Mark the task terminal with exact counts.
+    """Mark the task terminal with counts recounted from its delivery rows (exact).
 
-    A task sent in one run from untouched (``counts_exact``) counted each recipient once as its
-    outcome was written; any other (recovered, retried, cancelled midway) is recounted from its
-    delivery rows.
+    Not the running counts: provider events (delivered, bounced) may already have moved some
+    of its rows on while it ran, and the event processor leaves a running task's counts to
+    this recount (``status_manager/events.py``).
     """
     task = run.task
-    if not (run.counts_exact and sum(task.counts.values()) == task.size):
-        statuses = Counter(
-            row["status"]
-            for row in run.storage.table(DELIVERIES).partition(task.delivery_partition, select=["status"])
-        )
-        task.counts = dict(statuses)
+    statuses = Counter(
+        row["status"]
+        for row in run.storage.table(DELIVERIES).partition(task.delivery_partition, select=["status"])
+    )
+    task.counts = dict(statuses)
     task.status, task.in_flight, task.leftover = status.value, [], []
     task.cursor = task.size
     task.lease_owner, task.lease_until = "", ""
