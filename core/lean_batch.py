@@ -123,16 +123,7 @@ class LeanBatchClient:
         parts.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n")
         payload = "".join(parts).encode("utf-8")
         content_type = f"multipart/mixed; boundary={batch}"
-        headers = {
-            "x-ms-version": API_VERSION,
-            "x-ms-date": now,
-            "Date": now,
-            "DataServiceVersion": "3.0",
-            "MaxDataServiceVersion": "3.0;NetFx",
-            "Accept": "application/json",
-            "Content-Type": content_type,
-            "Authorization": self._sign("POST", content_type, now, self._resource),
-        }
+        headers = self._headers("POST", self._resource, now, "application/json", content_type)
         # An upsert is idempotent, so a server error or a dropped connection may be retried (a
         # task's outcome rows must not be lost to a reset: its recipients would end ``unknown``);
         # an insert is not.
@@ -184,15 +175,7 @@ class LeanBatchClient:
         params = {"$filter": odata_filter, "$select": ",".join(select), "$top": str(page_size)}
         while True:
             now = formatdate(usegmt=True)
-            headers = {
-                "x-ms-version": API_VERSION,
-                "x-ms-date": now,
-                "Date": now,
-                "DataServiceVersion": "3.0",
-                "MaxDataServiceVersion": "3.0;NetFx",
-                "Accept": "application/json;odata=nometadata",
-                "Authorization": self._sign("GET", "", now, resource),
-            }
+            headers = self._headers("GET", resource, now, "application/json;odata=nometadata")
             if self._on_request is not None:
                 self._on_request("table.query")
             try:
@@ -213,6 +196,23 @@ class LeanBatchClient:
                 params["NextRowKey"] = next_row
             else:
                 params.pop("NextRowKey", None)
+
+    def _headers(
+        self, verb: str, resource: str, now: str, accept: str, content_type: str = ""
+    ) -> dict[str, str]:
+        """The headers of a request the Table service accepts, signed with the account key."""
+        headers = {
+            "x-ms-version": API_VERSION,
+            "x-ms-date": now,
+            "Date": now,
+            "DataServiceVersion": "3.0",
+            "MaxDataServiceVersion": "3.0;NetFx",
+            "Accept": accept,
+            "Authorization": self._sign(verb, content_type, now, resource),
+        }
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
 
     def _sign(self, verb: str, content_type: str, now: str, resource: str) -> str:
         """Shared Key for the Table service: verb, MD5, type, date, canonical resource."""

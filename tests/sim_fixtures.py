@@ -15,7 +15,14 @@ from devhost.sendgrid_sim import SendGridSimulator
 from devhost.smtp_sink import SmtpSink
 from devhost.stack import free_port, serve_in_thread, wait_for
 
-__all__ = ["free_port", "refused_port", "running_sendgrid_simulator", "running_smtp_sink", "wait_for"]
+__all__ = [
+    "free_port",
+    "read_http_request",
+    "refused_port",
+    "running_sendgrid_simulator",
+    "running_smtp_sink",
+    "wait_for",
+]
 
 LOCALHOST = "127.0.0.1"
 
@@ -46,3 +53,20 @@ def running_smtp_sink(**kwargs: Any) -> Iterator[SmtpSink]:
         yield sink
     finally:
         sink.stop()
+
+
+def read_http_request(conn: socket.socket) -> bytes:
+    """Read one HTTP/1.1 request with a Content-Length body from ``conn``; return the body.
+
+    For tests whose server must misbehave at the socket level (reset, hang up), which no
+    framework server will do on request.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += conn.recv(65536)
+    return body

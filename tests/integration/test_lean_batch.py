@@ -17,6 +17,7 @@ from core.lean_batch import MERGE, LeanBatchClient
 from core.request_count import RequestCounter
 from core.settings import Settings
 from core.storage import DELIVERIES, JOB_QUEUE, Storage
+from tests.sim_fixtures import read_http_request
 
 WHEN = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
@@ -163,14 +164,7 @@ class _DropsFirstConnection:
             except OSError:
                 return
             with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
-                while len(body) < length:
-                    body += conn.recv(65536)
+                read_http_request(conn)
                 self.requests += 1
                 if self.requests == 1:  # reset: RST instead of an answer
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -22,7 +22,7 @@ from devhost.sendgrid_sim import MSG_AUTH, SendGridSimulator
 from providers.base import EmailProvider, OutboundEmail
 from providers.factory import build_provider
 from providers.sendgrid import SendGridProvider, _from_http_error, build_payload
-from tests.sim_fixtures import refused_port, running_sendgrid_simulator, wait_for
+from tests.sim_fixtures import read_http_request, refused_port, running_sendgrid_simulator, wait_for
 
 API_KEY = "SG.test-key"
 IDS = {"tenant_id": "t1", "job_id": "j1", "task_id": "k1", "contact_id": "c1"}
@@ -281,14 +281,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_ambigu
         while len(served) < 3:
             conn, _ = listener.accept()
             with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
-                while len(body) < length:
-                    body += conn.recv(65536)
+                read_http_request(conn)
                 served.append(len(served))
                 conn.sendall(b"HTTP/1.1 202 Accepted\r\nX-Message-Id: m%d\r\nContent-Length: 0\r\n\r\n"
                              % len(served))
