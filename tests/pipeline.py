@@ -26,6 +26,7 @@ from core.storage import CAMPAIGNS, CONTACTS, JOB_QUEUE, JOBS, SCHEDULE, TASK_QU
 from core.suppressions import SuppressionCache
 from job_manager import expand_roster
 from providers.base import EmailProvider
+from providers.sendgrid import SendGridProvider
 from status_manager import close_finished_jobs
 from task_manager import Dispatcher, JobCache, send_task
 
@@ -151,6 +152,14 @@ class InProcessHost:
             if time.monotonic() > deadline:
                 raise AssertionError(f"pipeline did not finish within {timeout}s")
             self.run_round()
+
+
+def sendgrid_host(
+    storage: Storage, settings: Settings, url: str, task_size: int, task_window: int
+) -> InProcessHost:
+    """An in-process host sending through the SendGrid simulator at ``url``, with small tasks."""
+    sized = settings.model_copy(update={"task_size": task_size, "task_window": task_window})
+    return InProcessHost(storage, sized, SendGridProvider("SG.test", url))
 
 
 def job_of(storage: Storage, campaign: Campaign) -> Job | None:

@@ -17,7 +17,6 @@ from core.messages import TaskTicket
 from core.models import unpack_recipients
 from core.storage import ALL_TABLES, DELIVERY_EVENTS, JOBS, TASK_QUEUE, TASKS, Storage
 from core.unsubscribe import UnsubscribeClaim, unsubscribe_url
-from providers.sendgrid import SendGridProvider
 from status_manager.delivery_logs import log_blob_name, summary_blob_name
 from status_manager.retention import purge_expired_delivery_logs
 from tests.integration.conftest import bearer
@@ -29,7 +28,7 @@ from tests.integration.delivery_helpers import (
     people,
     run_campaign,
 )
-from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
+from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign, sendgrid_host
 from tests.sim_fixtures import running_sendgrid_simulator
 
 MIXED = ("ok1", "ok2", "bounce-a", "complain-b", "slow-c")
@@ -46,8 +45,7 @@ def simulator() -> Iterator[tuple[object, str, list[dict]]]:
 @pytest.fixture
 def host(storage, settings, simulator) -> InProcessHost:
     _, url, _ = simulator
-    small = settings.model_copy(update={"task_size": 2, "task_window": 1})
-    return InProcessHost(storage, small, SendGridProvider("SG.test", url))
+    return sendgrid_host(storage, settings, url, task_size=2, task_window=1)
 
 
 @pytest.fixture

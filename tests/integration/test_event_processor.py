@@ -14,7 +14,6 @@ from core.events import EventBatch
 from core.ids import email_hash
 from core.models import Job
 from core.storage import CAMPAIGNS, DELIVERIES, EVENTS_QUEUE, JOBS, SUPPRESSIONS, TASKS
-from providers.sendgrid import SendGridProvider
 from status_manager.events import orphan_count, process_event_batch
 from tests.integration.delivery_helpers import (
     EVENT_TIME,
@@ -26,7 +25,7 @@ from tests.integration.delivery_helpers import (
     run_campaign,
     statuses_by_email,
 )
-from tests.pipeline import InProcessHost, add_contacts, make_tenant, schedule_campaign
+from tests.pipeline import InProcessHost, add_contacts, make_tenant, schedule_campaign, sendgrid_host
 from tests.sim_fixtures import running_sendgrid_simulator
 
 MIXED = ("ok1", "ok2", "ok3", "bounce-a", "complain-b", "slow-c", "blocked-d", "ok4")
@@ -43,8 +42,7 @@ def simulator() -> Iterator[tuple[object, str, list[dict]]]:
 @pytest.fixture
 def host(storage, settings, simulator) -> InProcessHost:
     _, url, _ = simulator
-    small = settings.model_copy(update={"task_size": 3, "task_window": 4})
-    return InProcessHost(storage, small, SendGridProvider("SG.test", url))
+    return sendgrid_host(storage, settings, url, task_size=3, task_window=4)
 
 
 def job_counts(storage, job: Job) -> dict[str, int]:

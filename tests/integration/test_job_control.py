@@ -12,11 +12,10 @@ from core.messages import TaskTicket
 from core.models import Job
 from core.status import JobStatus
 from core.storage import ACTIVE_JOBS, JOBS, SCHEDULE, TASK_QUEUE, Storage
-from providers.sendgrid import SendGridProvider
 from status_manager import close_finished_jobs
 from status_manager.control import cancel_job, pause_job, resume_job
 from task_manager import TaskOutcome
-from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
+from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign, sendgrid_host
 from tests.sim_fixtures import running_sendgrid_simulator
 
 
@@ -29,8 +28,7 @@ def simulator() -> Iterator[tuple[object, str]]:
 @pytest.fixture
 def host(storage: Storage, settings, simulator) -> InProcessHost:
     _, url = simulator
-    small = settings.model_copy(update={"task_size": 10, "task_window": 2})
-    return InProcessHost(storage, small, SendGridProvider("SG.test", url))
+    return sendgrid_host(storage, settings, url, task_size=10, task_window=2)
 
 
 def people(n: int) -> list[dict]:

@@ -13,8 +13,7 @@ from core.models import Task
 from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import DELIVERIES, TASK_QUEUE, TASKS, Storage
 from core.suppressions import add_suppression
-from providers.sendgrid import SendGridProvider
-from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
+from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign, sendgrid_host
 from tests.sim_fixtures import running_sendgrid_simulator
 
 
@@ -27,8 +26,7 @@ def simulator() -> Iterator[tuple[object, str]]:
 @pytest.fixture
 def host(storage: Storage, settings, simulator) -> InProcessHost:
     _, url = simulator
-    small = settings.model_copy(update={"task_size": 40, "task_window": 3})
-    return InProcessHost(storage, small, SendGridProvider("SG.test", url))
+    return sendgrid_host(storage, settings, url, task_size=40, task_window=3)
 
 
 def people(n: int, term_every: int = 2) -> list[dict]:
