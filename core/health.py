@@ -16,6 +16,10 @@ Exactly one probe: after the cool-down, a host that wants to send moves the row 
 one such write can win, and the winner sends exactly one message. Its outcome closes the
 breaker (window cleared) or re-opens it for another cool-down. A probe owner that dies is
 replaced once ``probe_until`` passes.
+
+An operator resets a provider by deleting its row. A host that finds the row gone after
+having read it drops the counts it has not merged yet: they belong to the window the
+operator threw away, and merging them into the new row could re-open the breaker at once.
 """
 
 from __future__ import annotations
@@ -104,14 +108,17 @@ class HealthBoard:
         view = self._view(provider)
         now = self.clock()
         if now - view.read_at >= self.config.sync_seconds:
-            self.sync(provider)
+            self.sync(provider, wait=True)
         if view.state == BreakerState.CLOSED:
             return Permit(provider)
         if view.state == BreakerState.OPEN and now < view.until:
             return None
         if view.state == BreakerState.HALF_OPEN and now < view.probe_until:
             return None
-        return Permit(provider, probe=True) if self._claim_probe(provider) else None
+        if self._claim_probe(provider):
+            return Permit(provider, probe=True)
+        # The claim re-read the row: closed by another host (or an operator) means send.
+        return Permit(provider) if view.state == BreakerState.CLOSED else None
 
     def state(self, provider: str) -> BreakerState:
         """The breaker's state as this host last saw it."""
@@ -137,17 +144,30 @@ class HealthBoard:
             self.sync(permit.provider)
 
     # -- the shared row -------------------------------------------------------------------
-    def sync(self, provider: str) -> None:
-        """Merge this host's counts into the row, open the breaker if due, refresh the view."""
+    def sync(self, provider: str, wait: bool = False) -> None:
+        """Merge this host's counts into the row, open the breaker if due, refresh the view.
+
+        While another thread is syncing the same provider, return at once (its sync carries
+        our counts too) or, with ``wait`` (a thread about to decide on a stale view), wait
+        for it and use what it read rather than a view that may be minutes old.
+        """
         view = self._view(provider)
         if not view.syncing.acquire(blocking=False):
-            return  # another thread is syncing this provider right now
+            if not wait:
+                return
+            view.syncing.acquire()
+            if self.clock() - view.read_at < self.config.sync_seconds:
+                view.syncing.release()
+                return  # the other thread's read is fresh: decide on it
         try:
             for _ in range(5):
                 with view.lock:
                     pending = {k: list(v) for k, v in view.unsynced.items()}
                 try:
-                    self._read(provider, view)
+                    if self._read(provider, view):
+                        with view.lock:
+                            view.unsynced.clear()
+                        pending = {}
                     if not pending:
                         return
                     self._merge_and_write(provider, view, pending)
@@ -197,7 +217,8 @@ class HealthBoard:
         now = self.clock()
         with view.lock:
             try:
-                self._read(provider, view)
+                if self._read(provider, view):
+                    view.unsynced.clear()  # the row was reset (we hold view.lock)
                 if view.state == BreakerState.CLOSED:
                     return False  # someone closed it meanwhile; the next permit is plain
                 if view.state == BreakerState.OPEN and now < view.until:
@@ -220,7 +241,9 @@ class HealthBoard:
         now = self.clock()
         for _ in range(5):
             try:
-                self._read(provider, view)
+                if self._read(provider, view):
+                    with view.lock:
+                        view.unsynced.clear()
                 if view.state != BreakerState.HALF_OPEN or view.probe_owner != self.owner:
                     return  # our probe timed out and another host owns the decision now
                 if ok:
@@ -242,20 +265,25 @@ class HealthBoard:
             log.info("provider probe decided provider=%s ok=%s", provider, ok)
             return
 
-    def _read(self, provider: str, view: _View) -> None:
+    def _read(self, provider: str, view: _View) -> bool:
+        """Refresh ``view`` from the row; True when the row was deleted since the last read."""
         try:
             entity = self.storage.table(PROVIDER_HEALTH).get(provider, ROW)
         except NotFound:
+            vanished = view.exists
             view.exists, view.etag, view.read_at = False, "", self.clock()
             view.state, view.until, view.window = BreakerState.CLOSED.value, 0.0, {}
             view.probe_owner, view.probe_until = "", 0.0
-            return
+            if vanished:
+                log.info("provider health row reset provider=%s; unsynced counts dropped", provider)
+            return vanished
         view.exists, view.etag, view.read_at = True, etag_of(entity), self.clock()
         view.state = entity.get("state", BreakerState.CLOSED.value)
         view.until = float(entity.get("until_epoch", 0.0) or 0.0)
         view.window = json.loads(entity.get("window") or "{}")
         view.probe_owner = entity.get("probe_owner", "")
         view.probe_until = float(entity.get("probe_until_epoch", 0.0) or 0.0)
+        return False
 
     def _write(self, view: _View, entity: Entity) -> None:
         table = self.storage.table(PROVIDER_HEALTH)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
 from core.health import BreakerConfig, BreakerState, HealthBoard
 from core.ratelimit import RateLimiter, parse_rates
-from core.storage import PROVIDER_HEALTH
+from core.storage import PROVIDER_HEALTH, Storage
 
 
 class FakeTime:
@@ -78,3 +82,93 @@ def test_no_rate_means_no_waiting(storage):
 def test_rates_setting_parses_per_provider():
     assert parse_rates("sendgrid=100, acs=20") == {"sendgrid": 100.0, "acs": 20.0}
     assert parse_rates("") == {}
+
+
+def test_an_operators_reset_drops_counts_a_host_had_not_merged_yet(storage):
+    clock = FakeTime()
+    config = BreakerConfig(min_requests=4, failure_ratio=0.5, sync_seconds=1)
+    board = HealthBoard(storage, config, "a", clock)
+    board.record(board.permit("sendgrid"), ok=True)
+    board.sync("sendgrid")  # the host has read (and written) the row
+    for _ in range(4):
+        board.record(board.permit("sendgrid"), ok=False)  # not merged yet: the clock has not moved
+    storage.table(PROVIDER_HEALTH).delete("sendgrid", "health")  # an operator resets the provider
+    clock.sleep(1)
+
+    assert board.permit("sendgrid") is not None
+    assert board.state("sendgrid") == BreakerState.CLOSED
+    assert list(storage.table(PROVIDER_HEALTH).partition("sendgrid")) == []
+
+
+def test_a_breaker_another_host_closed_gives_a_plain_permit_not_a_refusal(storage):
+    clock = FakeTime()
+    config = BreakerConfig(min_requests=1, cooldown_seconds=5, sync_seconds=100)
+    a, b = HealthBoard(storage, config, "a", clock), HealthBoard(storage, config, "b", clock)
+    a.record(a.permit("sendgrid"), ok=False)
+    a.sync("sendgrid")
+    b.sync("sendgrid")  # b reads the breaker open; its view stays fresh for 100 s
+    clock.sleep(5)
+    probe = a.permit("sendgrid")
+    a.record(probe, ok=True)  # a's probe closes the breaker
+
+    permit = b.permit("sendgrid")  # b's view: open, cool-down over; its claim finds the row closed
+
+    assert permit is not None and not permit.probe
+    assert b.state("sendgrid") == BreakerState.CLOSED
+
+
+class GatedFirstRead:
+    """``Storage`` whose first ``ProviderHealth`` read after ``arm()`` waits for the gate."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self._first = False
+
+    def arm(self) -> None:
+        self._first = True
+
+    def table(self, name: str):
+        table, outer = self.storage.table(name), self
+
+        class Gated:
+            def get(self, partition: str, row: str):
+                if outer._first:
+                    outer._first = False
+                    outer.entered.set()
+                    outer.gate.wait(30)
+                return table.get(partition, row)
+
+            def __getattr__(self, attr: str):
+                return getattr(table, attr)
+
+        return Gated()
+
+
+def test_a_thread_on_a_stale_view_waits_for_the_sync_under_way_instead_of_using_it(storage):
+    clock = FakeTime()
+    config = BreakerConfig(min_requests=1, cooldown_seconds=60, sync_seconds=1)
+    opener = HealthBoard(storage, config, "a", clock)
+    opener.record(opener.permit("sendgrid"), ok=False)
+    opener.sync("sendgrid")
+    gated = GatedFirstRead(storage)
+    board = HealthBoard(gated, config, "b", clock)  # type: ignore[arg-type]
+    board.sync("sendgrid")  # b has seen the breaker open
+    storage.table(PROVIDER_HEALTH).delete("sendgrid", "health")  # an operator resets it
+    clock.sleep(2)  # b's view is stale now
+    gated.arm()
+
+    with ThreadPoolExecutor(2) as pool:
+        syncing = pool.submit(board.sync, "sendgrid")  # one thread's sync, held inside its read
+        assert gated.entered.wait(30)
+        deciding = pool.submit(board.permit, "sendgrid")  # another thread must decide now
+        try:
+            early = deciding.result(timeout=0.5)
+        except FutureTimeout:
+            early = "waiting"
+        gated.gate.set()
+        syncing.result(timeout=30)
+        permit = deciding.result(timeout=30)
+
+    assert early == "waiting"
+    assert permit is not None and not permit.probe
