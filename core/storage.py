@@ -58,6 +58,7 @@ MESSAGE_INDEX = "MessageIndex"
 RATE_LIMITS = "RateLimits"
 IDEMPOTENCY_KEYS = "IdempotencyKeys"
 SUPPORT_AUDIT = "SupportAudit"
+RECOUNTS = "Recounts"
 ALL_TABLES = (
     TENANTS,
     API_KEYS,
@@ -76,6 +77,7 @@ ALL_TABLES = (
     RATE_LIMITS,
     IDEMPOTENCY_KEYS,
     SUPPORT_AUDIT,
+    RECOUNTS,
 )
 
 # Queues (kebab-case), each with a -poison twin.

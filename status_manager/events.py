@@ -8,7 +8,7 @@ For each event of an ``events-queue`` batch:
    (one existence query and one batch insert per delivery partition).
 3. ``merge_into_delivery``: the order-independent lattice join of ``core.events`` on the
    ``Deliveries`` row (ETag-guarded), keeping the Task Manager's original outcome for the
-   timeline, and moving the counters the Status Manager sums (``apply_moves``).
+   timeline, and marking its task for the Status Manager's recount (``apply_moves``).
 4. ``suppress_if_needed``: hard bounce, complaint and unsubscribe at once; soft bounces
    after ``SOFT_BOUNCE_SUPPRESS_AFTER``.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,11 +38,10 @@ from core.events import (
     suppression_reason,
 )
 from core.ids import email_hash
-from core.models import Job, count_column
+from core.models import Job
 from core.settings import Settings
 from core.status import FINAL_JOB_STATUSES, TaskStatus
 from core.storage import (
-    CAMPAIGNS,
     CONTACT_HISTORY,
     DELIVERIES,
     DELIVERY_EVENTS,
@@ -57,6 +55,7 @@ from core.storage import (
     etag_of,
 )
 from core.suppressions import add_suppression
+from status_manager.recounts import mark_for_recount
 
 log = logging.getLogger("mailroom.events")
 
@@ -97,19 +96,13 @@ class _Context:
 
 @dataclass
 class _Moves:
-    """Recipients that changed status in this batch, summed so each counter is written once."""
+    """What this batch changed: the tasks to recount, and closed jobs' contact history rows."""
 
-    by_task: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
-    by_job: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
-    jobs: dict[tuple[str, str], Job] = field(default_factory=dict)
+    tasks: set[tuple[str, str, str]] = field(default_factory=set)  # (tenant, job, task)
     history: list[Entity] = field(default_factory=list)
 
-    def add(self, job: Job, task_id: str, old: str, new: str) -> None:
-        for counter in (self.by_task.setdefault((job.id, task_id), Counter()),
-                        self.by_job.setdefault((job.tenant_id, job.id), Counter())):
-            counter[old] -= 1
-            counter[new] += 1
-        self.jobs[(job.tenant_id, job.id)] = job
+    def add(self, job: Job, task_id: str) -> None:
+        self.tasks.add((job.tenant_id, job.id, task_id))
 
 
 def process_event_batch(
@@ -144,7 +137,7 @@ def process_event_batch(
     for by_contact in groups.values():
         unresolved += apply_partition(ctx, by_contact, report, moves)
     settle_unresolved(storage, batch, unresolved, report, clock, retry_delay, max_attempts)
-    apply_moves(storage, moves)
+    apply_moves(storage, moves, clock)
     log.info(
         "events batch applied=%d duplicates=%d changes=%d suppressed=%d retried=%d orphans=%d ignored=%d",
         report.applied, report.duplicates, report.status_changes, report.suppressed, report.retried,
@@ -196,10 +189,12 @@ def apply_partition(
         report.duplicates += len(events) - stored_now
         # Merging duplicates again is harmless (a join) and finishes a crashed earlier try.
         change = merge_into_delivery(ctx, events, rows[contact_id])
+        if change is not None or stored_now < len(events):
+            # A replayed event may finish a try that crashed after changing the row.
+            moves.add(job, first.task_id)
         if change is not None:
-            old, new, reason = change
+            _, new, reason = change
             report.status_changes += 1
-            moves.add(job, first.task_id, old, new)
             if job.status in _FINAL:
                 moves.history.append(history_update(job, contact_id, new, reason))
         seen: set[str] = set()
@@ -315,69 +310,15 @@ def merge_into_delivery(
     return None
 
 
-def apply_moves(storage: Storage, moves: _Moves) -> None:
-    """Move recipients between counters so sums stay right after tasks and jobs finished.
+def apply_moves(storage: Storage, moves: _Moves, clock: Clock = utcnow) -> None:
+    """Mark the tasks whose rows changed for the Status Manager's recount; follow closed jobs' history.
 
-    A task still running is left alone: its ``finish_task`` recounts from the delivery rows,
-    and touching it would change its ETag under the Task Manager (which would then think it
-    lost the lease). A closed job is no longer summed by the Status Manager, so its own
-    ``count_*`` columns (and its campaign's counts) are moved too.
+    No counter is moved here: counts are snapshots of the rows, taken by the task's own final
+    recount and then by ``status_manager/recounts.py`` (why: that module's docstring).
     """
-    for (job_id, task_id), delta in moves.by_task.items():
-        move_task_counts(storage, job_id, task_id, delta)
-    for key, delta in moves.by_job.items():
-        job = moves.jobs[key]
-        if move_job_counts(storage, job, delta):
-            move_campaign_counts(storage, job, delta)
+    mark_for_recount(storage, moves.tasks, clock)
     if moves.history:
         storage.table(CONTACT_HISTORY).batch_upsert(moves.history)
-
-
-def move_task_counts(storage: Storage, job_id: str, task_id: str, delta: Counter[str]) -> None:
-    tasks = storage.table(TASKS)
-    for _ in range(_WRITE_RETRIES):
-        task = tasks.find(job_id, task_id)
-        if task is None or not TaskStatus(task.get("status", "pending")).is_terminal:
-            return
-        counts = _moved(json.loads(task.get("counts") or "{}"), delta)
-        try:
-            tasks.update({"PartitionKey": job_id, "RowKey": task_id,
-                          "counts": json.dumps(counts, separators=(",", ":"))}, etag=etag_of(task))
-            return
-        except Conflict:
-            continue
-
-
-def move_job_counts(storage: Storage, job: Job, delta: Counter[str]) -> bool:
-    """Only for a closed job (the Status Manager sums an open one); ``True`` if it moved them."""
-    jobs = storage.table(JOBS)
-    for _ in range(_WRITE_RETRIES):
-        entity = jobs.find(job.tenant_id, job.id)
-        if entity is None or entity.get("status") not in _FINAL:
-            return False
-        current = {status: int(entity.get(count_column(status), 0) or 0) for status in delta}
-        columns = {count_column(k): v for k, v in _moved(current, delta).items()}
-        try:
-            jobs.update({"PartitionKey": job.tenant_id, "RowKey": job.id, **columns}, etag=etag_of(entity))
-            return True
-        except Conflict:
-            continue
-    return False
-
-
-def move_campaign_counts(storage: Storage, job: Job, delta: Counter[str]) -> None:
-    campaigns = storage.table(CAMPAIGNS)
-    for _ in range(_WRITE_RETRIES):
-        entity = campaigns.find(job.tenant_id, job.campaign_id)
-        if entity is None or entity.get("current_job_id") != job.id or entity.get("status") not in _FINAL:
-            return
-        counts = _moved(json.loads(entity.get("counts") or "{}"), delta)
-        try:
-            campaigns.update({"PartitionKey": job.tenant_id, "RowKey": job.campaign_id,
-                              "counts": json.dumps(counts, separators=(",", ":"))}, etag=etag_of(entity))
-            return
-        except Conflict:
-            continue
 
 
 def history_update(job: Job, contact_id: str, status: str, reason: str) -> Entity:
@@ -449,13 +390,6 @@ def _task_is_terminal(storage: Storage, event: ProviderEvent) -> bool:
         return TaskStatus(task.get("status", "pending")).is_terminal
     except ValueError:
         return True
-
-
-def _moved(counts: dict[str, Any], delta: Counter[str]) -> dict[str, int]:
-    out = {k: int(v) for k, v in counts.items()}
-    for status, change in delta.items():
-        out[status] = max(0, out.get(status, 0) + change)
-    return out
 
 
 def parse_events_message(text: str) -> EventBatch | DeliveryLogRequest:

@@ -1,7 +1,8 @@
 """The one place that owns a job's final state.
 
 Each timer run walks the ``ActiveJobs`` index (never the whole Jobs table) and, per job:
-sums the per-task counters (not the deliveries) into the job's counts, re-enqueues
+sums the per-task counters (not the deliveries) into the job's counts (after recounting
+the tasks provider events changed: ``recounts.py``), re-enqueues
 what a crash left behind (an expansion whose lease expired, tasks whose lease expired,
 a window left short), and closes the job — then its campaign — once the roster is
 expanded and every task is terminal.
@@ -29,6 +30,7 @@ from core.status import CampaignStatus, DeliveryStatus, JobStatus, TaskStatus, a
 from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Entity, Storage
 from status_manager.control import close_cancelled_tasks
 from status_manager.delivery_logs import request_delivery_log
+from status_manager.recounts import recount_marked_tasks
 
 log = logging.getLogger("mailroom.status_manager")
 
@@ -40,6 +42,7 @@ class StatusReport:
     closed_jobs: list[Job] = field(default_factory=list)  # as closed, for metrics
     tasks_requeued: int = 0
     expansions_requeued: int = 0
+    tasks_recounted: int = 0
 
 
 @dataclass
@@ -54,8 +57,9 @@ class _TaskSummary:
 
 
 def close_finished_jobs(storage: Storage, settings: Settings, clock: Clock = utcnow) -> StatusReport:
-    """One pass over every active job."""
+    """One pass: recount tasks that provider events changed, then every active job."""
     report = StatusReport()
+    report.tasks_recounted = recount_marked_tasks(storage, clock)
     for row in storage.table(ACTIVE_JOBS).partition(ACTIVE_PARTITION):
         report.jobs_seen += 1
         try:

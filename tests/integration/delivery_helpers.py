@@ -12,6 +12,7 @@ from core.models import Job, Tenant
 from core.settings import Settings
 from core.storage import DELIVERIES, EVENTS_QUEUE, Storage
 from devhost.sendgrid_events import events_for
+from status_manager import close_finished_jobs
 from status_manager.delivery_logs import write_delivery_log
 from status_manager.events import EventReport, parse_events_message, process_event_batch
 from tests.pipeline import InProcessHost, job_of, schedule_campaign
@@ -47,7 +48,8 @@ def events_of(records: list[dict[str, Any]], seed: int = 3) -> list[dict[str, An
 
 
 def apply_events(storage: Storage, settings: Settings, events: list[dict[str, Any]]) -> EventReport:
-    """What the webhook + events-queue do: split into messages, process each, then drain retries."""
+    """What the webhook + events-queue do (split into messages, process each, drain retries),
+    then the Status Manager's next pass, which recounts the tasks the events changed."""
     total = EventReport()
     messages, cut = split_into_messages(events)
     assert cut == 0
@@ -55,6 +57,7 @@ def apply_events(storage: Storage, settings: Settings, events: list[dict[str, An
         batch = EventBatch.model_validate_json(text)
         _add(total, process_event_batch(storage, batch, settings, retry_delay=0))
     _add(total, drain_events_queue(storage, settings))
+    close_finished_jobs(storage, settings)
     return total
 
 

@@ -13,7 +13,7 @@ from core.clock import iso
 from core.events import EventBatch
 from core.ids import email_hash
 from core.models import Job
-from core.storage import CAMPAIGNS, DELIVERIES, EVENTS_QUEUE, JOBS, SUPPRESSIONS, TASKS
+from core.storage import CAMPAIGNS, DELIVERIES, EVENTS_QUEUE, JOBS, RECOUNTS, SUPPRESSIONS, TASKS
 from status_manager.events import orphan_count, process_event_batch
 from tests.integration.delivery_helpers import (
     EVENT_TIME,
@@ -213,3 +213,32 @@ def test_soft_bounces_suppress_after_the_configured_number(storage, host, simula
 
     suppression = storage.table(SUPPRESSIONS).get(tenant.id, key)
     assert suppression["active"] is True and suppression["soft_bounces"] == 2
+
+
+def test_an_event_between_a_tasks_final_recount_and_its_close_is_still_counted(storage, host, settings):
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, people("ok1", "ok2", "ok3"))
+    job = run_campaign(storage, host, tenant)  # one task of three, every row ``sent``
+    row = delivery_rows(storage, job.id)[0]
+    task_id = row["PartitionKey"][len(job.id) + 1:]
+    finished = storage.table(TASKS).get(job.id, task_id)
+
+    def event(kind: str, key: str) -> dict:
+        return {"event": kind, "timestamp": EVENT_TIME, "sg_event_id": key, "email": row["email"],
+                "tenant_id": tenant.id, "job_id": job.id, "task_id": task_id, "contact_id": row["RowKey"]}
+
+    # The task is still sending (its final recount taken: three ``sent``) when a deferral lands…
+    storage.table(TASKS).update({"PartitionKey": job.id, "RowKey": task_id, "status": "sending"})
+    apply_events(storage, settings, [event("deferred", "d1")])
+    assert len(list(storage.table(RECOUNTS).partition("due"))) == 1  # waits for the task to finish
+    # …then it closes with the counts of that recount, and the delivery follows.
+    storage.table(TASKS).update({"PartitionKey": job.id, "RowKey": task_id, "status": "done",
+                                 "counts": finished["counts"]})
+    apply_events(storage, settings, [event("delivered", "d2")])
+
+    counts = job_counts(storage, job)
+    assert sum(counts.values()) == job.roster_size == 3
+    assert (counts["sent"], counts["deferred"], counts["delivered"]) == (2, 0, 1)
+    assert json.loads(storage.table(TASKS).get(job.id, task_id)["counts"]) == {"sent": 2, "delivered": 1}
+    assert list(storage.table(RECOUNTS).partition("due")) == []
+
