@@ -24,6 +24,15 @@ class FakeTime:
         self.now += seconds
 
 
+def opened_by(storage, config: BreakerConfig, clock: FakeTime, provider: str, owner: str = "a"
+              ) -> HealthBoard:
+    """A host whose one failed send has opened ``provider``'s breaker (``min_requests=1``)."""
+    board = HealthBoard(storage, config, owner, clock)
+    board.record(board.permit(provider), ok=False)
+    board.sync(provider)
+    return board
+
+
 def test_failures_counted_on_two_hosts_open_the_breaker_for_both(storage):
     clock = FakeTime()
     config = BreakerConfig(min_requests=6, failure_ratio=0.5, sync_seconds=1)
@@ -43,9 +52,7 @@ def test_failures_counted_on_two_hosts_open_the_breaker_for_both(storage):
 def test_a_failed_probe_reopens_the_breaker_and_a_good_one_closes_it(storage):
     clock = FakeTime()
     config = BreakerConfig(min_requests=1, cooldown_seconds=5, sync_seconds=0.5)
-    board = HealthBoard(storage, config, "a", clock)
-    board.record(board.permit("acs"), ok=False)
-    board.sync("acs")
+    board = opened_by(storage, config, clock, "acs")
     clock.sleep(5)
 
     probe = board.permit("acs")
@@ -103,9 +110,7 @@ def test_an_operators_reset_drops_counts_a_host_had_not_merged_yet(storage):
 def test_a_breaker_another_host_closed_gives_a_plain_permit_not_a_refusal(storage):
     clock = FakeTime()
     config = BreakerConfig(min_requests=1, cooldown_seconds=5, sync_seconds=100)
-    a, b = HealthBoard(storage, config, "a", clock), HealthBoard(storage, config, "b", clock)
-    a.record(a.permit("sendgrid"), ok=False)
-    a.sync("sendgrid")
+    a, b = opened_by(storage, config, clock, "sendgrid"), HealthBoard(storage, config, "b", clock)
     b.sync("sendgrid")  # b reads the breaker open; its view stays fresh for 100 s
     clock.sleep(5)
     probe = a.permit("sendgrid")
@@ -148,9 +153,7 @@ class GatedFirstRead:
 def test_a_thread_on_a_stale_view_waits_for_the_sync_under_way_instead_of_using_it(storage):
     clock = FakeTime()
     config = BreakerConfig(min_requests=1, cooldown_seconds=60, sync_seconds=1)
-    opener = HealthBoard(storage, config, "a", clock)
-    opener.record(opener.permit("sendgrid"), ok=False)
-    opener.sync("sendgrid")
+    opened_by(storage, config, clock, "sendgrid")
     gated = GatedFirstRead(storage)
     board = HealthBoard(gated, config, "b", clock)  # type: ignore[arg-type]
     board.sync("sendgrid")  # b has seen the breaker open
