@@ -27,12 +27,14 @@ from core.models import (
 )
 from core.settings import Settings
 from core.status import CampaignStatus, DeliveryStatus, JobStatus, TaskStatus, add_counts, zero_counts
-from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Entity, Storage
+from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Entity, Storage, etag_of
 from status_manager.control import close_cancelled_tasks
 from status_manager.delivery_logs import request_delivery_log
 from status_manager.recounts import recount_marked_tasks
 
 log = logging.getLogger("mailroom.status_manager")
+
+_CLOSED_CAMPAIGN = frozenset({CampaignStatus.COMPLETED, CampaignStatus.CANCELLED, CampaignStatus.FAILED})
 
 
 @dataclass
@@ -42,7 +44,7 @@ class StatusReport:
     closed_jobs: list[Job] = field(default_factory=list)  # as closed, for metrics
     tasks_requeued: int = 0
     expansions_requeued: int = 0
-    tasks_recounted: int = 0
+    jobs_recounted: int = 0  # jobs with a task recounted after provider events
 
 
 @dataclass
@@ -59,7 +61,10 @@ class _TaskSummary:
 def close_finished_jobs(storage: Storage, settings: Settings, clock: Clock = utcnow) -> StatusReport:
     """One pass: recount tasks that provider events changed, then every active job."""
     report = StatusReport()
-    report.tasks_recounted = recount_marked_tasks(storage, clock)
+    recounted = recount_marked_tasks(storage)
+    for tenant_id, job_id in sorted(recounted):
+        refresh_closed_job_counts(storage, tenant_id, job_id, clock)
+    report.jobs_recounted = len(recounted)
     for row in storage.table(ACTIVE_JOBS).partition(ACTIVE_PARTITION):
         report.jobs_seen += 1
         try:
@@ -112,6 +117,34 @@ def summarize_tasks(
         elif status == TaskStatus.PAUSED:
             summary.paused.append(index)
     return summary
+
+
+def refresh_closed_job_counts(storage: Storage, tenant_id: str, job_id: str, clock: Clock) -> None:
+    """A closed job's count columns, and its campaign's counts, as the sum of its tasks' now."""
+    entity = storage.table(JOBS).find(tenant_id, job_id)
+    if entity is None:
+        return
+    job = Job.from_entity(entity)
+    if not JobStatus(job.status).is_final or not job.completed_at:
+        return  # open: ``update_job`` sums it this pass
+    counts = summarize_tasks(storage, job, clock).counts
+    if counts != job.counts:
+        storage.table(JOBS).update(
+            {"PartitionKey": tenant_id, "RowKey": job_id, **{count_column(k): v for k, v in counts.items()}}
+        )
+    campaign = storage.table(CAMPAIGNS).find(tenant_id, job.campaign_id)
+    if campaign is None or campaign.get("current_job_id") != job_id:
+        return
+    if campaign.get("status") not in _CLOSED_CAMPAIGN or _json_counts(campaign) == counts:
+        return
+    try:
+        storage.table(CAMPAIGNS).update(
+            {"PartitionKey": tenant_id, "RowKey": job.campaign_id, "counts": _dumps(counts),
+             "updated_at": iso(clock())},
+            etag=etag_of(campaign),
+        )
+    except Conflict:
+        pass  # a person changed the campaign meanwhile; the next recount of this job writes it
 
 
 def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, report: StatusReport) -> None:

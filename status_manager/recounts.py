@@ -13,8 +13,9 @@ job's counts no longer added up to its roster). So counts are only ever snapshot
    is unchanged (``If-Match``). A mark rewritten meanwhile survives, so a change the
    recount may have missed is counted next pass. A running task's mark waits: the task's
    own final recount may have been taken before the change.
-3. For a closed job with a recounted task, the job's count columns and its campaign's
-   counts are re-summed from the task rows (an open job is summed every pass anyway).
+3. For a closed job with a recounted task, the Status Manager re-sums the job's count
+   columns and its campaign's counts from the task rows (``refresh_closed_job_counts``; an
+   open job is summed every pass anyway).
 
 So a job's counts add up to its roster at every moment, and match its rows within a pass.
 """
@@ -23,19 +24,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from collections.abc import Iterable
 
 from core.clock import Clock, iso, utcnow
 from core.errors import Conflict
-from core.models import count_column
-from core.status import FINAL_JOB_STATUSES, TaskStatus, add_counts, zero_counts
-from core.storage import CAMPAIGNS, DELIVERIES, JOBS, RECOUNTS, TASKS, Entity, Storage, etag_of
+from core.models import count_delivery_statuses
+from core.status import TaskStatus
+from core.storage import RECOUNTS, TASKS, Entity, Storage, etag_of
 
 log = logging.getLogger("mailroom.status_manager")
 
 DUE = "due"
-_FINAL = frozenset(s.value for s in FINAL_JOB_STATUSES)
 
 
 def mark_for_recount(storage: Storage, tasks: Iterable[tuple[str, str, str]], clock: Clock = utcnow) -> None:
@@ -50,10 +49,10 @@ def mark_for_recount(storage: Storage, tasks: Iterable[tuple[str, str, str]], cl
         storage.table(RECOUNTS).batch_upsert(marks, replace=True)
 
 
-def recount_marked_tasks(storage: Storage, clock: Clock = utcnow) -> int:
-    """One pass over the marks; returns how many tasks were recounted."""
+def recount_marked_tasks(storage: Storage) -> set[tuple[str, str]]:
+    """One pass over the marks; returns the (tenant, job) of every task recounted."""
     recounted = 0
-    closed_jobs: set[tuple[str, str]] = set()
+    jobs: set[tuple[str, str]] = set()
     for mark in list(storage.table(RECOUNTS).partition(DUE)):
         tenant_id, job_id, task_id = mark["tenant_id"], mark["job_id"], mark["task_id"]
         task = storage.table(TASKS).find(job_id, task_id)
@@ -63,24 +62,19 @@ def recount_marked_tasks(storage: Storage, clock: Clock = utcnow) -> int:
             if not recount_task(storage, task):
                 continue  # the task changed under us: next pass
             recounted += 1
-            closed_jobs.add((tenant_id, job_id))
+            jobs.add((tenant_id, job_id))
         try:
             storage.table(RECOUNTS).delete(DUE, mark["RowKey"], etag=etag_of(mark))
         except Conflict:
             pass  # marked again since we read it: recount next pass
-    for tenant_id, job_id in sorted(closed_jobs):
-        resum_closed_job(storage, tenant_id, job_id, clock)
     if recounted:
-        log.info("tasks recounted after provider events tasks=%d jobs=%d", recounted, len(closed_jobs))
-    return recounted
+        log.info("tasks recounted after provider events tasks=%d jobs=%d", recounted, len(jobs))
+    return jobs
 
 
 def recount_task(storage: Storage, task: Entity) -> bool:
     """Write the task's counts as its delivery rows say; False when the task changed meanwhile."""
-    partition = f"{task['PartitionKey']}-{task['RowKey']}"
-    counts = dict(Counter(
-        row["status"] for row in storage.table(DELIVERIES).partition(partition, select=["status"])
-    ))
+    counts = count_delivery_statuses(storage, f"{task['PartitionKey']}-{task['RowKey']}")
     if counts == json.loads(task.get("counts") or "{}"):
         return True
     try:
@@ -92,30 +86,3 @@ def recount_task(storage: Storage, task: Entity) -> bool:
     except Conflict:
         return False
     return True
-
-
-def resum_closed_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock = utcnow) -> None:
-    """A closed job's count columns (and its campaign's counts) as the sum of its tasks' counts."""
-    job = storage.table(JOBS).find(tenant_id, job_id)
-    if job is None or job.get("status") not in _FINAL or not job.get("completed_at"):
-        return  # open: the regular pass sums it
-    counts = zero_counts()
-    for task in storage.table(TASKS).partition(job_id, select=["counts"]):
-        add_counts(counts, {k: int(v) for k, v in json.loads(task.get("counts") or "{}").items()})
-    columns = {count_column(k): v for k, v in counts.items()}
-    if any(int(job.get(column, 0) or 0) != value for column, value in columns.items()):
-        storage.table(JOBS).update({"PartitionKey": tenant_id, "RowKey": job_id, **columns})
-    campaign_id = job.get("campaign_id", "")
-    campaign = storage.table(CAMPAIGNS).find(tenant_id, campaign_id) if campaign_id else None
-    if campaign is None or campaign.get("current_job_id") != job_id or campaign.get("status") not in _FINAL:
-        return
-    if json.loads(campaign.get("counts") or "{}") == counts:
-        return
-    try:
-        storage.table(CAMPAIGNS).update(
-            {"PartitionKey": tenant_id, "RowKey": campaign_id,
-             "counts": json.dumps(counts, separators=(",", ":")), "updated_at": iso(clock())},
-            etag=etag_of(campaign),
-        )
-    except Conflict:
-        pass  # a person changed the campaign; the next recount of this job writes it again

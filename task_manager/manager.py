@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,7 +35,7 @@ from typing import Any
 from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.errors import Conflict, NotFound, RenderError
 from core.messages import TaskTicket
-from core.models import Job, Recipient, Task, delivery_entity, unpack_recipients
+from core.models import Job, Recipient, Task, count_delivery_statuses, delivery_entity, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, Storage
@@ -423,11 +422,7 @@ def finish_task(run: _Run, status: TaskStatus = TaskStatus.DONE) -> None:
     this recount (``status_manager/events.py``).
     """
     task = run.task
-    statuses = Counter(
-        row["status"]
-        for row in run.storage.table(DELIVERIES).partition(task.delivery_partition, select=["status"])
-    )
-    task.counts = dict(statuses)
+    task.counts = count_delivery_statuses(run.storage, task.delivery_partition)
     task.status, task.in_flight, task.leftover = status.value, [], []
     task.cursor = task.size
     task.lease_owner, task.lease_until = "", ""
