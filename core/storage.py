@@ -183,10 +183,10 @@ class Table:
         except AzureError as err:
             raise _translate(err) from err
 
-    def find(self, partition: str, row: str) -> Entity | None:
+    def find(self, partition: str, row: str, select: list[str] | None = None) -> Entity | None:
         """Read one entity, or ``None`` when it does not exist."""
         try:
-            return self.get(partition, row)
+            return self.get(partition, row, select=select)
         except NotFound:
             return None
 

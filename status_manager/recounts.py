@@ -55,11 +55,12 @@ def recount_marked_tasks(storage: Storage) -> set[tuple[str, str]]:
     jobs: set[tuple[str, str]] = set()
     for mark in list(storage.table(RECOUNTS).partition(DUE)):
         tenant_id, job_id, task_id = mark["tenant_id"], mark["job_id"], mark["task_id"]
-        task = storage.table(TASKS).find(job_id, task_id)
+        # Status and counts only: the task row also holds its compressed recipients.
+        task = storage.table(TASKS).find(job_id, task_id, select=["status", "counts"])
         if task is not None:
             if not TaskStatus(task.get("status", "pending")).is_terminal:
                 continue  # its final recount, or a later pass, counts it
-            if not recount_task(storage, task):
+            if not recount_task(storage, job_id, task_id, task):
                 continue  # the task changed under us: next pass
             recounted += 1
             jobs.add((tenant_id, job_id))
@@ -72,14 +73,14 @@ def recount_marked_tasks(storage: Storage) -> set[tuple[str, str]]:
     return jobs
 
 
-def recount_task(storage: Storage, task: Entity) -> bool:
+def recount_task(storage: Storage, job_id: str, task_id: str, task: Entity) -> bool:
     """Write the task's counts as its delivery rows say; False when the task changed meanwhile."""
-    counts = count_delivery_statuses(storage, f"{task['PartitionKey']}-{task['RowKey']}")
+    counts = count_delivery_statuses(storage, f"{job_id}-{task_id}")
     if counts == json.loads(task.get("counts") or "{}"):
         return True
     try:
         storage.table(TASKS).update(
-            {"PartitionKey": task["PartitionKey"], "RowKey": task["RowKey"],
+            {"PartitionKey": job_id, "RowKey": task_id,
              "counts": json.dumps(counts, separators=(",", ":"))},
             etag=etag_of(task),
         )
