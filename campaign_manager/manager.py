@@ -12,18 +12,13 @@ import logging
 from dataclasses import dataclass
 
 from core.clock import Clock, iso, parse_iso, utcnow
-from core.errors import AlreadyExists, Conflict, NotFound
+from core.errors import NotFound
 from core.ids import job_id_for
+from core.job_state import begin_campaign_run, open_job
 from core.messages import JobTicket
-from core.models import (
-    ACTIVE_PARTITION,
-    SCHEDULE_PARTITION,
-    Campaign,
-    Job,
-    active_job_key,
-)
+from core.models import SCHEDULE_PARTITION, Campaign, Job
 from core.status import CampaignStatus, JobStatus
-from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOB_QUEUE, JOBS, SCHEDULE, Entity, Storage
+from core.storage import CAMPAIGNS, JOB_QUEUE, SCHEDULE, Entity, Storage
 
 log = logging.getLogger("mailroom.campaign_manager")
 
@@ -79,7 +74,7 @@ def start_campaign_run(storage: Storage, row: Entity, clock: Clock) -> bool:
         return False
     if campaign.status == CampaignStatus.SCHEDULED:
         create_job(storage, campaign, job_id, clock)
-        if not mark_campaign_running(storage, campaign, job_id, clock):
+        if not begin_campaign_run(storage, campaign, job_id, clock):
             return False
     elif campaign.current_job_id != job_id:
         storage.table(SCHEDULE).delete(SCHEDULE_PARTITION, row["RowKey"])
@@ -94,9 +89,9 @@ def start_campaign_run(storage: Storage, row: Entity, clock: Clock) -> bool:
 
 
 def create_job(storage: Storage, campaign: Campaign, job_id: str, clock: Clock) -> None:
-    """Insert the job (a snapshot of template and criteria) and index it as active."""
+    """Open the run's job: a snapshot of template and criteria, indexed as active."""
     now = iso(clock())
-    job = Job(
+    open_job(storage, Job(
         id=job_id,
         tenant_id=campaign.tenant_id,
         campaign_id=campaign.id,
@@ -106,33 +101,4 @@ def create_job(storage: Storage, campaign: Campaign, job_id: str, clock: Clock) 
         status=JobStatus.QUEUED.value,
         created_at=now,
         progress_at=now,
-    )
-    try:
-        storage.table(JOBS).insert(job.to_entity())
-    except AlreadyExists:
-        pass  # another run of this same step got there first
-    storage.table(ACTIVE_JOBS).upsert(
-        {
-            "PartitionKey": ACTIVE_PARTITION,
-            "RowKey": active_job_key(campaign.tenant_id, job_id),
-            "tenant_id": campaign.tenant_id,
-            "job_id": job_id,
-            "since": now,
-        }
-    )
-
-
-def mark_campaign_running(storage: Storage, campaign: Campaign, job_id: str, clock: Clock) -> bool:
-    entity = {
-        "PartitionKey": campaign.tenant_id,
-        "RowKey": campaign.id,
-        "status": CampaignStatus.RUNNING.value,
-        "current_job_id": job_id,
-        "job_count": campaign.job_count + 1,
-        "updated_at": iso(clock()),
-    }
-    try:
-        storage.table(CAMPAIGNS).update(entity, etag=campaign.etag)
-    except Conflict:
-        return False  # changed under us (patched, or started by another host); next tick decides
-    return True
+    ))

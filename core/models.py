@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.counts import count_columns, counts_from_columns, counts_from_json
 from core.status import DeliveryStatus, JobStatus, TaskStatus, zero_counts
-from core.storage import DELIVERIES, Entity, Storage, etag_of
+from core.storage import Entity, etag_of
 
 TENANT_PARTITION = "tenant"
 KEY_PARTITION = "key"
@@ -150,17 +150,12 @@ class Campaign:
             schedule_key=e.get("schedule_key", ""),
             current_job_id=e.get("current_job_id", ""),
             job_count=e.get("job_count", 0) or 0,
-            counts=_loads(e.get("counts"), zero_counts()),
+            counts={**zero_counts(), **counts_from_json(e.get("counts"))},
             created_at=e.get("created_at", ""),
             updated_at=e.get("updated_at", ""),
             completed_at=e.get("completed_at", ""),
             etag=etag_of(e),
         )
-
-
-def count_column(status: str) -> str:
-    """Job counts are one column per status (``count_sent``…), readable in the portal."""
-    return f"count_{status}"
 
 
 @dataclass
@@ -215,14 +210,12 @@ class Job:
             "template": _json(self.template),
             "criteria": _json(self.criteria),
         }
-        entity.update({count_column(k): v for k, v in self.counts.items()})
+        entity.update(count_columns(self.counts))
         return entity
 
     @classmethod
     def from_entity(cls, e: Entity) -> Job:
-        counts = zero_counts()
-        for status in counts:
-            counts[status] = int(e.get(count_column(status), 0) or 0)
+        counts = counts_from_columns(e)
         return cls(
             id=e["RowKey"],
             tenant_id=e["PartitionKey"],
@@ -427,9 +420,3 @@ def schedule_key(send_at: str, tenant_id: str, campaign_id: str) -> str:
 def active_job_key(tenant_id: str, job_id: str) -> str:
     """RowKey of a job in the ActiveJobs index the Status Manager walks."""
     return f"{tenant_id}|{job_id}"
-
-
-def count_delivery_statuses(storage: Storage, delivery_partition: str) -> dict[str, int]:
-    """A task's counts as its delivery rows say them now (one partition scan, status only)."""
-    rows = storage.table(DELIVERIES).partition(delivery_partition, select=["status"])
-    return dict(Counter(row["status"] for row in rows))

@@ -8,11 +8,10 @@ from opentelemetry.trace import SpanKind
 from core import telemetry
 from core.errors import BadMessage
 from core.messages import JobTicket, parse_ticket
-from core.status import JobStatus
-from core.storage import JOB_QUEUE, JOBS
+from core.storage import JOB_QUEUE
 from core.telemetry import job_attributes
 from functions.runtime import is_last_attempt, reject_message, runtime
-from job_manager import expand_roster
+from job_manager import expand_roster, fail_expansion
 
 bp = func.Blueprint()
 log = logging.getLogger("mailroom.functions")
@@ -36,14 +35,6 @@ def job_manager_queue(msg: func.QueueMessage) -> None:
     except Exception as err:
         if is_last_attempt(rt, getattr(msg, "dequeue_count", None)):
             # The host moves the message to job-queue-poison next; the job must say why.
-            rt.storage.table(JOBS).update(
-                {
-                    "PartitionKey": ticket.tenant_id,
-                    "RowKey": ticket.job_id,
-                    "status": JobStatus.FAILED.value,
-                    "failure_reason": f"roster expansion failed repeatedly ({type(err).__name__}); "
-                    "the ticket is in job-queue-poison",
-                }
-            )
+            fail_expansion(rt.storage, ticket, type(err).__name__, rt.clock)
         log.error("job ticket failed job=%s error=%s", ticket.job_id, type(err).__name__)
         raise

@@ -23,13 +23,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
+from core.counts import balance_pending, count_columns
 from core.criteria import ContactView, Criteria, parse_criteria
 from core.errors import AlreadyExists, Conflict, NotFound
+from core.job_state import fail_job, load_job, write_job
 from core.messages import JobTicket, TaskTicket
 from core.models import TENANT_PARTITION, Job, Recipient, Task, pack_recipients, packed_size
 from core.settings import Settings
 from core.status import JobStatus, TaskStatus
-from core.storage import CONTACTS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, TENANTS, Storage
+from core.storage import CONTACTS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, TENANTS, Entity, Storage
 from core.telemetry import current_traceparent
 from job_manager.retry import stream_failed_roster
 
@@ -108,29 +110,27 @@ def expand_roster(
     return ExpansionOutcome.EXPANDED
 
 
+def fail_expansion(storage: Storage, ticket: JobTicket, error: str, clock: Clock = utcnow) -> None:
+    """The job ticket is going to ``job-queue-poison``: the job fails and says why."""
+    fail_job(storage, ticket.tenant_id, ticket.job_id,
+             f"roster expansion failed repeatedly ({error}); the ticket is in job-queue-poison", clock)
+
+
 def claim_expansion(storage: Storage, job: Job, settings: Settings, owner: str, clock: Clock) -> Job | None:
     """Take the job's expansion lease (ETag-guarded); ``None`` when someone else holds it."""
     now = clock()
     if job.lease_owner and job.lease_owner != owner and job.lease_until and parse_iso(job.lease_until) > now:
         return None
-    job.lease_owner, job.lease_until = owner, later(clock, settings.lease_seconds)
-    job.status = JobStatus.EXPANDING.value if job.status == JobStatus.QUEUED else job.status
-    job.started_at = job.started_at or iso(now)
+    changes = {
+        "lease_owner": owner,
+        "lease_until": later(clock, settings.lease_seconds),
+        "status": JobStatus.EXPANDING.value if job.status == JobStatus.QUEUED else job.status,
+        "started_at": job.started_at or iso(now),
+    }
     try:
-        job.etag = storage.table(JOBS).update(
-            {
-                "PartitionKey": job.tenant_id,
-                "RowKey": job.id,
-                "lease_owner": job.lease_owner,
-                "lease_until": job.lease_until,
-                "status": job.status,
-                "started_at": job.started_at,
-            },
-            etag=job.etag,
-        )
+        return write_job(storage, job, changes)
     except Conflict:
         return None
-    return job
 
 
 def refuse_oversized_roster(storage: Storage, job: Job, criteria: Criteria, clock: Clock) -> bool:
@@ -152,22 +152,10 @@ def refuse_oversized_roster(storage: Storage, job: Job, criteria: Criteria, cloc
             break
     else:
         return False
-    now = iso(clock())
-    storage.table(JOBS).update(
-        {
-            "PartitionKey": job.tenant_id,
-            "RowKey": job.id,
-            "status": JobStatus.FAILED.value,
-            "failure_reason": f"the roster has more than {limit} recipients, the tenant's max_roster; "
-            "nothing was sent",
-            "expanded": True,
-            "expanded_at": now,
-            "completed_at": now,
-            "lease_owner": "",
-            "lease_until": "",
-        },
-        etag=job.etag,
-    )
+    fail_job(storage, job.tenant_id, job.id,
+             f"the roster has more than {limit} recipients, the tenant's max_roster; nothing was sent",
+             clock, expanded=True, expanded_at=iso(clock()), completed_at=iso(clock()), lease_owner="",
+             lease_until="")
     log.warning("roster over max_roster job=%s max_roster=%d", job.id, limit)
     return True
 
@@ -235,10 +223,15 @@ def write_task(
     job.roster_size += size
     job.roster_cursor = cursor
     job.lease_until = later(clock, settings.lease_seconds)
-    progress = {
-        "tasks_total": job.tasks_total, "roster_size": job.roster_size, "roster_cursor": job.roster_cursor,
-        "lease_until": job.lease_until, "status": JobStatus.EXPANDING.value,
-    }
+    roster_size = job.roster_size
+
+    def progress(current: Job) -> Entity:
+        # The task's recipients join the roster as ``pending``, so the counts add up at once.
+        return {
+            "tasks_total": job.tasks_total, "roster_size": roster_size, "roster_cursor": job.roster_cursor,
+            "lease_until": job.lease_until, **count_columns(balance_pending(current.counts, roster_size)),
+        }
+
     if not update_under_lease(storage, job, progress, owner):
         return None
     if cursor != buffer.cursor:
@@ -268,25 +261,35 @@ def finish_expansion(storage: Storage, job: Job, owner: str, clock: Clock) -> No
         log.warning("expansion finished after losing its lease job=%s", job.id)
 
 
-def update_under_lease(storage: Storage, job: Job, fields: dict, owner: str, attempts: int = 5) -> bool:
+def update_under_lease(
+    storage: Storage, job: Job, fields: Entity | Callable[[Job], Entity], owner: str, attempts: int = 5
+) -> bool:
     """An ETag-guarded job update that survives writers of *other* columns.
 
     The Status Manager rewrites a job's counts while its roster expands, which changes the
     ETag but not the lease. On a conflict we re-read: while the lease is still ours and the
-    job still expanding (not paused or cancelled meanwhile) we retry with the new ETag;
-    otherwise another host resumed the expansion, or a person stopped it, and we stop.
+    job still expanding (not paused or cancelled meanwhile) we retry with the new ETag (and
+    ``fields``, when a function, decided again on the row as it is now); otherwise another
+    host resumed the expansion, or a person stopped it, and we stop.
     """
-    entity = {"PartitionKey": job.tenant_id, "RowKey": job.id, **fields}
+    current = job
     for _ in range(attempts):
+        changes = fields(current) if callable(fields) else fields
         try:
-            job.etag = storage.table(JOBS).update(entity, etag=job.etag)
+            write_job(storage, current, changes)
+            if current is not job:
+                _copy(job, current)
             return True
         except Conflict:
-            current = Job.from_entity(storage.table(JOBS).get(job.tenant_id, job.id))
+            current = load_job(storage, job.tenant_id, job.id)
             if current.lease_owner != owner or current.status not in _EXPANDABLE:
                 return False
-            job.etag = current.etag
     return False
+
+
+def _copy(job: Job, current: Job) -> None:
+    """Keep the caller's in-memory job in step with the row it just wrote."""
+    job.etag, job.status, job.counts = current.etag, current.status, current.counts
 
 
 def save_cursor(storage: Storage, job: Job, cursor: str, clock: Clock) -> None:

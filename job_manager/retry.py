@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from core.clock import Clock, iso, parse_iso, utcnow
-from core.errors import AlreadyExists, StateConflict
+from core.errors import StateConflict
 from core.ids import job_id_for
+from core.job_state import open_job
 from core.messages import JobTicket
-from core.models import ACTIVE_PARTITION, Job, Recipient, active_job_key
+from core.models import Job, Recipient
 from core.status import DeliveryStatus, JobStatus
-from core.storage import ACTIVE_JOBS, CONTACTS, DELIVERIES, JOB_QUEUE, JOBS, Storage
+from core.storage import CONTACTS, DELIVERIES, JOB_QUEUE, JOBS, Storage
 
 log = logging.getLogger("mailroom.job_manager")
 _FAILED = DeliveryStatus.FAILED.value
@@ -52,16 +53,9 @@ def start_retry_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock 
         campaign_name=old.campaign_name, template=old.template, criteria=old.criteria,
         status=JobStatus.QUEUED.value, created_at=now, progress_at=now, retry_of=old.id,
     )
-    try:
-        storage.table(JOBS).insert(job.to_entity())
-    except AlreadyExists:
-        job = Job.from_entity(storage.table(JOBS).get(tenant_id, job.id))
-        if JobStatus(job.status).is_final:
-            return job
-    storage.table(ACTIVE_JOBS).upsert({
-        "PartitionKey": ACTIVE_PARTITION, "RowKey": active_job_key(tenant_id, job.id),
-        "tenant_id": tenant_id, "job_id": job.id, "since": job.created_at or now,
-    })
+    job = open_job(storage, job)
+    if JobStatus(job.status).is_final:
+        return job
     storage.queue(JOB_QUEUE).send(JobTicket(tenant_id=tenant_id, job_id=job.id).to_text())
     log.info("retry job queued job=%s retry_of=%s failed=%d", job.id, old.id, old.counts["failed"])
     return job

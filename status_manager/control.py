@@ -20,11 +20,11 @@ The campaign follows its current job: ``paused``, back to ``running``, ``cancell
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Callable
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
+from core.counts import count_delivery_rows
 from core.errors import Conflict, NotFound, StateConflict
+from core.job_state import campaign_follows_job, change_job, load_campaign, load_job, write_campaign
 from core.messages import JobTicket, TaskTicket
 from core.models import (
     SCHEDULE_PARTITION,
@@ -37,7 +37,7 @@ from core.models import (
 )
 from core.settings import Settings
 from core.status import CampaignStatus, DeliveryStatus, JobStatus, TaskStatus
-from core.storage import CAMPAIGNS, DELIVERIES, JOB_QUEUE, JOBS, SCHEDULE, TASK_QUEUE, TASKS, Entity, Storage
+from core.storage import DELIVERIES, JOB_QUEUE, SCHEDULE, TASK_QUEUE, TASKS, Entity, Storage
 from core.telemetry import current_traceparent
 
 log = logging.getLogger("mailroom.status_manager")
@@ -45,7 +45,6 @@ log = logging.getLogger("mailroom.status_manager")
 RUNNING_JOB_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.EXPANDING, JobStatus.SENDING})
 CANCEL_REASON = "the job was cancelled before this recipient was sent"
 CANCEL_OWNER = "status-manager-cancel"
-_WRITE_TRIES = 5
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -108,28 +107,6 @@ def status_after_pause(job: Job) -> JobStatus:
     if job.expanded:
         return JobStatus.SENDING
     return JobStatus.EXPANDING if job.started_at else JobStatus.QUEUED
-
-
-def load_job(storage: Storage, tenant_id: str, job_id: str) -> Job:
-    return Job.from_entity(storage.table(JOBS).get(tenant_id, job_id))
-
-
-def change_job(storage: Storage, tenant_id: str, job_id: str, decide: Callable[[Job], Entity]) -> Job:
-    """Read, decide, write under the ETag; re-read and decide again when the job moved."""
-    for _ in range(_WRITE_TRIES):
-        job = load_job(storage, tenant_id, job_id)
-        changes = decide(job)
-        try:
-            etag = storage.table(JOBS).update(
-                {"PartitionKey": tenant_id, "RowKey": job_id, **changes}, etag=job.etag
-            )
-        except Conflict:
-            continue
-        for name, value in changes.items():
-            setattr(job, name, value)
-        job.etag = etag
-        return job
-    raise StateConflict("the job kept changing while we tried to update it; try again")
 
 
 def requeue_unfinished_tasks(storage: Storage, job: Job, window: int, clock: Clock = utcnow) -> int:
@@ -221,9 +198,7 @@ def close_idle_task(storage: Storage, job_id: str, row_key: str, clock: Clock = 
         for i in remaining
     ]
     storage.table(DELIVERIES).batch_upsert(rows)
-    log_rows = storage.table(DELIVERIES).partition(task.delivery_partition, select=["status"])
-    recorded = Counter(row["status"] for row in log_rows)
-    task.counts = dict(recorded)
+    task.counts = count_delivery_rows(storage, task.delivery_partition)
     task.status, task.cursor, task.leftover, task.in_flight = TaskStatus.CANCELLED.value, task.size, [], []
     task.lease_owner, task.lease_until = "", ""
     task.updated_at = task.completed_at = at
@@ -236,44 +211,6 @@ def close_idle_task(storage: Storage, job_id: str, row_key: str, clock: Clock = 
 
 
 # -- campaigns -------------------------------------------------------------------------------------
-
-_CAMPAIGN_FOR_JOB = {
-    JobStatus.PAUSED: CampaignStatus.PAUSED,
-    JobStatus.QUEUED: CampaignStatus.RUNNING,
-    JobStatus.EXPANDING: CampaignStatus.RUNNING,
-    JobStatus.SENDING: CampaignStatus.RUNNING,
-    JobStatus.CANCELLED: CampaignStatus.CANCELLED,
-}
-
-
-def campaign_follows_job(storage: Storage, job: Job, clock: Clock = utcnow) -> None:
-    """Give the job's campaign the matching status, if this job is its current run."""
-    target = _CAMPAIGN_FOR_JOB.get(JobStatus(job.status))
-    if target is None:
-        return
-    for _ in range(_WRITE_TRIES):
-        entity = storage.table(CAMPAIGNS).find(job.tenant_id, job.campaign_id)
-        if entity is None:
-            return
-        campaign = Campaign.from_entity(entity)
-        if campaign.current_job_id != job.id or campaign.status not in (
-            CampaignStatus.RUNNING, CampaignStatus.PAUSED,
-        ):
-            return
-        try:
-            storage.table(CAMPAIGNS).update(
-                {"PartitionKey": job.tenant_id, "RowKey": campaign.id, "status": target.value,
-                 "updated_at": iso(clock())},
-                etag=campaign.etag,
-            )
-            return
-        except Conflict:
-            continue
-
-
-def load_campaign(storage: Storage, tenant_id: str, campaign_id: str) -> Campaign:
-    return Campaign.from_entity(storage.table(CAMPAIGNS).get(tenant_id, campaign_id))
-
 
 def current_job(storage: Storage, campaign: Campaign) -> Job | None:
     if not campaign.current_job_id:
@@ -322,11 +259,8 @@ def cancel_scheduled_campaign(storage: Storage, campaign: Campaign, clock: Clock
     """Unschedule a campaign whose run has not started: campaign first, then its index row."""
     old_key = campaign.schedule_key
     try:
-        storage.table(CAMPAIGNS).update(
-            {"PartitionKey": campaign.tenant_id, "RowKey": campaign.id,
-             "status": CampaignStatus.CANCELLED.value, "schedule_key": "", "updated_at": iso(clock())},
-            etag=campaign.etag,
-        )
+        write_campaign(storage, campaign, {"status": CampaignStatus.CANCELLED.value, "schedule_key": "",
+                                           "updated_at": iso(clock())})
     except Conflict as err:
         raise StateConflict("the campaign changed (it may have just started); try again") from err
     if old_key:

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 
 from core.blobs import delivery_logs
 from core.clock import Clock, iso, utcnow
+from core.counts import count_columns
 from core.errors import Conflict, NotFound
 from core.events import DeliveryLogRequest, timeline, timeline_event_from_entity
-from core.models import Job, count_column
+from core.job_state import campaign_follows_job, load_job, write_job
+from core.models import Job
 from core.status import FINAL_JOB_STATUSES, zero_counts
 from core.storage import (
     CONTACT_HISTORY,
@@ -38,7 +40,6 @@ from core.storage import (
     MESSAGE_INDEX,
     Entity,
     Storage,
-    etag_of,
 )
 from status_manager.events import message_index_partition
 
@@ -160,21 +161,25 @@ def write_delivery_log(
 
 
 def correct_job_counts(storage: Storage, entity: Entity, report: DeliveryLogReport, clock: Clock) -> bool:
-    """Make a closed job's counts what its rows say (ETag-guarded: a concurrent event wins)."""
+    """Make a closed job's counts what its rows say, and its campaign's with them.
+
+    ETag-guarded through the state machine: a concurrent event's recount wins, and the link
+    to the log is written on its own then.
+    """
     job = Job.from_entity(entity)
-    if job.status not in {s.value for s in FINAL_JOB_STATUSES} or report.rows != job.roster_size:
-        changed = False
-    else:
-        changed = report.counts != job.counts
-    update: Entity = {"PartitionKey": job.tenant_id, "RowKey": job.id, "delivery_log": report.blob,
-                      "delivery_log_at": iso(clock())}
+    changed = (job.status in {s.value for s in FINAL_JOB_STATUSES} and report.rows == job.roster_size
+               and report.counts != job.counts)
+    update: Entity = {"delivery_log": report.blob, "delivery_log_at": iso(clock())}
     if changed:
-        update.update({count_column(k): v for k, v in report.counts.items()})
+        update.update(count_columns(report.counts))
     try:
-        storage.table(JOBS).update(update, etag=etag_of(entity))
+        write_job(storage, job, update)
     except Conflict:
-        storage.table(JOBS).update({k: v for k, v in update.items() if not k.startswith("count_")})
+        write_job(storage, load_job(storage, job.tenant_id, job.id),
+                  {k: v for k, v in update.items() if not k.startswith("count_")})
         return False
+    if changed:
+        campaign_follows_job(storage, job, clock)
     return changed
 
 

@@ -1,8 +1,8 @@
-"""The one place that owns a job's final state.
+"""The one place that decides a job is over (the state machine in ``core.job_state`` writes it).
 
 Each timer run walks the ``ActiveJobs`` index (never the whole Jobs table) and, per job:
-sums the per-task counters (not the deliveries) into the job's counts (after recounting
-the tasks provider events changed: ``recounts.py``), re-enqueues
+sums the per-task counters (not the deliveries) into the job's counts (``core.counts``;
+after recounting the tasks provider events changed: ``recounts.py``), re-enqueues
 what a crash left behind (an expansion whose lease expired, tasks whose lease expired,
 a window left short), and closes the job — then its campaign — once the roster is
 expanded and every task is terminal.
@@ -10,32 +10,24 @@ expanded and every task is terminal.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from core.clock import Clock, iso, parse_iso, utcnow
-from core.errors import Conflict, NotFound
+from core.counts import balance_pending, count_columns, sum_task_counts
+from core.errors import Conflict, NotFound, StateConflict
+from core.job_state import campaign_follows_job, change_job, write_job
 from core.messages import JobTicket, TaskTicket
-from core.models import (
-    ACTIVE_PARTITION,
-    TASK_SUMMARY_COLUMNS,
-    Campaign,
-    Job,
-    count_column,
-)
+from core.models import ACTIVE_PARTITION, TASK_SUMMARY_COLUMNS, Job
 from core.settings import Settings
-from core.status import CampaignStatus, DeliveryStatus, JobStatus, TaskStatus, add_counts, zero_counts
-from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Entity, Storage, etag_of
+from core.status import JobStatus, TaskStatus
+from core.storage import ACTIVE_JOBS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Entity, Storage
 from status_manager.control import close_cancelled_tasks
 from status_manager.delivery_logs import request_delivery_log
 from status_manager.recounts import recount_marked_tasks
 
 log = logging.getLogger("mailroom.status_manager")
-
-_CLOSED_CAMPAIGN = frozenset({CampaignStatus.COMPLETED, CampaignStatus.CANCELLED, CampaignStatus.FAILED})
-
 
 @dataclass
 class StatusReport:
@@ -76,7 +68,7 @@ def close_finished_jobs(storage: Storage, settings: Settings, clock: Clock = utc
             settle_cancelled_job(storage, job, clock, report)  # closes once every task is terminal
             continue
         if JobStatus(job.status).is_final:
-            close_campaign(storage, job, clock)
+            campaign_follows_job(storage, job, clock)
             request_delivery_log(storage, job)
             storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, row["RowKey"])
             continue
@@ -96,15 +88,13 @@ def summarize_tasks(
     storage: Storage, job: Job, clock: Clock, retry_grace: timedelta = timedelta(seconds=60)
 ) -> _TaskSummary:
     now = clock()
-    summary = _TaskSummary(counts=zero_counts(), terminal=0, stalled=[], pending=[])
-    for entity in storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS):
-        recorded = _json_counts(entity)
-        add_counts(summary.counts, recorded)
-        summary.counts[DeliveryStatus.PENDING] += max(0, int(entity.get("size", 0)) - sum(recorded.values()))
+    rows = list(storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS))
+    totals = sum_task_counts(rows)
+    summary = _TaskSummary(counts=totals.counts, terminal=0, stalled=[], pending=[], tasks=totals.tasks,
+                           roster=totals.roster)
+    for entity in rows:
         status = TaskStatus(entity.get("status", "pending"))
         index = int(entity["RowKey"])
-        summary.tasks += 1
-        summary.roster += int(entity.get("size", 0) or 0)
         if status.is_terminal:
             summary.terminal += 1
         elif status == TaskStatus.SENDING and _expired(entity.get("lease_until", ""), now):
@@ -121,60 +111,67 @@ def summarize_tasks(
 
 def refresh_closed_job_counts(storage: Storage, tenant_id: str, job_id: str, clock: Clock) -> None:
     """A closed job's count columns, and its campaign's counts, as the sum of its tasks' now."""
-    entity = storage.table(JOBS).find(tenant_id, job_id)
-    if entity is None:
-        return
-    job = Job.from_entity(entity)
-    if not JobStatus(job.status).is_final or not job.completed_at:
-        return  # open: ``update_job`` sums it this pass
-    counts = summarize_tasks(storage, job, clock).counts
-    if counts != job.counts:
-        storage.table(JOBS).update(
-            {"PartitionKey": tenant_id, "RowKey": job_id, **{count_column(k): v for k, v in counts.items()}}
-        )
-    campaign = storage.table(CAMPAIGNS).find(tenant_id, job.campaign_id)
-    if campaign is None or campaign.get("current_job_id") != job_id:
-        return
-    if campaign.get("status") not in _CLOSED_CAMPAIGN or _json_counts(campaign) == counts:
-        return
+
+    def decide(job: Job) -> Entity | None:
+        if not JobStatus(job.status).is_final or not job.completed_at:
+            return None  # open: ``update_job`` sums it this pass
+        counts = balance_pending(summarize_tasks(storage, job, clock).counts, job.roster_size)
+        return count_columns(counts) if counts != job.counts else None
+
     try:
-        storage.table(CAMPAIGNS).update(
-            {"PartitionKey": tenant_id, "RowKey": job.campaign_id, "counts": _dumps(counts),
-             "updated_at": iso(clock())},
-            etag=etag_of(campaign),
-        )
-    except Conflict:
-        pass  # a person changed the campaign meanwhile; the next recount of this job writes it
+        job = change_job(storage, tenant_id, job_id, decide)
+    except (NotFound, StateConflict):
+        return  # gone, or busy: the task stays counted in its rows and the next event recounts
+    if JobStatus(job.status).is_final and job.completed_at:
+        campaign_follows_job(storage, job, clock)
 
 
 def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, report: StatusReport) -> None:
+    """Sum the tasks into the job's counts, re-enqueue what a crash left, close the job when done.
+
+    Every write is ETag-guarded (``core.job_state``): counts are written only as a snapshot
+    of the task rows read *after* the job row, so they add up to the ``roster_size`` they
+    are written with; a job row that moved meanwhile (a task written by the expansion, a
+    pause, a cancel) is read again and decided again.
+    """
     now = clock()
     if not job.expanded and _expansion_stalled(job, settings, now):
         storage.queue(JOB_QUEUE).send(JobTicket(tenant_id=job.tenant_id, job_id=job.id).to_text())
         report.expansions_requeued += 1
-    summary = summarize_tasks(storage, job, clock, timedelta(seconds=settings.refill_after_seconds))
-    changed = summary.counts != job.counts or summary.terminal != job.tasks_done
+    grace = timedelta(seconds=settings.refill_after_seconds)
+    summary = summarize_tasks(storage, job, clock, grace)
+    refilled = False
     if job.status != JobStatus.PAUSED:
-        report.tasks_requeued += requeue_stalled(storage, job, summary, settings, now, changed)
-    entity: Entity = {"PartitionKey": job.tenant_id, "RowKey": job.id, "tasks_done": summary.terminal}
-    entity.update({count_column(k): v for k, v in summary.counts.items()})
-    if changed:
-        entity["progress_at"] = iso(now)
-    finished = job.expanded and summary.terminal >= job.tasks_total and job.status != JobStatus.PAUSED
-    if finished:
-        entity.update(status=JobStatus.COMPLETED.value, completed_at=iso(now))
-    if not changed and not finished:
-        return
+        progressed = summary.counts != job.counts or summary.terminal != job.tasks_done
+        requeued, refilled = requeue_stalled(storage, job, summary, settings, now, progressed)
+        report.tasks_requeued += requeued
+    first = [summary]
+
+    def decide(current: Job) -> Entity | None:
+        tasks = first.pop() if first else summarize_tasks(storage, current, clock, grace)
+        if JobStatus(current.status).is_final:
+            return None  # closed meanwhile (a cancel): the next pass settles it
+        counts = balance_pending(tasks.counts, current.roster_size)
+        changed = counts != current.counts or tasks.terminal != current.tasks_done
+        finished = (current.expanded and tasks.terminal >= current.tasks_total
+                    and current.status != JobStatus.PAUSED)
+        if not (changed or finished or refilled):
+            return None
+        changes: Entity = {"tasks_done": tasks.terminal, **count_columns(counts)}
+        if changed or refilled:
+            changes["progress_at"] = iso(now)  # a refill counts as progress: the next pass waits again
+        if finished:
+            changes.update(status=JobStatus.COMPLETED.value, completed_at=iso(now))
+        return changes
+
+    before = job.status
     try:
-        # The count columns are ours alone: merge them without an ETag, so an expansion writing
-        # the job row every task does not make every pass skip. Closing is ETag-guarded: a pause
-        # or cancel that landed meanwhile wins, and the next pass decides again.
-        storage.table(JOBS).update(entity, etag=job.etag if finished else None)
-    except Conflict:
+        job = change_job(storage, job.tenant_id, job.id, decide)
+    except (NotFound, StateConflict) as err:
+        log.info("job row busy; next pass job=%s reason=%s", job.id, type(err).__name__)
         return
-    if finished:
-        job.status, job.counts, job.completed_at = JobStatus.COMPLETED.value, summary.counts, iso(now)
-        close_campaign(storage, job, clock)
+    campaign_follows_job(storage, job, clock)
+    if job.status == JobStatus.COMPLETED and before != JobStatus.COMPLETED:
         request_delivery_log(storage, job)
         storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, f"{job.tenant_id}|{job.id}")
         report.jobs_closed.append(job.id)
@@ -183,11 +180,15 @@ def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, rep
 
 
 def requeue_stalled(
-    storage: Storage, job: Job, summary: _TaskSummary, settings: Settings, now, progressed: bool
-) -> int:
-    """Put back on the queue what a crash left: expired leases, and a window left short."""
+    storage: Storage, job: Job, summary: _TaskSummary, settings: Settings, now: datetime, progressed: bool
+) -> tuple[int, bool]:
+    """Put back on the queue what a crash left: expired leases, and a window left short.
+
+    Returns how many tickets went out and whether that was a refill of an idle job (which
+    the caller records as progress).
+    """
     indexes = list(summary.stalled)
-    idle = (
+    idle = bool(
         not progressed
         and job.progress_at
         and (now - parse_iso(job.progress_at) > timedelta(seconds=settings.refill_after_seconds))
@@ -199,10 +200,7 @@ def requeue_stalled(
         storage.queue(TASK_QUEUE).send(
             TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index).to_text()
         )
-    if idle and indexes:
-        # Count the refill as progress so the next pass waits again before refilling.
-        storage.table(JOBS).update({"PartitionKey": job.tenant_id, "RowKey": job.id, "progress_at": iso(now)})
-    return len(indexes)
+    return len(indexes), idle and bool(indexes)
 
 
 def settle_cancelled_job(storage: Storage, job: Job, clock: Clock, report: StatusReport) -> None:
@@ -217,57 +215,22 @@ def settle_cancelled_job(storage: Storage, job: Job, clock: Clock, report: Statu
     summary = summarize_tasks(storage, job, clock)
     expansion_over = job.expanded or not job.lease_owner or _expired(job.lease_until, now)
     finished = expansion_over and summary.terminal >= summary.tasks
-    entity: Entity = {"PartitionKey": job.tenant_id, "RowKey": job.id, "tasks_done": summary.terminal}
-    entity.update({count_column(k): v for k, v in summary.counts.items()})
+    roster = summary.roster if finished else max(job.roster_size, summary.roster)
+    changes: Entity = {"tasks_done": summary.terminal, "roster_size": roster,
+                       **count_columns(balance_pending(summary.counts, roster))}
     if finished:
-        entity.update(completed_at=iso(now), tasks_total=summary.tasks, roster_size=summary.roster,
-                      progress_at=iso(now))
+        changes.update(completed_at=iso(now), tasks_total=summary.tasks, progress_at=iso(now))
     try:
-        storage.table(JOBS).update(entity, etag=job.etag)
+        write_job(storage, job, changes)
     except Conflict:
         return
+    campaign_follows_job(storage, job, clock)
     if finished:
-        job.counts, job.completed_at = summary.counts, iso(now)
-        close_campaign(storage, job, clock)
         request_delivery_log(storage, job)
         storage.table(ACTIVE_JOBS).delete(ACTIVE_PARTITION, f"{job.tenant_id}|{job.id}")
         report.jobs_closed.append(job.id)
         report.closed_jobs.append(job)
         log.info("cancelled job closed job=%s roster=%d", job.id, summary.roster)
-
-
-def close_campaign(storage: Storage, job: Job, clock: Clock) -> None:
-    """A campaign ends with its job: same final status, the job's counts."""
-    try:
-        campaign = Campaign.from_entity(storage.table(CAMPAIGNS).get(job.tenant_id, job.campaign_id))
-    except NotFound:
-        return
-    open_statuses = (CampaignStatus.RUNNING, CampaignStatus.PAUSED)
-    if job.status == JobStatus.CANCELLED:  # a cancel already shows on the campaign; add counts
-        open_statuses += (CampaignStatus.CANCELLED,)
-    if campaign.current_job_id != job.id or campaign.status not in open_statuses:
-        return
-    final = {
-        JobStatus.COMPLETED: CampaignStatus.COMPLETED,
-        JobStatus.CANCELLED: CampaignStatus.CANCELLED,
-        JobStatus.FAILED: CampaignStatus.FAILED,
-    }.get(JobStatus(job.status))
-    if final is None:
-        return
-    try:
-        storage.table(CAMPAIGNS).update(
-            {
-                "PartitionKey": job.tenant_id,
-                "RowKey": campaign.id,
-                "status": final.value,
-                "counts": _dumps(job.counts),
-                "completed_at": job.completed_at or iso(clock()),
-                "updated_at": iso(clock()),
-            },
-            etag=campaign.etag,
-        )
-    except Conflict:
-        pass  # the next pass retries
 
 
 def _expansion_stalled(job: Job, settings: Settings, now) -> bool:
@@ -279,12 +242,3 @@ def _expansion_stalled(job: Job, settings: Settings, now) -> bool:
 
 def _expired(lease_until: str, now) -> bool:
     return bool(lease_until) and parse_iso(lease_until) <= now
-
-
-def _json_counts(entity: Entity) -> dict[str, int]:
-    raw = entity.get("counts") or "{}"
-    return {k: int(v) for k, v in json.loads(raw).items()}
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 
 from core.clock import Clock, iso, utcnow
 from core.errors import Conflict
-from core.models import count_delivery_statuses
+from core.counts import count_delivery_rows
 from core.status import TaskStatus
 from core.storage import RECOUNTS, TASKS, Entity, Storage, etag_of
 
@@ -75,7 +75,7 @@ def recount_marked_tasks(storage: Storage) -> set[tuple[str, str]]:
 
 def recount_task(storage: Storage, job_id: str, task_id: str, task: Entity) -> bool:
     """Write the task's counts as its delivery rows say; False when the task changed meanwhile."""
-    counts = count_delivery_statuses(storage, f"{job_id}-{task_id}")
+    counts = count_delivery_rows(storage, f"{job_id}-{task_id}")
     if counts == json.loads(task.get("counts") or "{}"):
         return True
     try:

@@ -33,9 +33,11 @@ from enum import StrEnum
 from typing import Any
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
+from core.counts import count_delivery_rows, tally
 from core.errors import Conflict, NotFound, RenderError
+from core.job_state import pause_job_for
 from core.messages import TaskTicket
-from core.models import Job, Recipient, Task, count_delivery_statuses, delivery_entity, unpack_recipients
+from core.models import Job, Recipient, Task, delivery_entity, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, Storage
@@ -215,8 +217,7 @@ def recover_in_flight(run: _Run) -> None:
     unknown_indexes = {index for index, _ in unknown}
     for index in task.in_flight:
         if index not in unknown_indexes:
-            status = recorded[run.recipients[index].contact_id]
-            task.counts[status] = task.counts.get(status, 0) + 1
+            tally(task.counts, recorded[run.recipients[index].contact_id])
     task.cursor = max([task.cursor] + [i + 1 for i in task.in_flight])
     task.leftover = [i for i in task.leftover if i not in set(task.in_flight)]
     task.in_flight = []
@@ -405,11 +406,9 @@ def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]]) -> None:
                 attempts=outcome.attempts,
             )
         )
-        run.task.counts[str(outcome.status)] = run.task.counts.get(str(outcome.status), 0) + 1
-        if index in run.was_retrying:
-            run.was_retrying.discard(index)
-            retrying = DeliveryStatus.RETRYING.value
-            run.task.counts[retrying] = max(0, run.task.counts.get(retrying, 0) - 1)
+        replaces = DeliveryStatus.RETRYING.value if index in run.was_retrying else None
+        run.was_retrying.discard(index)
+        tally(run.task.counts, str(outcome.status), replaces)
     if rows:
         run.storage.table(DELIVERIES).batch_upsert(rows)
 
@@ -422,7 +421,7 @@ def finish_task(run: _Run, status: TaskStatus = TaskStatus.DONE) -> None:
     this recount (``status_manager/events.py``).
     """
     task = run.task
-    task.counts = count_delivery_statuses(run.storage, task.delivery_partition)
+    task.counts = count_delivery_rows(run.storage, task.delivery_partition)
     task.status, task.in_flight, task.leftover = status.value, [], []
     task.cursor = task.size
     task.lease_owner, task.lease_until = "", ""
@@ -456,14 +455,9 @@ def pause_for_provider(
     task.last_error = f"provider refused: {reason}"
     task.updated_at = iso(run.clock())
     run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
-    run.storage.table(JOBS).update(
-        {
-            "PartitionKey": job.tenant_id,
-            "RowKey": job.id,
-            "status": JobStatus.PAUSED.value,
-            "failure_reason": f"paused: the email provider refused to send ({reason})",
-        }
-    )
+    # ETag-guarded through the state machine: a cancel that lands at the same moment wins.
+    pause_job_for(run.storage, job.tenant_id, job.id,
+                  f"paused: the email provider refused to send ({reason})", run.clock)
     log.error("job paused by provider job=%s task=%d", job.id, task.index)
     return TaskOutcome.PAUSED
 

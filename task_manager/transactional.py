@@ -24,10 +24,11 @@ from typing import Any
 from core.clock import Clock, iso, parse_iso, utcnow
 from core.errors import AlreadyExists, Conflict, NotFound
 from core.ids import contact_id_for, new_id, normalize_email
+from core.job_state import open_job
 from core.messages import TaskTicket
-from core.models import ACTIVE_PARTITION, Job, Recipient, Task, Tenant, active_job_key
+from core.models import Job, Recipient, Task, Tenant
 from core.status import JobStatus
-from core.storage import ACTIVE_JOBS, IDEMPOTENCY_KEYS, JOBS, TASK_QUEUE, TASKS, Storage, etag_of
+from core.storage import IDEMPOTENCY_KEYS, JOBS, TASK_QUEUE, TASKS, Storage, etag_of
 
 log = logging.getLogger("mailroom.transactional")
 
@@ -107,14 +108,7 @@ def create_email_job(
         roster_size=len(recipients), expanded=True, tasks_total=1,
         created_at=now, started_at=now, expanded_at=now, progress_at=now,
     )
-    try:
-        storage.table(JOBS).insert(job.to_entity())
-    except AlreadyExists:
-        pass
-    storage.table(ACTIVE_JOBS).upsert({
-        "PartitionKey": ACTIVE_PARTITION, "RowKey": active_job_key(tenant.id, email_id),
-        "tenant_id": tenant.id, "job_id": email_id, "since": now,
-    })
+    open_job(storage, job)
     task = Task(job_id=email_id, index=0, tenant_id=tenant.id, size=len(recipients), created_at=now,
                 updated_at=now)
     try:

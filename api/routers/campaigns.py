@@ -42,6 +42,7 @@ from api.schemas import (
 )
 from core.clock import utcnow
 from core.ids import new_id
+from core.job_state import open_campaign, write_campaign
 from core.models import Campaign
 from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, SCHEDULE
@@ -60,7 +61,7 @@ def create_campaign(body: CampaignCreate, tenant: TenantDep, storage: StorageDep
     campaign.created_at = campaign.updated_at
     if body.send_at is not None:
         set_send_at(campaign, body.send_at)
-    storage.table(CAMPAIGNS).insert(campaign.to_entity())
+    open_campaign(storage, campaign)
     if campaign.schedule_key:  # after the campaign: an index row never points at nothing
         storage.table(SCHEDULE).upsert(schedule_entity(campaign))
     return campaign_public(campaign, [])
@@ -95,6 +96,7 @@ def update_campaign(
 ) -> CampaignPublic:
     campaign = load_campaign(storage, tenant.id, campaign_id)
     ensure_editable(campaign)
+    was = campaign.status
     given = body.model_fields_set
     criteria = validate_content(body.template, body.criteria, check_criteria="criteria" in given)
     old_key = campaign.schedule_key
@@ -107,7 +109,7 @@ def update_campaign(
     if "send_at" in given:
         set_send_at(campaign, body.send_at)
     touch(campaign)
-    storage.table(CAMPAIGNS).update(campaign.to_entity(), etag=campaign.etag)
+    write_campaign(storage, campaign, was=was)
     sync_schedule(storage, campaign, old_key)
     return campaign_public(campaign, job_summaries(storage, tenant.id, [campaign.id])[campaign.id])
 
@@ -120,11 +122,12 @@ def schedule_campaign(
 ) -> CampaignPublic:
     campaign = load_campaign(storage, tenant.id, campaign_id)
     ensure_editable(campaign)
+    was = campaign.status
     send_at = body.send_at if body is not None and body.send_at is not None else utcnow()
     old_key = campaign.schedule_key
     set_send_at(campaign, as_utc(send_at))
     touch(campaign)
-    storage.table(CAMPAIGNS).update(campaign.to_entity(), etag=campaign.etag)
+    write_campaign(storage, campaign, was=was)
     sync_schedule(storage, campaign, old_key)
     return campaign_public(campaign, job_summaries(storage, tenant.id, [campaign.id])[campaign.id])
 
