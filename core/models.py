@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.counts import count_columns, counts_from_columns, counts_from_json
+from core.ids import task_id
 from core.status import DeliveryStatus, JobStatus, TaskStatus, zero_counts
 from core.storage import Entity, etag_of
 
@@ -313,7 +314,7 @@ class Task:
 
     @property
     def row_key(self) -> str:
-        return f"{self.index:06d}"
+        return task_id(self.index)
 
     @property
     def delivery_partition(self) -> str:

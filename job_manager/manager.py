@@ -27,12 +27,12 @@ from core.counts import balance_pending, count_columns
 from core.criteria import ContactView, Criteria, parse_criteria
 from core.errors import AlreadyExists, Conflict, NotFound
 from core.job_state import fail_job, load_job, write_job
-from core.messages import JobTicket, TaskTicket
+from core.messages import JobTicket
 from core.models import TENANT_PARTITION, Job, Recipient, Task, pack_recipients, packed_size
 from core.settings import Settings
-from core.status import JobStatus, TaskStatus
-from core.storage import CONTACTS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, TENANTS, Entity, Storage
-from core.telemetry import current_traceparent
+from core.status import JobStatus
+from core.storage import CONTACTS, JOB_QUEUE, JOBS, TASKS, TENANTS, Entity, Storage
+from core.task_window import enqueue_if_in_window
 from job_manager.retry import stream_failed_roster
 
 log = logging.getLogger("mailroom.job_manager")
@@ -236,21 +236,8 @@ def write_task(
         return None
     if cursor != buffer.cursor:
         return None  # resume from the stored task's cursor on the next ticket
-    enqueue_if_in_window(storage, job, index, settings.task_window)
+    enqueue_if_in_window(storage, job.tenant_id, job.id, index, settings.task_window)
     return job
-
-
-def enqueue_if_in_window(storage: Storage, job: Job, index: int, window: int) -> None:
-    """Enqueue task ``index`` now if the job's window has room for it."""
-    if index >= window:
-        behind = storage.table(TASKS).find(job.id, f"{index - window:06d}")
-        if behind is None or not TaskStatus(behind.get("status", "pending")).is_terminal:
-            return  # the Task Manager finishing task index-window enqueues it
-    storage.queue(TASK_QUEUE).send(
-        TaskTicket(
-            tenant_id=job.tenant_id, job_id=job.id, task_index=index, traceparent=current_traceparent()
-        ).to_text()
-    )
 
 
 def finish_expansion(storage: Storage, job: Job, owner: str, clock: Clock) -> None:

@@ -25,7 +25,7 @@ from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.counts import count_delivery_rows
 from core.errors import Conflict, NotFound, StateConflict
 from core.job_state import campaign_follows_job, change_job, load_campaign, load_job, write_campaign
-from core.messages import JobTicket, TaskTicket
+from core.messages import JobTicket
 from core.models import (
     SCHEDULE_PARTITION,
     TASK_SUMMARY_COLUMNS,
@@ -37,8 +37,8 @@ from core.models import (
 )
 from core.settings import Settings
 from core.status import CampaignStatus, DeliveryStatus, JobStatus, TaskStatus
-from core.storage import DELIVERIES, JOB_QUEUE, SCHEDULE, TASK_QUEUE, TASKS, Entity, Storage
-from core.telemetry import current_traceparent
+from core.storage import DELIVERIES, JOB_QUEUE, SCHEDULE, TASKS, Entity, Storage
+from core.task_window import enqueue_task, in_window
 
 log = logging.getLogger("mailroom.status_manager")
 
@@ -129,13 +129,9 @@ def requeue_unfinished_tasks(storage: Storage, job: Job, window: int, clock: Clo
         lease = rows[index].get("lease_until", "")
         if status == TaskStatus.SENDING and lease and parse_iso(lease) > now:
             continue
-        in_window = index < window or (index - window) in terminal
-        if status == TaskStatus.PENDING and not in_window:
+        if status == TaskStatus.PENDING and not in_window(index, window, (index - window) in terminal):
             continue
-        storage.queue(TASK_QUEUE).send(
-            TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index,
-                       traceparent=current_traceparent()).to_text()
-        )
+        enqueue_task(storage, job.tenant_id, job.id, index)
         count += 1
     return count
 
@@ -161,10 +157,7 @@ def close_cancelled_tasks(storage: Storage, job: Job, clock: Clock = utcnow, bud
         if status == TaskStatus.SENDING:
             lease = summary.get("lease_until", "")
             if not lease or parse_iso(lease) <= now:
-                storage.queue(TASK_QUEUE).send(
-                    TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=int(summary["RowKey"]))
-                    .to_text()
-                )
+                enqueue_task(storage, job.tenant_id, job.id, int(summary["RowKey"]))
             continue
         if closed >= budget:
             break

@@ -18,11 +18,12 @@ from core.clock import Clock, iso, parse_iso, utcnow
 from core.counts import balance_pending, count_columns, sum_task_counts
 from core.errors import Conflict, NotFound, StateConflict
 from core.job_state import campaign_follows_job, change_job, write_job
-from core.messages import JobTicket, TaskTicket
+from core.messages import JobTicket
 from core.models import ACTIVE_PARTITION, TASK_SUMMARY_COLUMNS, Job
 from core.settings import Settings
 from core.status import JobStatus, TaskStatus
-from core.storage import ACTIVE_JOBS, JOB_QUEUE, JOBS, TASK_QUEUE, TASKS, Entity, Storage
+from core.storage import ACTIVE_JOBS, JOB_QUEUE, JOBS, TASKS, Entity, Storage
+from core.task_window import enqueue_task
 from status_manager.control import close_cancelled_tasks
 from status_manager.delivery_logs import request_delivery_log
 from status_manager.recounts import recount_marked_tasks
@@ -197,9 +198,7 @@ def requeue_stalled(
         # A paused task of a running job was stopped while a resume re-enqueued the rest.
         indexes += (summary.paused + summary.pending)[: settings.task_window]
     for index in indexes:
-        storage.queue(TASK_QUEUE).send(
-            TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=index).to_text()
-        )
+        enqueue_task(storage, job.tenant_id, job.id, index)
     return len(indexes), idle and bool(indexes)
 
 

@@ -35,14 +35,15 @@ from typing import Any
 from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.counts import count_delivery_rows, tally
 from core.errors import Conflict, NotFound, RenderError
+from core.ids import task_id
 from core.job_state import pause_job_for
 from core.messages import TaskTicket
 from core.models import Job, Recipient, Task, delivery_entity, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
-from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, Storage
+from core.storage import DELIVERIES, JOBS, TASKS, Storage
 from core.suppressions import SuppressionCache
-from core.telemetry import current_traceparent
+from core.task_window import enqueue_next_in_window, enqueue_task
 from core.templates import CompiledTemplate, build_context
 from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 from providers.base import OutboundEmail
@@ -150,7 +151,7 @@ def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: Suppressio
     if retry_later:
         return requeue_for_retry(run, retry_later, retry_after)
     finish_task(run)
-    enqueue_next_in_window(storage, job, task.index + settings.task_window)
+    enqueue_next_in_window(storage, job.tenant_id, job.id, task.index, settings.task_window)
     log.info("task done job=%s task=%d recipients=%d", task.job_id, task.index, task.size)
     return TaskOutcome.DONE
 
@@ -176,7 +177,7 @@ def claim_task(
     """Take the task under a lease (and its recipients, from the same read), or say why not."""
     tasks = storage.table(TASKS)
     try:
-        entity = tasks.get(ticket.job_id, f"{ticket.task_index:06d}", select=None)
+        entity = tasks.get(ticket.job_id, task_id(ticket.task_index), select=None)
     except NotFound:
         return TaskOutcome.MISSING
     task = Task.from_entity(entity)
@@ -313,10 +314,7 @@ def requeue_for_retry(run: _Run, indexes: list[int], delay: int) -> TaskOutcome:
     finds the leftovers (saved with every ``in_flight`` write).
     """
     task, job = run.task, run.job
-    run.storage.queue(TASK_QUEUE).send(
-        TaskTicket(tenant_id=job.tenant_id, job_id=job.id, task_index=task.index).to_text(),
-        visibility_timeout=delay,
-    )
+    enqueue_task(run.storage, job.tenant_id, job.id, task.index, delay)
     task.status, task.in_flight, task.lease_owner = TaskStatus.RETRYING.value, [], ""
     task.lease_until = later(run.clock, delay)  # not before: an early duplicate waits
     task.updated_at = iso(run.clock())
@@ -462,17 +460,6 @@ def pause_for_provider(
     return TaskOutcome.PAUSED
 
 
-def enqueue_next_in_window(storage: Storage, job: Job, index: int) -> None:
-    """Keep the job's window full: the task ``TASK_WINDOW`` places ahead goes on the queue."""
-    nxt = storage.table(TASKS).find(job.id, f"{index:06d}")
-    if nxt is not None and nxt.get("status") == TaskStatus.PENDING:
-        storage.queue(TASK_QUEUE).send(
-            TaskTicket(
-                tenant_id=job.tenant_id, job_id=job.id, task_index=index, traceparent=current_traceparent()
-            ).to_text()
-        )
-
-
 def record_task_failure(
     storage: Storage, ticket: TaskTicket, settings: Settings, reason: str, clock: Clock = utcnow
 ) -> None:
@@ -482,7 +469,7 @@ def record_task_failure(
     ``unknown``), the task is closed and the job's ``last_error`` names the task.
     """
     try:
-        task = Task.from_entity(storage.table(TASKS).get(ticket.job_id, f"{ticket.task_index:06d}"))
+        task = Task.from_entity(storage.table(TASKS).get(ticket.job_id, task_id(ticket.task_index)))
         job = Job.from_entity(storage.table(JOBS).get(ticket.tenant_id, ticket.job_id))
     except NotFound:
         return

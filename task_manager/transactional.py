@@ -25,10 +25,10 @@ from core.clock import Clock, iso, parse_iso, utcnow
 from core.errors import AlreadyExists, Conflict, NotFound
 from core.ids import contact_id_for, new_id, normalize_email
 from core.job_state import open_job
-from core.messages import TaskTicket
 from core.models import Job, Recipient, Task, Tenant
 from core.status import JobStatus
-from core.storage import IDEMPOTENCY_KEYS, JOBS, TASK_QUEUE, TASKS, Storage, etag_of
+from core.storage import IDEMPOTENCY_KEYS, JOBS, TASKS, Storage, etag_of
+from core.task_window import enqueue_task
 
 log = logging.getLogger("mailroom.transactional")
 
@@ -115,7 +115,7 @@ def create_email_job(
         storage.table(TASKS).insert(task.to_entity(recipients))
     except AlreadyExists:
         pass
-    storage.queue(TASK_QUEUE).send(TaskTicket(tenant_id=tenant.id, job_id=email_id, task_index=0).to_text())
+    enqueue_task(storage, tenant.id, email_id, 0)
     log.info("transactional send queued tenant=%s id=%s recipients=%d",
              tenant.id, task.job_id, len(recipients))
 

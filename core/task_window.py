@@ -1,0 +1,54 @@
+"""Task tickets and a job's window: one function puts a task on the queue, one rule decides when.
+
+A job keeps at most ``TASK_WINDOW`` tasks queued or running (fairness, DESIGN §5): task
+``k`` may go on ``task-queue`` when ``k < TASK_WINDOW`` or task ``k − TASK_WINDOW`` is
+terminal. Whoever writes task ``k`` (the Job Manager) and whoever finishes task
+``k − TASK_WINDOW`` (the Task Manager) both check, after their own write, whether the other
+has happened: one of the two always sees the other, so every task is enqueued (a duplicate
+ticket is harmless: it finds the task claimed or done).
+
+Every ticket carries the current trace context, so a campaign's tasks join its trace.
+"""
+
+from __future__ import annotations
+
+from core.ids import task_id
+from core.messages import TaskTicket
+from core.status import TaskStatus
+from core.storage import TASK_QUEUE, TASKS, Storage
+from core.telemetry import current_traceparent
+
+
+def enqueue_task(storage: Storage, tenant_id: str, job_id: str, index: int, delay: int | None = None) -> None:
+    """Put task ``index`` of the job on ``task-queue`` (after ``delay`` seconds, if given)."""
+    ticket = TaskTicket(
+        tenant_id=tenant_id, job_id=job_id, task_index=index, traceparent=current_traceparent()
+    )
+    storage.queue(TASK_QUEUE).send(ticket.to_text(), visibility_timeout=delay)
+
+
+def in_window(index: int, window: int, behind_is_terminal: bool) -> bool:
+    """The window rule: the first ``window`` tasks, then each once the one ``window`` before it ended."""
+    return index < window or behind_is_terminal
+
+
+def enqueue_if_in_window(storage: Storage, tenant_id: str, job_id: str, index: int, window: int) -> bool:
+    """A task was just written: enqueue it now if the job's window has room for it."""
+    behind_is_terminal = False
+    if index >= window:
+        behind = storage.table(TASKS).find(job_id, task_id(index - window), select=["status"])
+        behind_is_terminal = behind is not None and TaskStatus(behind.get("status", "pending")).is_terminal
+    if not in_window(index, window, behind_is_terminal):
+        return False  # the Task Manager finishing task index-window enqueues it
+    enqueue_task(storage, tenant_id, job_id, index)
+    return True
+
+
+def enqueue_next_in_window(storage: Storage, tenant_id: str, job_id: str, finished: int, window: int) -> bool:
+    """Task ``finished`` ended: the task ``window`` places ahead goes on the queue, if written and waiting."""
+    index = finished + window
+    nxt = storage.table(TASKS).find(job_id, task_id(index), select=["status"])
+    if nxt is None or nxt.get("status") != TaskStatus.PENDING:
+        return False
+    enqueue_task(storage, tenant_id, job_id, index)
+    return True
