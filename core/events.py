@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.ids import email_hash, normalize_email
 from core.status import DeliveryStatus
 from core.storage import Entity
 
@@ -129,7 +130,7 @@ class ProviderEvent:
     detail: str
     provider_response: str
     soft_bounce: bool
-    email: str  # normalized; used for suppressions, never stored on event rows
+    email_hash: str  # sha256 of the normalized address: an orphan keeps it; the address never travels
 
     @property
     def matched_by_custom_args(self) -> bool:
@@ -173,7 +174,7 @@ def parse_sendgrid_event(raw: Any) -> ProviderEvent | None:
     event_type, status = SENDGRID_EVENTS[kind]
     bounce_type = _text(raw, "type")
     soft = kind == "bounce" and bounce_type in SOFT_BOUNCE_TYPES
-    reason_code = _text(raw, "status") or bounce_type or _text(raw, "bounce_classification")
+    reason_code = scrub_addresses(_text(raw, "status") or bounce_type or _text(raw, "bounce_classification"))
     response = scrub_addresses(_text(raw, "reason") or _text(raw, "response"))
     return ProviderEvent(
         key=event_key(raw, kind, timestamp),
@@ -191,8 +192,12 @@ def parse_sendgrid_event(raw: Any) -> ProviderEvent | None:
         detail=describe(kind, bounce_type, raw),
         provider_response=response,
         soft_bounce=soft,
-        email=_text(raw, "email").strip().lower(),
+        email_hash=_text(raw, "email_hash") or _hash_of_address(_text(raw, "email")),
     )
+
+
+def _hash_of_address(address: str) -> str:
+    return email_hash(normalize_email(address)) if address.strip() else ""
 
 
 def describe(kind: str, bounce_type: str, raw: dict[str, Any]) -> str:
@@ -267,27 +272,48 @@ class DeliveryLogRequest(BaseModel):
 
 # Base64 grows text by 4/3; 64 KiB on the wire leaves 48 KiB of JSON, minus headroom.
 MAX_MESSAGE_JSON_BYTES = 45_000
-# Fields kept when a single event is too large for a message on its own.
-_ESSENTIAL = ("event", "timestamp", "sg_event_id", "sg_message_id", "email", "type", "status", "reason",
-              "tenant_id", "job_id", "task_id", "contact_id", "attempt")
+# What the event processor reads of a SendGrid event (``parse_sendgrid_event``): a queued event
+# carries only these, so events-queue never holds an address (DESIGN §4.6). Strings are scrubbed
+# of addresses (bounce reasons quote them) and the address itself travels as ``email_hash``: the
+# processor finds the delivery by ids, suppresses the address of the delivery row it matched, and
+# keeps only the hash on an orphan.
+QUEUED_FIELDS = ("event", "timestamp", "sg_event_id", "sg_message_id", "type", "status", "reason",
+                 "response", "bounce_classification", "attempt", "tenant_id", "job_id", "task_id",
+                 "contact_id", "email_hash")
+
+
+def queued_event(raw: Any) -> dict[str, Any] | None:
+    """The part of one webhook event the processor needs, without addresses; ``None``: not an event."""
+    if not isinstance(raw, dict):
+        return None
+    reduced = dict(raw)
+    address = reduced.pop("email", None)
+    if isinstance(address, str) and address.strip() and not reduced.get("email_hash"):
+        reduced["email_hash"] = _hash_of_address(address)
+    kept: dict[str, Any] = {}
+    for name in QUEUED_FIELDS:
+        value = reduced.get(name)
+        if isinstance(value, str):
+            kept[name] = scrub_addresses(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            kept[name] = value
+    return kept
 
 
 def split_into_messages(events: list[Any], limit: int = MAX_MESSAGE_JSON_BYTES) -> tuple[list[str], int]:
-    """Queue message texts holding every event, each within ``limit`` bytes; and how many were cut.
-
-    An event too large on its own keeps only its essential fields; if even that is too
-    large it is dropped and counted (SendGrid events are a few hundred bytes).
-    """
+    """Queue message texts holding every event's ``queued_event`` form, each within ``limit`` bytes;
+    and how many were left out (not an event object, or too large even reduced)."""
     messages: list[str] = []
     current: list[str] = []
     size = 0
     dropped = 0
     envelope = len(EventBatch(events=[]).model_dump_json()) + 8
     for raw in events:
-        text = json.dumps(raw, separators=(",", ":"), ensure_ascii=False)
-        if len(text.encode()) + envelope > limit and isinstance(raw, dict):
-            text = json.dumps({k: raw[k] for k in _ESSENTIAL if k in raw}, separators=(",", ":"),
-                              ensure_ascii=False)
+        event = queued_event(raw)
+        if event is None:
+            dropped += 1
+            continue
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
         weight = len(text.encode()) + 1
         if weight + envelope > limit:
             dropped += 1

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from devhost.stack import Stack, wait_for
+from devhost.stack import Stack, stop_on_sigterm, wait_for
 
 CONTACTS = 5_000
 TERMS = ["Spring 2024", "Fall 2023", "Spring 2023"]
@@ -85,6 +85,7 @@ def check(response: httpx.Response) -> Any:
 
 
 def run_demo() -> int:
+    stop_on_sigterm()  # a SIGTERM stops what the demo started, as Ctrl-C does
     started = time.monotonic()
     with console.status("Starting Azurite, the SendGrid simulator and the Functions host…"):
         stack = Stack(workers=1, provider_events=True).start()
@@ -266,4 +267,7 @@ def print_counts(job: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_demo())
+    try:
+        sys.exit(run_demo())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -52,6 +52,7 @@ class SinkMessage:
     html: str
     connection: int
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    raw: bytes = field(default=b"", repr=False)  # as it arrived: tests check header folding on the wire
 
 
 class SmtpSink:
@@ -183,6 +184,7 @@ class SmtpSink:
             text=_content(text_part),
             html=_content(html_part),
             connection=getattr(session, "sink_connection", 0),
+            raw=raw,
         )
         with self._lock:
             self._messages.append(message)

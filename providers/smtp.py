@@ -22,6 +22,7 @@ import threading
 from email import errors as email_errors
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 
 from core.errors import (
     AmbiguousSendError,
@@ -44,9 +45,35 @@ TRACE_HEADERS = {
 }
 _EMAIL_RE = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
 _MAX_REASON = 500
+# Headers whose value is a URL list (RFC 2369) or a fixed token (RFC 8058). Mailbox providers
+# read them as written: the default folding at 78 columns turns a long unsubscribe URL into
+# RFC 2047 encoded-words (``=?utf-8?q?=3Chttps...``), which breaks one-click unsubscribe.
+_VERBATIM_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
+# RFC 5322 §2.1.1: a line MUST NOT exceed 998 characters (78 is only a SHOULD).
+_MAX_HEADER_LINE = 998
+
+
+class _MailroomPolicy(EmailPolicy):
+    """The SMTP policy, except that URL headers are folded only at whitespace (up to 998 columns)."""
+
+    def fold(self, name: str, value: str) -> str:
+        return super(_MailroomPolicy, self._verbatim() if _is_verbatim(name) else self).fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        policy = self._verbatim() if _is_verbatim(name) else self
+        return super(_MailroomPolicy, policy).fold_binary(name, value)
+
+    def _verbatim(self) -> _MailroomPolicy:
+        return self.clone(max_line_length=_MAX_HEADER_LINE)
+
+
+def _is_verbatim(name: str) -> bool:
+    return name.lower() in _VERBATIM_HEADERS
+
+
 # 7bit keeps bodies deliverable through relays without 8BITMIME; SMTP policy uses CRLF.
-_POLICY = email.policy.SMTP.clone(cte_type="7bit")
-_POLICY_UTF8 = email.policy.SMTPUTF8
+_POLICY = _MailroomPolicy(linesep="\r\n", cte_type="7bit")
+_POLICY_UTF8 = _MailroomPolicy(linesep="\r\n", utf8=True)
 
 
 @functools.lru_cache(maxsize=1)

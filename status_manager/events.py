@@ -328,8 +328,11 @@ def history_update(job: Job, contact_id: str, status: str, reason: str) -> Entit
 
 
 def suppress_if_needed(ctx: _Context, job: Job, event: ProviderEvent, row_email: str) -> bool:
-    """Hard bounce, complaint, unsubscribe: suppress now. Soft bounces: after N of them."""
-    email = event.email or row_email
+    """Hard bounce, complaint, unsubscribe: suppress now. Soft bounces: after N of them.
+
+    The address is the matched delivery row's: queued events carry only its hash.
+    """
+    email = row_email
     if not email:
         return False
     reason = suppression_reason(event)
@@ -369,7 +372,7 @@ def keep_orphan(storage: Storage, event: ProviderEvent, clock: Clock) -> None:
         "at": event.at, "source": "sendgrid", "provider_message_id": event.message_id,
         "tenant_id": event.tenant_id, "job_id": event.job_id, "task_id": event.task_id,
         "contact_id": event.contact_id, "detail": event.detail,
-        "email_hash": email_hash(event.email) if event.email else "",
+        "email_hash": event.email_hash,
     }
     try:
         storage.table(DELIVERY_EVENTS).insert(entity)

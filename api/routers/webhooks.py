@@ -4,7 +4,8 @@ SendGrid signs ``timestamp + raw body`` with ECDSA P-256 and sends the signature
 timestamp in headers. We verify with SendGrid's own ``EventWebhook`` helper against the raw
 bytes (never a re-serialized body), refuse stale timestamps (replays), and only then queue
 the batch: the answer comes at once, the work happens on ``events-queue``. A request that
-does not verify is 401 and nothing is queued.
+does not verify is 401 and nothing is queued. Queued events keep only what the processor reads
+(``core.events.queued_event``): never the address, which travels as its hash.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ async def sendgrid_events(request: Request, settings: SettingsDep, storage: Stor
     messages, cut = split_into_messages(events)
     await run_in_threadpool(_enqueue, storage, messages)
     if cut:
-        log.warning("webhook events too large for a queue message dropped=%d", cut)
+        log.warning("webhook events left out (not an event object, or too large) dropped=%d", cut)
     return WebhookAccepted(events=len(events) - cut, messages=len(messages))
 
 

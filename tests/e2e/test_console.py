@@ -145,3 +145,30 @@ def test_a_tenant_key_sees_only_its_own_tenant_in_the_console(url, storage, sett
         page.goto(f"{url}/api/console{hash_}")
         page.wait_for_selector("#error")
         assert "Not found" in page.inner_text("#error")
+
+
+def test_a_search_with_more_than_a_page_of_deliveries_shows_the_rest_on_more_results(
+    url, storage, settings, browser
+):
+    operator = Operator(url)
+    tenant_id, tenant_key = operator.tenant()
+    tag = secrets.token_hex(3)
+    emails = [f"reader{i:03d}-{tag}@example.com" for i in range(130)]
+    with running_sendgrid_simulator() as (_, sim_url):
+        host = InProcessHost(storage, settings, SendGridProvider("SG.test", sim_url))
+        campaign_id, job_id = operator.sent_campaign(tenant_key, host, emails)
+
+    page = browser.new_page()
+    sign_in(page, url, tenant_key)
+    page.click(f"a[href='#/t/-/c/{campaign_id}']")
+    page.click(f"a[href='#/t/-/j/{job_id}']")
+    page.wait_for_selector("#job-status:has-text('completed')")
+    page.click("text=Search")
+    page.wait_for_selector("#results #more")
+    assert page.locator("#results tbody tr").count() == 100
+
+    page.click("#more")
+    page.wait_for_selector("#shown:has-text('130 shown')")
+    assert page.locator("#results #more").count() == 0
+    shown = page.locator("#results tbody tr td:first-child").all_inner_texts()
+    assert sorted(shown) == sorted(emails)

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from core.events import EventBatch
+from core.ids import email_hash
 from core.storage import EVENTS_QUEUE
 from devhost.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSigner
 
@@ -34,7 +35,7 @@ def webhook(settings, storage, signer) -> Iterator[TestClient]:
 def batch(n: int = 3, pad: int = 0) -> bytes:
     events = [{"event": "delivered", "email": f"p{i}@example.com", "timestamp": int(time.time()),
                "sg_event_id": f"e{i}", "tenant_id": "t", "job_id": "j", "task_id": "000000",
-               "contact_id": f"c{i}", "pad": "x" * pad} for i in range(n)]
+               "contact_id": f"c{i}", "reason": "x" * pad} for i in range(n)]
     return json.dumps(events).encode()
 
 
@@ -96,16 +97,40 @@ def test_max_age_zero_accepts_a_recorded_batch_replayed_later(settings, storage,
 
 
 def test_a_large_batch_is_split_into_queue_messages_under_64_kib(webhook, storage, signer):
-    body = batch(60, pad=2000)
+    body = batch(200, pad=490)
     response = webhook.post(URL, content=body, headers=signer.headers(body))
     assert response.status_code == 200
     assert response.json()["messages"] > 1
     texts = storage.queue(EVENTS_QUEUE).peek(32)
     assert all(len(base64.b64encode(t.encode())) <= 64 * 1024 for t in texts)
-    assert sum(len(EventBatch.model_validate_json(t).events) for t in texts) == 60
+    assert sum(len(EventBatch.model_validate_json(t).events) for t in texts) == 200
 
 
 def test_a_signed_body_that_is_not_an_event_array_is_400(webhook, signer):
     body = b'{"event": "delivered"}'
     assert webhook.post(URL, content=body, headers=signer.headers(body)).status_code == 400
     assert TIMESTAMP_HEADER in signer.headers(body)
+
+
+def test_the_queued_events_of_a_webhook_batch_hold_no_address(webhook, storage, signer):
+    address = "Ada.Lovelace@Example.com"
+    events = [
+        {"event": "bounce", "email": address, "timestamp": int(time.time()), "sg_event_id": "b1",
+         "sg_message_id": "m1.filter", "type": "bounce", "status": "5.1.1",
+         "reason": f"550 5.1.1 <{address}>: Recipient address rejected", "ip": "203.0.113.9",
+         "tenant_id": "t", "job_id": "j", "task_id": "000000", "contact_id": "c1"},
+        {"event": "click", "email": address, "timestamp": int(time.time()), "sg_event_id": "k1",
+         "url": f"https://example.org/?who={address}", "useragent": "Mozilla/5.0",
+         "tenant_id": "t", "job_id": "j", "task_id": "000000", "contact_id": "c1", "note": address},
+    ]
+    body = json.dumps(events).encode()
+    assert webhook.post(URL, content=body, headers=signer.headers(body)).status_code == 200
+
+    (text,) = storage.queue(EVENTS_QUEUE).peek(32)
+    assert "@" not in text and "lovelace" not in text.lower()
+    bounce, click = EventBatch.model_validate_json(text).events
+    assert bounce["email_hash"] == click["email_hash"] == email_hash("ada.lovelace@example.com")
+    assert (bounce["event"], bounce["status"], bounce["sg_message_id"], bounce["contact_id"]) == (
+        "bounce", "5.1.1", "m1.filter", "c1")
+    assert bounce["reason"] == "550 5.1.1 <<address>>: Recipient address rejected"
+    assert not {"ip", "url", "useragent", "note"} & (set(bounce) | set(click))

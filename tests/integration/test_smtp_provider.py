@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from core.errors import (
     TransientSendError,
 )
 from core.settings import load_settings
+from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 from devhost.smtp_sink import SmtpSink
 from providers.base import EmailProvider, OutboundEmail
 from providers.factory import build_provider
@@ -199,3 +201,27 @@ def _peer_closed(sock: socket.socket) -> bool:
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
         return False
+
+
+def _raw_header(raw: bytes, name: str) -> str:
+    """One header as it crossed the wire, unfolded (RFC 5322 §2.2.3: CRLF before WSP is removed)."""
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    unfolded = re.sub(r"\r\n(?=[ \t])", "", head)
+    (line,) = [h for h in unfolded.split("\r\n") if h.lower().startswith(name.lower() + ":")]
+    return line.split(":", 1)[1].strip()
+
+
+def test_list_unsubscribe_with_a_long_token_url_goes_out_verbatim_not_as_encoded_words(
+    sink: SmtpSink, provider: SmtpProvider
+) -> None:
+    claim = UnsubscribeClaim("tenant-" + "7" * 24, "c" * 64, "campaign-" + "9" * 24)
+    url = unsubscribe_url("https://mailroom.university.example.edu", "signing-key", claim)
+    assert len(url) > 200
+    provider.send(email(headers=one_click_headers(url)))
+
+    (received,) = wait_for(sink.messages)
+    assert _raw_header(received.raw, "List-Unsubscribe") == f"<{url}>"
+    assert _raw_header(received.raw, "List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
+    assert b"=?" not in received.raw.split(b"\r\n\r\n", 1)[0]
+    assert all(len(line) <= 998 for line in received.raw.split(b"\r\n"))
+    assert received.mailroom["X-Mailroom-Contact"] == "c1" and received.subject == "Hello"
