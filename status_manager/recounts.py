@@ -27,8 +27,8 @@ import logging
 from collections.abc import Iterable
 
 from core.clock import Clock, iso, utcnow
-from core.errors import Conflict
 from core.counts import count_delivery_rows
+from core.errors import Conflict
 from core.status import TaskStatus
 from core.storage import RECOUNTS, TASKS, Entity, Storage, etag_of
 
