@@ -39,8 +39,10 @@ test-fast: setup  ## Everything but the end-to-end runs
 bench: setup  ## Azurite ceiling, Mailroom end to end (10k, 100k), seed-design baseline, scale-out; table + bench/results/*.json
 	$(PY) -m bench $(BENCH_ARGS)
 
-lint: setup
+lint: $(STAMP_PY)  ## ruff, mypy over the product packages ([tool.mypy]), the layer contracts ([tool.importlinter])
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) node_modules .azurite .devhost .pytest_cache

@@ -163,8 +163,9 @@ class _Parser:
         if len(value) > MAX_LEAVES:
             self.problem(sub, f"at most {MAX_LEAVES} conditions are allowed")
             return None
-        children = [self.node(item, f"{sub}.{i}", depth + 1) for i, item in enumerate(value)]
-        if any(child is None for child in children):
+        found = [self.node(item, f"{sub}.{i}", depth + 1) for i, item in enumerate(value)]
+        children = [child for child in found if child is not None]
+        if len(children) < len(found):
             return None
         predicates = [child[1] for child in children]
         combine = _all_of if key == "all" else _any_of
@@ -192,7 +193,7 @@ class _Parser:
             suffix, message = found
             self.problem(f"{path}.value{suffix}", message)
             ok = False
-        if not ok:
+        if not ok or not isinstance(name, str) or not isinstance(op, str):  # both checked above
             return None
         value = raw["value"]
         if name == "email":

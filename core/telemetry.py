@@ -21,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -29,6 +29,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi.telemetry import TelemetryConfig
 
 log = logging.getLogger("mailroom.telemetry")
 
@@ -44,7 +47,7 @@ _AUTO_INSTRUMENTATIONS_OFF = {
 
 # FastAPI's own telemetry switches on once a provider is installed; it records raw paths and
 # exception messages, which can hold addresses. ``api.tracing`` makes the request spans instead.
-FASTAPI_TELEMETRY_OFF: dict[str, Any] = {
+FASTAPI_TELEMETRY_OFF: TelemetryConfig = {
     "tracing": False, "metrics": False, "logs": False, "operation_spans": False, "auto_configure": False,
 }
 

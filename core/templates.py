@@ -205,14 +205,15 @@ def compile_template(spec: TemplateSpec, path: str = "template") -> CompiledTemp
 
 def _forbidden_use(tree: nodes.Template) -> str | None:
     """The first thing in the tree that the sandbox must never be asked to allow."""
-    for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
-        return f"line {node.lineno}: templates cannot extend, include or import others"
+    for stmt in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        return f"line {stmt.lineno}: templates cannot extend, include or import others"
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
         if isinstance(node, nodes.Getattr):
             name: object = node.attr
         elif isinstance(node, nodes.Getitem):
             name = node.arg.value if isinstance(node.arg, nodes.Const) else None
-        elif node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const):
+        elif (isinstance(node, nodes.Filter) and node.name == "attr"
+              and node.args and isinstance(node.args[0], nodes.Const)):
             name = node.args[0].value
         else:
             continue

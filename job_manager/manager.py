@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.counts import balance_pending, count_columns
@@ -68,6 +69,7 @@ def expand_roster(
 ) -> ExpansionOutcome:
     """Expand (or continue expanding) the job named by ``ticket``."""
     jobs = storage.table(JOBS)
+    job: Job | None  # claiming and each task write may find the job taken
     try:
         job = Job.from_entity(jobs.get(ticket.tenant_id, ticket.job_id))
     except NotFound:
@@ -296,7 +298,7 @@ def _too_big(buffer: _Buffer) -> bool:
     return packed_size(pack_recipients(buffer.recipients)) > MAX_TASK_BYTES
 
 
-def _json_or(value: object, default: object) -> object:
+def _json_or(value: str | None, default: Any) -> Any:
     if not value:
         return default
-    return json.loads(value)  # type: ignore[arg-type]
+    return json.loads(value)

@@ -72,9 +72,9 @@ def stream_failed_roster(
     query = "PartitionKey ge @lo and PartitionKey lt @hi and status eq @s"
     params: dict[str, Any] = {"lo": f"{old_job_id}-", "hi": f"{old_job_id}.", "s": _FAILED}
     if after:
-        partition, _, contact = after.partition("|")
+        partition, _, row_key = after.partition("|")
         query += " and ( PartitionKey gt @pk or ( PartitionKey eq @pk and RowKey gt @rk ) )"
-        params.update(pk=partition, rk=contact)
+        params.update(pk=partition, rk=row_key)
     contacts = storage.table(CONTACTS)
     for row in storage.table(DELIVERIES).query(query, params, select=["PartitionKey", "RowKey"]):
         cursor = f"{row['PartitionKey']}|{row['RowKey']}"

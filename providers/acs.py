@@ -176,7 +176,8 @@ def _error_message(err: HttpResponseError) -> str:
     if error is not None and getattr(error, "message", None):
         return str(error.message)
     try:
-        body = err.response.json() if err.response is not None else {}
+        # azure-core types ``response`` as a protocol without json(); a response that lacks it lands below.
+        body = err.response.json() if err.response is not None else {}  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - a body that is not JSON has no message to show
         return ""
     inner = body.get("error") if isinstance(body, dict) else None

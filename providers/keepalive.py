@@ -96,7 +96,7 @@ class KeepAliveHandler(urllib.request.HTTPSHandler, urllib.request.HTTPHandler):
             raise
         self._kept()[key] = _Kept(connection, response, time.monotonic())
         response.url = req.get_full_url()  # what urllib's own handler sets
-        response.msg = response.reason
+        response.msg = response.reason  # type: ignore[assignment]  # urllib does this too; typeshed says HTTPMessage
         return response
 
     def _kept(self) -> dict[tuple[str, str], _Kept]:

@@ -183,12 +183,14 @@ def apply_partition(
         return unplaced
     fresh = store_events(ctx.storage, first.partition, [e for items in placed.values() for e, _ in items])
     for contact_id, items in placed.items():
+        row = rows[contact_id]
+        assert row is not None  # placed holds only contacts with a row
         events = [e for e, _ in items]
         stored_now = len({e.key for e in events if e.key in fresh})
         report.applied += stored_now
         report.duplicates += len(events) - stored_now
         # Merging duplicates again is harmless (a join) and finishes a crashed earlier try.
-        change = merge_into_delivery(ctx, events, rows[contact_id])
+        change = merge_into_delivery(ctx, events, row)
         if change is not None or stored_now < len(events):
             # A replayed event may finish a try that crashed after changing the row.
             moves.add(job, first.task_id)
@@ -201,7 +203,7 @@ def apply_partition(
         for event in events:
             if event.key in fresh and event.key not in seen:
                 seen.add(event.key)
-                if suppress_if_needed(ctx, job, event, rows[contact_id].get("email", "")):
+                if suppress_if_needed(ctx, job, event, row.get("email", "")):
                     report.suppressed += 1
     return unplaced
 

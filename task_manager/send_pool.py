@@ -28,7 +28,8 @@ class _Job(Generic[T, R]):
     __slots__ = ("fn", "item", "future")
 
     def __init__(self, fn: Callable[[T], R], item: T) -> None:
-        self.fn, self.item, self.future = fn, item, Future()
+        self.fn, self.item = fn, item
+        self.future: Future[R] = Future()
 
 
 class FairSendPool:
