@@ -1,6 +1,6 @@
 """Azurite's raw ceiling on this machine: what storage alone allows, before any Mailroom logic.
 
-Batched table writes through the SDK and through the lean client (``core.lean_batch``:
+Batched table writes through the SDK and through the lean client (``core.table_batches``:
 the minimal HTTP client), queue sends, and queue receive+delete, each single-threaded
 from the bench process with delivery-shaped rows, so the figures compare with the pipeline's.
 """

@@ -7,6 +7,7 @@ place. Columns are plain words a person reads in the portal: ``status``, ``email
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -416,6 +417,21 @@ def delivery_entity(
 def schedule_key(send_at: str, tenant_id: str, campaign_id: str) -> str:
     """RowKey of a campaign's row in the Schedule index: sorts by due time."""
     return f"{send_at}|{tenant_id}|{campaign_id}"
+
+
+def message_index_partition(message_id: str) -> str:
+    """MessageIndex: 256 partitions spread the index; the id alone names the partition (a point read)."""
+    return hashlib.sha256(message_id.encode()).hexdigest()[:2]
+
+
+def log_blob_name(tenant_id: str, job_id: str) -> str:
+    """A closed job's delivery log CSV in the ``delivery-logs`` container."""
+    return f"{tenant_id}/{job_id}.csv"
+
+
+def summary_blob_name(tenant_id: str, job_id: str) -> str:
+    """A closed job's summary JSON beside its CSV."""
+    return f"{tenant_id}/{job_id}.summary.json"
 
 
 def active_job_key(tenant_id: str, job_id: str) -> str:

@@ -261,7 +261,7 @@ class Settings(BaseSettings):
     storage_lean_batches: bool = Field(
         True,
         alias="STORAGE_LEAN_BATCHES",
-        description="Send table insert/upsert batches with core.lean_batch (~20x less CPU than the SDK).",
+        description="Send table insert/upsert batches with core.table_batches (~20x less CPU than the SDK).",
     )
     sendgrid_webhook_public_key: str = Field(
         "",

@@ -37,8 +37,8 @@ from azure.storage.queue import (
 )
 
 from core.errors import AlreadyExists, Conflict, FieldProblem, InvalidInput, NotFound, StorageError
-from core.lean_batch import INSERT, MERGE, REPLACE, LeanBatchClient, UnsupportedEntity
 from core.request_count import RequestCounter
+from core.table_batches import INSERT, MERGE, REPLACE, LeanBatchClient, UnsupportedEntity
 
 # Tables (PascalCase, read by people in the portal's Storage browser).
 TENANTS = "Tenants"
@@ -165,7 +165,7 @@ class Page:
 class Table:
     """One table: point reads, ETag-guarded writes, batches and paged queries.
 
-    With a ``lean`` client, insert and upsert batches go through ``core.lean_batch``
+    With a ``lean`` client, insert and upsert batches go through ``core.table_batches``
     (same request, a fraction of the SDK's CPU); without one, or for a value it does not
     encode, through the SDK.
     """

@@ -5,11 +5,11 @@ import logging
 import azure.functions as func
 
 from core.errors import BadMessage
-from core.events import DeliveryLogRequest
+from core.provider_events import DeliveryLogRequest
 from core.storage import EVENTS_QUEUE
 from functions.runtime import reject_message, runtime
 from status_manager.delivery_logs import write_delivery_log
-from status_manager.events import parse_events_message, process_event_batch
+from status_manager.event_processor import parse_events_message, process_event_batch
 
 bp = func.Blueprint()
 log = logging.getLogger("mailroom.functions")

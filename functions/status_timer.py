@@ -4,8 +4,8 @@ import azure.functions as func
 
 from functions.runtime import runtime
 from functions.telemetry_metrics import record_status_metrics
+from privacy.retention import purge_expired_delivery_logs
 from status_manager import close_finished_jobs
-from status_manager.retention import purge_expired_delivery_logs
 
 bp = func.Blueprint()
 

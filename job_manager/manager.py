@@ -34,7 +34,7 @@ from core.settings import Settings
 from core.status import JobStatus
 from core.storage import CONTACTS, JOB_QUEUE, JOBS, TASKS, TENANTS, Entity, Storage
 from core.task_window import enqueue_if_in_window
-from job_manager.retry import stream_failed_roster
+from job_manager.retry_failed import stream_failed_roster
 
 log = logging.getLogger("mailroom.job_manager")
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from core.errors import SettingsError
-from core.health import BreakerConfig, HealthBoard
-from core.ratelimit import RateLimiter, parse_rates
 from core.settings import Settings
 from core.storage import Storage
 from providers.base import EmailProvider
 from providers.failover import FailoverSender
+from providers.health import BreakerConfig, HealthBoard
+from providers.rate_limits import RateLimiter, parse_rates
 
 KNOWN = ("sendgrid", "smtp", "acs")
 

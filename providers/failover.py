@@ -1,9 +1,9 @@
 """Sends through the first healthy provider of an ordered list (a tenant's, or the default).
 
-Per attempt: walk the providers in order, skip one whose breaker is open (``core.health``)
+Per attempt: walk the providers in order, skip one whose breaker is open (``providers.health``)
 or that asked everyone to wait (a 429's ``Retry-After`` holds the provider for the whole
 host, not only for the thread that got it), take a token of its rate limit
-(``core.ratelimit``), send, and tell the health board how it went. A transient failure is
+(``providers.rate_limits``), send, and tell the health board how it went. A transient failure is
 raised for the retry policy to back off; the next attempt picks again, so once the
 breaker opens traffic moves to the next provider. When every provider is held or open,
 ``ProviderHeld`` says how long until one may be tried: waiting spends no attempt.
@@ -25,9 +25,9 @@ from core.errors import (
     RecipientRejected,
     TransientSendError,
 )
-from core.health import HealthBoard, Permit
-from core.ratelimit import RateLimiter
 from providers.base import EmailProvider, OutboundEmail, SendResult
+from providers.health import HealthBoard, Permit
+from providers.rate_limits import RateLimiter
 
 
 class FailoverSender:

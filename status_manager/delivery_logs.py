@@ -27,9 +27,9 @@ from core.blobs import delivery_logs
 from core.clock import Clock, iso, utcnow
 from core.counts import count_columns
 from core.errors import Conflict, NotFound
-from core.events import DeliveryLogRequest, timeline, timeline_event_from_entity
 from core.job_state import campaign_follows_job, load_job, write_job
-from core.models import Job
+from core.models import Job, log_blob_name, message_index_partition, summary_blob_name
+from core.provider_events import DeliveryLogRequest, timeline, timeline_event_from_entity
 from core.status import FINAL_JOB_STATUSES, zero_counts
 from core.storage import (
     CONTACT_HISTORY,
@@ -41,7 +41,6 @@ from core.storage import (
     Entity,
     Storage,
 )
-from status_manager.events import message_index_partition
 
 log = logging.getLogger("mailroom.delivery_logs")
 
@@ -50,14 +49,6 @@ LOG_COLUMNS = ("contact_id", "email", "status", "reason", "provider", "provider_
 _FORMULA_STARTS = frozenset("=+-@\t\r")
 _HISTORY_FLUSH = 1_000
 _INDEX_FLUSH = 25_600  # ≈100 per MessageIndex partition: full batches
-
-
-def log_blob_name(tenant_id: str, job_id: str) -> str:
-    return f"{tenant_id}/{job_id}.csv"
-
-
-def summary_blob_name(tenant_id: str, job_id: str) -> str:
-    return f"{tenant_id}/{job_id}.summary.json"
 
 
 def request_delivery_log(storage: Storage, job: Job) -> None:

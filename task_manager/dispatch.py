@@ -21,10 +21,10 @@ from core.errors import (
     SendError,
     TransientSendError,
 )
-from core.ratelimit import RateLimiter
 from core.retry import Attempts, RetryPolicy, call_with_retries
 from core.status import DeliveryStatus
 from providers.base import EmailProvider, OutboundEmail, SendResult
+from providers.rate_limits import RateLimiter
 from task_manager.send_pool import FairSendPool
 
 HALTED = "halted"

@@ -416,7 +416,7 @@ def finish_task(run: _Run, status: TaskStatus = TaskStatus.DONE) -> None:
 
     Not the running counts: provider events (delivered, bounced) may already have moved some
     of its rows on while it ran, and the event processor leaves a running task's counts to
-    this recount (``status_manager/events.py``).
+    this recount (``status_manager/event_processor.py``).
     """
     task = run.task
     task.counts = count_delivery_rows(run.storage, task.delivery_partition)

@@ -18,7 +18,7 @@ from core.errors import FieldProblem
 from core.ids import contact_id_for, normalize_email
 from core.models import Contact, Tenant
 from core.storage import CONTACTS, DELIVERIES, JOBS, Entity, Storage, decode_continuation, encode_continuation
-from status_manager.erasure import erase_contact_traces
+from privacy.erasure import erase_contact_traces
 
 router = APIRouter(tags=["contacts"], responses=ERROR_RESPONSES)
 

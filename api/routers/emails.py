@@ -1,6 +1,6 @@
 """Transactional email (API.md "Transactional"): ``POST /emails`` and ``GET /emails/{id}``.
 
-202 at once: the email becomes a one-task job on ``task-queue`` (``task_manager.transactional``)
+202 at once: the email becomes a one-task job on ``task-queue`` (``job_manager.transactional``)
 so it gets the campaign path's guarantees (suppressions, retries, failover, at most one
 hand-off, a delivery row per recipient). The same ``idempotency_key`` within 24 h answers
 the same id and sends nothing new.
@@ -22,7 +22,7 @@ from api.schemas import DeliveryPublic, RequestModel
 from core.models import Job
 from core.storage import DELIVERIES, JOBS
 from core.templates import TemplateSpec, compile_template, is_email
-from task_manager.transactional import TransactionalEmail, is_transactional, submit_email
+from job_manager.transactional import TransactionalEmail, is_transactional, submit_email
 
 router = APIRouter(tags=["transactional"], responses=ERROR_RESPONSES)
 

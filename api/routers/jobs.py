@@ -23,9 +23,9 @@ from api.errors import not_found
 from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Continuation, Limit
 from api.schemas import DeliveryEvent, DeliveryPublic, JobPublic, Page
 from core.clock import iso, parse_iso, utcnow
-from core.events import timeline
 from core.ids import normalize_email
 from core.models import Job
+from core.provider_events import timeline
 from core.status import FINAL_JOB_STATUSES, TERMINAL_DELIVERY_STATUSES, DeliveryStatus, JobStatus
 from core.storage import DELIVERIES, JOBS, Entity, Storage
 from core.timing import time_to_send_seconds

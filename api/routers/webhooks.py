@@ -5,7 +5,7 @@ timestamp in headers. We verify with SendGrid's own ``EventWebhook`` helper agai
 bytes (never a re-serialized body), refuse stale timestamps (replays), and only then queue
 the batch: the answer comes at once, the work happens on ``events-queue``. A request that
 does not verify is 401 and nothing is queued. Queued events keep only what the processor reads
-(``core.events.queued_event``): never the address, which travels as its hash.
+(``core.provider_events.queued_event``): never the address, which travels as its hash.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from api.dependencies import SettingsDep, StorageDep
 from api.errors import ApiError, invalid
 from api.routers.conventions import ERROR_RESPONSES
 from api.schemas import WebhookAccepted
-from core.events import split_into_messages
+from core.provider_events import split_into_messages
 from core.storage import EVENTS_QUEUE
 
 router = APIRouter(tags=["webhooks"], responses=ERROR_RESPONSES)

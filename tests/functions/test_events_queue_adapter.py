@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import azure.functions as func
 import pytest
 
-from core.events import DeliveryLogRequest, EventBatch
+from core.provider_events import DeliveryLogRequest, EventBatch
 from core.storage import EVENTS_QUEUE, Storage
 from functions import runtime as rt_module
 from functions.events_queue import event_processor_queue
-from status_manager.events import orphan_count
+from status_manager.event_processor import orphan_count
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ import secrets
 import time
 from typing import Any
 
-from core.events import DeliveryLogRequest, EventBatch, split_into_messages
 from core.models import Job, Tenant
+from core.provider_events import DeliveryLogRequest, EventBatch, split_into_messages
 from core.settings import Settings
 from core.storage import DELIVERIES, EVENTS_QUEUE, Storage
 from devhost.sendgrid_events import events_for
 from status_manager import close_finished_jobs
 from status_manager.delivery_logs import write_delivery_log
-from status_manager.events import EventReport, parse_events_message, process_event_batch
+from status_manager.event_processor import EventReport, parse_events_message, process_event_batch
 from tests.pipeline import InProcessHost, job_of, schedule_campaign
 
 EVENT_TIME = 1_700_000_000

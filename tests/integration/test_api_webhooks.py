@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from core.events import EventBatch
 from core.ids import email_hash
+from core.provider_events import EventBatch
 from core.storage import EVENTS_QUEUE
 from devhost.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSigner
 

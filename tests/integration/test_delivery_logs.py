@@ -17,8 +17,8 @@ from core.messages import TaskTicket
 from core.models import unpack_recipients
 from core.storage import ALL_TABLES, DELIVERY_EVENTS, JOBS, TASK_QUEUE, TASKS, Storage
 from core.unsubscribe import UnsubscribeClaim, unsubscribe_url
+from privacy.retention import purge_expired_delivery_logs
 from status_manager.delivery_logs import log_blob_name, summary_blob_name
-from status_manager.retention import purge_expired_delivery_logs
 from tests.integration.conftest import bearer
 from tests.integration.delivery_helpers import (
     apply_events,

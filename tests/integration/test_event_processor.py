@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import pytest
 
 from core.clock import iso
-from core.events import EventBatch
 from core.ids import email_hash
 from core.models import Job
+from core.provider_events import EventBatch
 from core.storage import CAMPAIGNS, DELIVERIES, EVENTS_QUEUE, JOBS, RECOUNTS, SUPPRESSIONS, TASKS
-from status_manager.events import orphan_count, process_event_batch
+from status_manager.event_processor import orphan_count, process_event_batch
 from tests.integration.delivery_helpers import (
     EVENT_TIME,
     apply_events,

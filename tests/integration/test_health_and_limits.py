@@ -6,9 +6,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from core.health import BreakerConfig, BreakerState, HealthBoard
-from core.ratelimit import RateLimiter, parse_rates
 from core.storage import PROVIDER_HEALTH, Storage
+from providers.health import BreakerConfig, BreakerState, HealthBoard
+from providers.rate_limits import RateLimiter, parse_rates
 
 
 class FakeTime:

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 import pytest
 
 from core.errors import AlreadyExists
-from core.lean_batch import MERGE, LeanBatchClient
 from core.request_count import RequestCounter
 from core.settings import Settings
 from core.storage import DELIVERIES, JOB_QUEUE, Storage
+from core.table_batches import MERGE, LeanBatchClient
 from tests.sim_fixtures import read_http_request
 
 WHEN = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from core.health import BreakerConfig, BreakerState, HealthBoard
 from core.messages import TaskTicket
 from core.models import TENANT_PARTITION, Job
-from core.ratelimit import RateLimiter
 from core.retry import RetryPolicy
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus
@@ -28,6 +26,8 @@ from devhost.sendgrid_sim import SendGridSimulator
 from devhost.stack import serve_in_thread, wait_for
 from providers.acs import AcsProvider
 from providers.failover import FailoverSender
+from providers.health import BreakerConfig, BreakerState, HealthBoard
+from providers.rate_limits import RateLimiter
 from providers.sendgrid import SendGridProvider
 from task_manager import Dispatcher, TaskOutcome
 from task_manager.manager import CHUNK

@@ -1,4 +1,4 @@
-"""The event schema and the order-independent status merge (core.events)."""
+"""The event schema and the order-independent status merge (core.provider_events)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.events import (
+from core.provider_events import (
     EventBatch,
     merge_status,
     parse_sendgrid_event,

@@ -15,6 +15,7 @@ from datetime import timedelta
 from core.blobs import delivery_logs
 from core.clock import Clock, iso, parse_iso, utcnow
 from core.errors import Conflict, StorageError
+from core.models import log_blob_name, message_index_partition, summary_blob_name
 from core.settings import Settings
 from core.storage import (
     CONTACT_HISTORY,
@@ -26,8 +27,6 @@ from core.storage import (
     Table,
     etag_of,
 )
-from status_manager.delivery_logs import log_blob_name, summary_blob_name
-from status_manager.events import message_index_partition
 
 log = logging.getLogger("mailroom.retention")
 

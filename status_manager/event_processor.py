@@ -6,7 +6,7 @@ For each event of an ``events-queue`` batch:
    puts them on every message), else the provider message id through ``MessageIndex``.
 2. ``store_events`` in ``DeliveryEvents``, keyed by the event so a duplicate is a no-op
    (one existence query and one batch insert per delivery partition).
-3. ``merge_into_delivery``: the order-independent lattice join of ``core.events`` on the
+3. ``merge_into_delivery``: the order-independent lattice join of ``core.provider_events`` on the
    ``Deliveries`` row (ETag-guarded), keeping the Task Manager's original outcome for the
    timeline, and marking its task for the Status Manager's recount (``apply_moves``).
 4. ``suppress_if_needed``: hard bounce, complaint and unsubscribe at once; soft bounces
@@ -20,7 +20,6 @@ and counted. Nothing here raises on bad events.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,9 @@ from typing import Any
 
 from core.clock import Clock, iso, utcnow
 from core.errors import AlreadyExists, BadMessage, Conflict
-from core.events import (
+from core.ids import email_hash
+from core.models import Job, message_index_partition
+from core.provider_events import (
     DeliveryLogRequest,
     EventBatch,
     ProviderEvent,
@@ -37,8 +38,6 @@ from core.events import (
     parse_sendgrid_event,
     suppression_reason,
 )
-from core.ids import email_hash
-from core.models import Job
 from core.settings import Settings
 from core.status import FINAL_JOB_STATUSES, TaskStatus
 from core.storage import (
@@ -238,11 +237,6 @@ def locate(storage: Storage, event: ProviderEvent) -> ProviderEvent | None:
         event, tenant_id=entry.get("tenant_id", ""), job_id=entry.get("job_id", ""),
         task_id=entry.get("task_id", ""), contact_id=entry.get("contact_id", ""),
     )
-
-
-def message_index_partition(message_id: str) -> str:
-    """256 partitions spread the index; the id alone names the partition (a point read)."""
-    return hashlib.sha256(message_id.encode()).hexdigest()[:2]
 
 
 def store_events(storage: Storage, partition: str, events: list[ProviderEvent]) -> set[str]:

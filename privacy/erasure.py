@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from core.blobs import delivery_logs
 from core.errors import Conflict, NotFound
 from core.ids import email_hash, normalize_email
-from core.models import Recipient, pack_recipients, unpack_recipients
+from core.models import Recipient, log_blob_name, pack_recipients, unpack_recipients
 from core.status import TaskStatus
 from core.storage import (
     CONTACT_HISTORY,
@@ -38,7 +38,6 @@ from core.storage import (
     Storage,
     etag_of,
 )
-from status_manager.delivery_logs import log_blob_name
 
 log = logging.getLogger("mailroom.erasure")
 

@@ -1,0 +1,1 @@
+"""Privacy: erasure of a contact everywhere it is written, and retention of delivery logs."""
