@@ -24,7 +24,7 @@ from core.settings import Settings
 from core.status import JobStatus, TaskStatus
 from core.storage import ACTIVE_JOBS, JOB_QUEUE, JOBS, TASKS, Entity, Storage
 from core.task_window import enqueue_task
-from status_manager.control import close_cancelled_tasks
+from status_manager.cancelled import close_cancelled_tasks
 from status_manager.delivery_logs import request_delivery_log
 from status_manager.recounts import recount_marked_tasks
 

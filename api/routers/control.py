@@ -1,6 +1,6 @@
 """Steering campaigns and jobs: pause, resume, cancel and retry-failed (API.md "Campaigns and jobs").
 
-The state changes live in ``status_manager.control`` and ``job_manager.retry_failed``; this router
+The state changes live in ``job_manager.control`` and ``job_manager.retry_failed``; this router
 only maps them onto HTTP. A support key is refused (403) by ``TenantDep`` before any state is
 read, another tenant's id is 404, and a state that forbids the action is 409.
 """
@@ -18,8 +18,8 @@ from api.routers.jobs import job_public
 from api.schemas import CampaignPublic, JobPublic
 from core.models import Campaign, Job
 from core.storage import JOBS, Storage
+from job_manager import control
 from job_manager.retry_failed import start_retry_job
-from status_manager import control
 
 router = APIRouter(responses={**ERROR_RESPONSES, **STATE_RESPONSES})
 

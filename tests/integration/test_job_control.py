@@ -12,8 +12,8 @@ from core.messages import TaskTicket
 from core.models import Job
 from core.status import JobStatus
 from core.storage import ACTIVE_JOBS, JOBS, SCHEDULE, TASK_QUEUE, Storage
+from job_manager.control import cancel_job, pause_job, resume_job
 from status_manager import close_finished_jobs
-from status_manager.control import cancel_job, pause_job, resume_job
 from task_manager import TaskOutcome
 from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign, sendgrid_host
 from tests.sim_fixtures import running_sendgrid_simulator

@@ -22,8 +22,8 @@ from core.settings import Settings
 from core.status import CampaignStatus, JobStatus
 from core.storage import JOB_QUEUE, TASK_QUEUE, Storage
 from job_manager import expand_roster, fail_expansion
+from job_manager.control import cancel_job
 from status_manager import close_finished_jobs
-from status_manager.control import cancel_job
 from status_manager.manager import StatusReport, update_job
 from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign, sendgrid_host
 from tests.sim_fixtures import running_sendgrid_simulator

@@ -10,7 +10,7 @@ already do with that status:
 - **resume**: puts the job back to where it was and re-enqueues its unfinished tasks inside
   the job's window (and the expansion, if the roster was not complete).
 - **cancel**: the job turns ``cancelled`` at once; the Status Manager then gives every
-  never-attempted recipient ``cancelled`` (``close_cancelled_tasks``), lets a task that was
+  never-attempted recipient ``cancelled`` (``status_manager.cancelled.close_cancelled_tasks``), lets a task that was
   mid-chunk be recovered by the Task Manager, and closes the job once every task is terminal,
   so the counts still add up to the roster.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
-from core.counts import count_delivery_rows
 from core.errors import Conflict, NotFound, StateConflict
 from core.job_state import campaign_follows_job, change_job, load_campaign, load_job, write_campaign
 from core.messages import JobTicket
@@ -31,20 +30,15 @@ from core.models import (
     TASK_SUMMARY_COLUMNS,
     Campaign,
     Job,
-    Task,
-    delivery_entity,
-    unpack_recipients,
 )
 from core.settings import Settings
-from core.status import CampaignStatus, DeliveryStatus, JobStatus, TaskStatus
-from core.storage import DELIVERIES, JOB_QUEUE, SCHEDULE, TASKS, Entity, Storage
+from core.status import CampaignStatus, JobStatus, TaskStatus
+from core.storage import JOB_QUEUE, SCHEDULE, TASKS, Entity, Storage
 from core.task_window import enqueue_task, in_window
 
 log = logging.getLogger("mailroom.status_manager")
 
 RUNNING_JOB_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.EXPANDING, JobStatus.SENDING})
-CANCEL_REASON = "the job was cancelled before this recipient was sent"
-CANCEL_OWNER = "status-manager-cancel"
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -134,73 +128,6 @@ def requeue_unfinished_tasks(storage: Storage, job: Job, window: int, clock: Clo
         enqueue_task(storage, job.tenant_id, job.id, index)
         count += 1
     return count
-
-
-# -- cancelled jobs: closing what was never attempted ---------------------------------------------
-
-
-def close_cancelled_tasks(storage: Storage, job: Job, clock: Clock = utcnow, budget: int = 50) -> int:
-    """Give the never-attempted recipients of a cancelled job's idle tasks ``cancelled``.
-
-    An idle task (``pending``, or ``paused`` between chunks) is claimed with its ETag like
-    the Task Manager claims it, so a host that claims it at the same moment wins or loses
-    cleanly. A task mid-chunk is left to its owner, or, when the owner died, re-enqueued so
-    the Task Manager records its in-flight recipients ``unknown`` and closes the rest.
-    Returns how many tasks were closed (at most ``budget`` per call).
-    """
-    now = clock()
-    closed = 0
-    for summary in storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS):
-        status = TaskStatus(summary.get("status", "pending"))
-        if status.is_terminal:
-            continue
-        if status == TaskStatus.SENDING:
-            lease = summary.get("lease_until", "")
-            if not lease or parse_iso(lease) <= now:
-                enqueue_task(storage, job.tenant_id, job.id, int(summary["RowKey"]))
-            continue
-        if closed >= budget:
-            break
-        if close_idle_task(storage, job.id, summary["RowKey"], clock):
-            closed += 1
-    return closed
-
-
-def close_idle_task(storage: Storage, job_id: str, row_key: str, clock: Clock = utcnow) -> bool:
-    """Claim one idle task, record its unsent recipients ``cancelled`` and mark it so."""
-    tasks = storage.table(TASKS)
-    try:
-        entity = tasks.get(job_id, row_key)
-    except NotFound:
-        return False
-    task = Task.from_entity(entity)
-    if task.status not in (TaskStatus.PENDING, TaskStatus.PAUSED, TaskStatus.RETRYING) or task.in_flight:
-        return False
-    task.status, task.lease_owner = TaskStatus.SENDING.value, CANCEL_OWNER
-    task.lease_until = later(clock, 60)
-    task.updated_at = iso(clock())
-    try:
-        task.etag = tasks.update(task.progress_entity(), etag=task.etag)
-    except Conflict:
-        return False  # a Task Manager took it; it sees the cancel itself
-    recipients = unpack_recipients(entity)
-    at = iso(clock())
-    remaining = task.leftover + list(range(task.cursor, task.size))
-    rows = [
-        delivery_entity(task, recipients[i], DeliveryStatus.CANCELLED, at, reason=CANCEL_REASON)
-        for i in remaining
-    ]
-    storage.table(DELIVERIES).batch_upsert(rows)
-    task.counts = count_delivery_rows(storage, task.delivery_partition)
-    task.status, task.cursor, task.leftover, task.in_flight = TaskStatus.CANCELLED.value, task.size, [], []
-    task.lease_owner, task.lease_until = "", ""
-    task.updated_at = task.completed_at = at
-    try:
-        tasks.update(task.progress_entity(), etag=task.etag)
-    except Conflict:
-        log.warning("cancelled task changed under us job=%s task=%s", job_id, row_key)
-        return False
-    return True
 
 
 # -- campaigns -------------------------------------------------------------------------------------
