@@ -22,6 +22,7 @@ from core.models import SCHEDULE_PARTITION, Campaign, schedule_key
 from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, JOBS, SCHEDULE, Entity, Storage
 from core.telemetry import current_traceparent
+from core.template_store import load_template, store_template
 from core.templates import TemplateSpec, compile_template
 from core.timing import time_to_send_seconds
 
@@ -67,7 +68,19 @@ def load_campaign(storage: Storage, tenant_id: str, campaign_id: str) -> Campaig
     entity = storage.table(CAMPAIGNS).find(tenant_id, campaign_id)
     if entity is None:
         raise not_found("campaign")
-    return Campaign.from_entity(entity)
+    return with_template(storage, Campaign.from_entity(entity))
+
+
+def with_template(storage: Storage, campaign: Campaign) -> Campaign:
+    """The campaign with its whole template in memory, read from its blob when it has one."""
+    campaign.template = load_template(storage, campaign.template, campaign.template_ref)
+    return campaign
+
+
+def set_template(storage: Storage, campaign: Campaign, template: TemplateSpec) -> None:
+    """Give the campaign a new template, in its row or (too large for a column) in a new blob."""
+    campaign.template = template.model_dump()
+    campaign.template_ref = store_template(storage, campaign.tenant_id, campaign.id, campaign.template)
 
 
 def ensure_editable(campaign: Campaign) -> None:

@@ -27,11 +27,13 @@ from core.errors import (
     AlreadyExists,
     Conflict,
     FieldProblem,
+    InvalidContinuation,
     InvalidInput,
     MailroomError,
     NotFound,
     StateConflict,
     StorageError,
+    StorageRefused,
 )
 
 log = logging.getLogger("mailroom.api")
@@ -190,18 +192,38 @@ def domain_error_response(exc: MailroomError, scope: Scope) -> JSONResponse:
         return error_response(409, "already_exists", "the resource already exists")
     if isinstance(exc, Conflict):
         return error_response(409, "conflict", "the resource changed while you edited it; reload and retry")
+    if isinstance(exc, StorageRefused):
+        return refused_by_storage(exc, scope)
     if isinstance(exc, StorageError):
         log.warning("storage unavailable: %s on %s", type(exc).__name__, route_name(scope))
         return error_response(
             503, "storage_unavailable", "storage is unavailable; retry shortly",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
+    if isinstance(exc, InvalidContinuation):
+        return error_response(400, "bad_request", exc.message, exc.problems)
     if isinstance(exc, InvalidInput):
         return error_response(422, "invalid_fields", exc.message, exc.problems)
     if isinstance(exc, StateConflict):
         return error_response(409, "state_conflict", str(exc))
     log.error("unhandled %s on %s", type(exc).__name__, route_name(scope))
     return error_response(500, "internal_error", "internal error")
+
+
+def refused_by_storage(exc: StorageRefused, scope: Scope) -> JSONResponse:
+    """Storage refused the request for good: the input's fault, so 413/400, never 503 "retry".
+
+    The field is the stored column storage refused (``name``, ``criteria``, ``attributes``…)
+    when it could be told, else ``body``.
+    """
+    log.warning("storage refused code=%s column=%s on %s",
+                exc.code or "-", exc.column or "-", route_name(scope))
+    field = exc.column or "body"
+    if exc.too_large:
+        message = "too large to store"
+        return error_response(413, "too_large", f"{field}: {message}", [FieldProblem(field, message)])
+    message = "storage cannot store this value"
+    return error_response(400, "bad_request", f"{field}: {message}", [FieldProblem(field, message)])
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

@@ -97,6 +97,7 @@ def create_job(storage: Storage, campaign: Campaign, job_id: str, clock: Clock) 
         campaign_id=campaign.id,
         campaign_name=campaign.name,
         template=campaign.template,
+        template_ref=campaign.template_ref,  # the job keeps this blob even if the campaign is edited
         criteria=campaign.criteria,
         status=JobStatus.QUEUED.value,
         created_at=now,

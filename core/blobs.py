@@ -1,8 +1,10 @@
-"""Blob access for exported delivery logs, next to ``core.storage`` (tables and queues).
+"""Blob access for exported delivery logs and large templates, next to ``core.storage``.
 
 Exports are written once per closed job and read by people (portal, Storage Explorer),
 so they are plain CSV/JSON blobs named ``{tenant}/{job}.csv`` in the ``delivery-logs``
-container. Like ``Storage``, a ``namespace`` prefixes the container so tests stay isolated.
+container. Templates too large for a table column live in ``templates``
+(``core.template_store``). Like ``Storage``, a ``namespace`` prefixes the container so tests
+stay isolated.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from core.errors import NotFound, StorageError
 from core.storage import Storage
 
 DELIVERY_LOGS = "delivery-logs"
+TEMPLATES = "templates"
 
 
 class BlobStore:
@@ -81,12 +84,21 @@ class BlobStore:
             raise StorageError(f"blob delete failed: {type(err).__name__}") from err
 
 
-_stores: dict[tuple[str, str], BlobStore] = {}
+_stores: dict[tuple[str, str, str], BlobStore] = {}
+
+
+def _container(storage: Storage, container: str) -> BlobStore:
+    key = (storage.connection_string, storage.namespace, container)
+    if key not in _stores:
+        _stores[key] = BlobStore(storage.connection_string, container, storage.namespace)
+    return _stores[key]
 
 
 def delivery_logs(storage: Storage) -> BlobStore:
     """The container of exported delivery logs on ``storage``'s account and namespace."""
-    key = (storage.connection_string, storage.namespace)
-    if key not in _stores:
-        _stores[key] = BlobStore(storage.connection_string, DELIVERY_LOGS, storage.namespace)
-    return _stores[key]
+    return _container(storage, DELIVERY_LOGS)
+
+
+def templates(storage: Storage) -> BlobStore:
+    """The container of templates too large for their table column (``core.template_store``)."""
+    return _container(storage, TEMPLATES)

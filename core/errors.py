@@ -11,10 +11,13 @@ and job outcomes, and the trigger adapters map them to poison-queue decisions.
     ├── StorageError             Table/Queue/Blob storage failed or is unreachable
     │   ├── NotFound             the entity does not exist
     │   ├── AlreadyExists        an insert met an existing entity
-    │   └── Conflict             an If-Match (ETag) update lost a race
+    │   ├── Conflict             an If-Match (ETag) update lost a race
+    │   └── StorageRefused       storage refused the request for good (a value too large):
+    │                            the input is at fault, retrying cannot help
     ├── InvalidInput             input is well-formed but wrong (field-level details)
     │   ├── InvalidCriteria
-    │   └── InvalidTemplate
+    │   ├── InvalidTemplate
+    │   └── InvalidContinuation  a page token this API did not issue for this list
     ├── StateConflict            the resource's state forbids the action
     ├── BadMessage               a queue message cannot be decoded (goes to -poison)
     ├── RenderError              a template failed for one recipient (recipient skipped)
@@ -55,6 +58,22 @@ class Conflict(StorageError):
     """An ETag-guarded update lost a race with another writer."""
 
 
+class StorageRefused(StorageError):
+    """Storage answered that this request can never succeed (a 400-class refusal).
+
+    A property over 64 KiB, an entity over 1 MiB or a queue message over 64 KiB is the
+    input's fault, not an outage: callers must not retry it and the API must not answer 503.
+    ``too_large`` says it was a size limit; ``column`` names the stored property when it
+    could be told (``""`` otherwise); ``code`` is the service's error code.
+    """
+
+    def __init__(self, message: str, code: str = "", too_large: bool = False, column: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.too_large = too_large
+        self.column = column
+
+
 @dataclass
 class FieldProblem:
     """One invalid field: ``field`` is a dotted path into the request body."""
@@ -78,6 +97,10 @@ class InvalidCriteria(InvalidInput):
 
 class InvalidTemplate(InvalidInput):
     """A template that does not compile or reaches for what the sandbox forbids."""
+
+
+class InvalidContinuation(InvalidInput):
+    """A ``continuation`` token that is forged, altered or issued for another list or tenant."""
 
 
 class StateConflict(MailroomError):

@@ -108,7 +108,7 @@ class Campaign:
     id: str
     tenant_id: str
     name: str
-    template: dict[str, Any]
+    template: dict[str, Any]  # empty while ``template_ref`` names the blob holding it
     criteria: dict[str, Any]
     status: str
     send_at: str = ""
@@ -119,6 +119,7 @@ class Campaign:
     created_at: str = ""
     updated_at: str = ""
     completed_at: str = ""
+    template_ref: str = ""  # a template too large for its column: its blob (core.template_store)
     etag: str = ""
 
     def to_entity(self) -> Entity:
@@ -131,7 +132,8 @@ class Campaign:
             "schedule_key": self.schedule_key,
             "current_job_id": self.current_job_id,
             "job_count": self.job_count,
-            "template": _json(self.template),
+            "template": "" if self.template_ref else _json(self.template),
+            "template_ref": self.template_ref,
             "criteria": _json(self.criteria),
             "counts": _json(self.counts),
             "created_at": self.created_at,
@@ -156,6 +158,7 @@ class Campaign:
             created_at=e.get("created_at", ""),
             updated_at=e.get("updated_at", ""),
             completed_at=e.get("completed_at", ""),
+            template_ref=e.get("template_ref", "") or "",
             etag=etag_of(e),
         )
 
@@ -166,7 +169,7 @@ class Job:
     tenant_id: str
     campaign_id: str
     campaign_name: str
-    template: dict[str, Any]
+    template: dict[str, Any]  # empty while ``template_ref`` names the blob holding it
     criteria: dict[str, Any]
     status: str = JobStatus.QUEUED.value
     roster_size: int = 0
@@ -185,6 +188,7 @@ class Job:
     completed_at: str = ""
     progress_at: str = ""
     retry_of: str = ""  # a retry-failed job: the job whose failed recipients are its roster
+    template_ref: str = ""  # a template too large for its column: its blob (core.template_store)
     etag: str = ""
 
     def to_entity(self) -> Entity:
@@ -209,7 +213,8 @@ class Job:
             "expanded_at": self.expanded_at,
             "completed_at": self.completed_at,
             "progress_at": self.progress_at,
-            "template": _json(self.template),
+            "template": "" if self.template_ref else _json(self.template),
+            "template_ref": self.template_ref,
             "criteria": _json(self.criteria),
         }
         entity.update(count_columns(self.counts))
@@ -242,6 +247,7 @@ class Job:
             completed_at=e.get("completed_at", ""),
             progress_at=e.get("progress_at", ""),
             retry_of=e.get("retry_of", "") or "",
+            template_ref=e.get("template_ref", "") or "",
             etag=etag_of(e),
         )
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -36,8 +38,17 @@ from azure.storage.queue import (
     TextBase64EncodePolicy,
 )
 
-from core.errors import AlreadyExists, Conflict, FieldProblem, InvalidInput, NotFound, StorageError
+from core.errors import (
+    AlreadyExists,
+    Conflict,
+    FieldProblem,
+    InvalidContinuation,
+    NotFound,
+    StorageError,
+    StorageRefused,
+)
 from core.request_count import RequestCounter
+from core.storage_refusals import error_code_in, oversized_column, storage_failure
 from core.table_batches import INSERT, MERGE, REPLACE, LeanBatchClient, UnsupportedEntity
 
 # Tables (PascalCase, read by people in the portal's Storage browser).
@@ -96,8 +107,12 @@ Entity = dict[str, Any]
 _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 
 
-def _translate(err: AzureError) -> StorageError:
-    """Map an SDK exception onto our error tree (the caller chains it)."""
+def _translate(err: AzureError, entities: Iterable[Mapping[str, Any]] = ()) -> StorageError:
+    """Map an SDK exception onto our error tree (the caller chains it).
+
+    A 400-class refusal becomes ``StorageRefused`` naming the oversized column of
+    ``entities`` when there is one (``core.storage_refusals`` decides what is final).
+    """
     if isinstance(err, ResourceNotFoundError):
         return NotFound(str(err).splitlines()[0])
     if isinstance(err, ResourceExistsError):
@@ -109,6 +124,12 @@ def _translate(err: AzureError) -> StorageError:
     if isinstance(err, TableTransactionError):
         if getattr(err, "error_code", None) == "EntityAlreadyExists" or "AlreadyExists" in str(err):
             return AlreadyExists("an entity of the batch already exists")
+    if isinstance(err, HttpResponseError):
+        code = getattr(err, "error_code", None) or error_code_in(str(err))
+        failure = storage_failure(err.status_code, code, "storage request")
+        if isinstance(failure, StorageRefused):
+            failure.column = oversized_column(entities) if failure.too_large else ""
+            return failure
     return StorageError(f"storage request failed: {type(err).__name__}")
 
 
@@ -118,27 +139,53 @@ def etag_of(entity: Mapping[str, Any]) -> str:
     return metadata.get("etag", "")
 
 
-def encode_continuation(token: Mapping[str, Any] | None) -> str | None:
-    """Turn the SDK's continuation dict into an opaque URL-safe string."""
-    if not token:
-        return None
-    raw = json.dumps(dict(token), separators=(",", ":")).encode()
+def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_continuation(token: str | None, field: str = "continuation") -> dict[str, Any] | None:
-    """Parse a token made by ``encode_continuation``; a bad one is an InvalidInput."""
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode())
+
+
+def _token_mac(signing_key: str, scope: str, payload: str) -> str:
+    message = f"continuation\n{scope}\n{payload}".encode()
+    return _b64(hmac.new(signing_key.encode(), message, hashlib.sha256).digest()[:18])
+
+
+def encode_continuation(position: Mapping[str, Any] | None, signing_key: str, scope: str) -> str | None:
+    """Seal a page position (the SDK's continuation dict) into an opaque, signed URL-safe token.
+
+    ``scope`` names the list it belongs to (tenant, route, resource ids): the HMAC covers it,
+    so a token is only ever accepted back on the list and for the tenant it was issued to.
+    """
+    if not position:
+        return None
+    payload = _b64(json.dumps(dict(position), separators=(",", ":")).encode())
+    return f"{payload}.{_token_mac(signing_key, scope, payload)}"
+
+
+def decode_continuation(
+    token: str | None, signing_key: str, scope: str, field: str = "continuation"
+) -> dict[str, Any] | None:
+    """The position sealed by ``encode_continuation`` for this ``scope``.
+
+    Anything else (forged, altered, another list's or another tenant's token) is an
+    ``InvalidContinuation`` naming ``field``, never an empty page.
+    """
     if not token:
         return None
+    refused = InvalidContinuation(
+        "invalid continuation token", [FieldProblem(field, "not a token this API issued for this list")]
+    )
+    payload, _, mac = token.partition(".")
+    if not mac or not hmac.compare_digest(mac, _token_mac(signing_key, scope, payload)):
+        raise refused
     try:
-        padded = token + "=" * (-len(token) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        value = json.loads(_unb64(payload))
     except (ValueError, binascii.Error) as err:
-        raise InvalidInput(
-            "invalid continuation token", [FieldProblem(field, "not a token this API issued")]
-        ) from err
+        raise refused from err
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise InvalidInput("invalid continuation token", [FieldProblem(field, "not a token this API issued")])
+        raise refused
     return value
 
 
@@ -156,10 +203,14 @@ def _substitute(filter: str, parameters: Mapping[str, str]) -> str:
 
 @dataclass
 class Page:
-    """One page of a query: the entities and the opaque token for the next page."""
+    """One page of a query: the entities and where the next page starts (``None``: no more).
+
+    The position is the service's own; the API seals it into a signed token
+    (``encode_continuation``) before a client sees it.
+    """
 
     items: list[Entity]
-    continuation: str | None
+    continuation: dict[str, Any] | None
 
 
 class Table:
@@ -195,7 +246,7 @@ class Table:
         try:
             return self._client.create_entity(entity).get("etag", "")
         except AzureError as err:
-            raise _translate(err) from err
+            raise _translate(err, [entity]) from err
 
     def upsert(self, entity: Entity, replace: bool = False) -> str:
         """Insert or merge (or replace) an entity. Returns the new ETag."""
@@ -203,7 +254,7 @@ class Table:
         try:
             return self._client.upsert_entity(entity, mode=mode).get("etag", "")
         except AzureError as err:
-            raise _translate(err) from err
+            raise _translate(err, [entity]) from err
 
     def update(self, entity: Entity, etag: str | None = None, replace: bool = False) -> str:
         """Update an existing entity; with ``etag`` only if unchanged (else ``Conflict``)."""
@@ -214,7 +265,7 @@ class Table:
         try:
             return self._client.update_entity(entity, **kwargs).get("etag", "")
         except AzureError as err:
-            raise _translate(err) from err
+            raise _translate(err, [entity]) from err
 
     def delete(self, partition: str, row: str, etag: str | None = None) -> None:
         """Delete an entity; deleting a missing one is not an error."""
@@ -284,13 +335,16 @@ class Table:
             self._lean.submit(self.name, kind, batch)
         except UnsupportedEntity:
             return False
+        except StorageRefused as err:
+            err.column = oversized_column(batch) if err.too_large else ""
+            raise
         return True
 
     def _submit(self, operations: list[Any]) -> None:
         try:
             self._client.submit_transaction(operations)
         except AzureError as err:
-            raise _translate(err) from err
+            raise _translate(err, [operation[1] for operation in operations]) from err
 
     # -- queries ----------------------------------------------------------------------
     def query(
@@ -331,14 +385,14 @@ class Table:
         parameters: Mapping[str, Any] | None = None,
         select: list[str] | None = None,
         limit: int = 100,
-        continuation: str | None = None,
+        continuation: Mapping[str, Any] | None = None,
     ) -> Page:
-        """One page of at most ``limit`` entities and the token for the next one.
+        """One page of at most ``limit`` entities and the position of the next one.
 
         The service may return a short (even empty) page with a token: we keep reading
         until the page is full or the results end, so callers see full pages.
         """
-        token = decode_continuation(continuation)
+        token = dict(continuation) if continuation else None
         items: list[Entity] = []
         try:
             while True:
@@ -355,7 +409,7 @@ class Table:
                     break
         except AzureError as err:
             raise _translate(err) from err
-        return Page(items=items, continuation=encode_continuation(token))
+        return Page(items=items, continuation=token or None)
 
     def partition(self, partition: str, select: list[str] | None = None) -> Iterator[Entity]:
         """Every entity of one partition."""

@@ -35,6 +35,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import urllib3
 
 from core.errors import AlreadyExists, StorageError
+from core.storage_refusals import error_code_in, storage_failure
 
 API_VERSION = "2019-02-02"
 INSERT, MERGE, REPLACE = "insert", "merge", "replace"
@@ -225,10 +226,14 @@ class LeanBatchClient:
 
 
 def _raise_for_batch(status: int, data: bytes) -> None:
-    """A $batch answers 202 with one response per operation, or the first failure alone."""
-    if status != 202:
-        raise StorageError(f"storage batch failed with status {status}")
+    """A $batch answers 202 with one response per operation, or the first failure alone.
+
+    Final refusals (a property or entity too large) are ``StorageRefused``, decided by
+    ``core.storage_refusals`` exactly as for the SDK path.
+    """
     text = data.decode("utf-8", errors="replace")
+    if status != 202:
+        raise storage_failure(status, error_code_in(text), "storage batch")
     for line in text.splitlines():
         if not line.startswith("HTTP/1.1 "):
             continue
@@ -237,4 +242,4 @@ def _raise_for_batch(status: int, data: bytes) -> None:
             continue
         if code == 409 and "EntityAlreadyExists" in text:
             raise AlreadyExists("an entity of the batch already exists")
-        raise StorageError(f"storage batch operation failed with status {code}")
+        raise storage_failure(code, error_code_in(text), "storage batch operation")

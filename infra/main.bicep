@@ -1,5 +1,5 @@
 // Mailroom on Azure: Function App (Flex Consumption, Python 3.11), its Storage account (tables,
-// queues, the delivery-logs blob container), Application Insights and a Key Vault for secrets.
+// queues, the delivery-logs and templates blob containers), Application Insights and a Key Vault for secrets.
 //
 // App settings are the Values of ../local.settings.json.example, by the same names, so the two can
 // never drift: a few are overridden for Azure (schedules, public URL, App Insights) and the secrets
@@ -71,6 +71,11 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
 resource deliveryLogs 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: 'delivery-logs'
+}
+
+resource templates 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: 'templates'
 }
 
 resource packages 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {

@@ -10,7 +10,7 @@ already do with that status:
 - **resume**: puts the job back to where it was and re-enqueues its unfinished tasks inside
   the job's window (and the expansion, if the roster was not complete).
 - **cancel**: the job turns ``cancelled`` at once; the Status Manager then gives every
-  never-attempted recipient ``cancelled`` (``status_manager.cancelled.close_cancelled_tasks``), lets a task that was
+  never-attempted recipient ``cancelled`` (``status_manager.cancelled``), lets a task that was
   mid-chunk be recovered by the Task Manager, and closes the job once every task is terminal,
   so the counts still add up to the roster.
 

@@ -50,7 +50,8 @@ def start_retry_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock 
     now = iso(clock())
     job = Job(
         id=retry_job_id(old), tenant_id=tenant_id, campaign_id=old.campaign_id,
-        campaign_name=old.campaign_name, template=old.template, criteria=old.criteria,
+        campaign_name=old.campaign_name, template=old.template, template_ref=old.template_ref,
+        criteria=old.criteria,
         status=JobStatus.QUEUED.value, created_at=now, progress_at=now, retry_of=old.id,
     )
     job = open_job(storage, job)

@@ -29,6 +29,7 @@ from core.models import Job, Recipient, Task, Tenant
 from core.status import JobStatus
 from core.storage import IDEMPOTENCY_KEYS, JOBS, TASKS, Storage, etag_of
 from core.task_window import enqueue_task
+from core.template_store import store_template
 
 log = logging.getLogger("mailroom.transactional")
 
@@ -102,9 +103,11 @@ def create_email_job(
         Recipient(contact_id_for(tenant.contact_salt, address), address, "", dict(email.data))
         for address in dict.fromkeys(normalize_email(a) for a in email.to)
     ]
+    template_ref = store_template(storage, tenant.id, email_id, email.template)  # a large body: a blob
     job = Job(
         id=email_id, tenant_id=tenant.id, campaign_id="", campaign_name=TRANSACTIONAL,
-        template=email.template, criteria={}, status=JobStatus.SENDING.value,
+        template={} if template_ref else email.template, template_ref=template_ref,
+        criteria={}, status=JobStatus.SENDING.value,
         roster_size=len(recipients), expanded=True, tasks_total=1,
         created_at=now, started_at=now, expanded_at=now, progress_at=now,
     )

@@ -5,7 +5,8 @@ chunk boundary (to notice a pause or a cancel, at most once a second) and the te
 route: the bench counted those reads as the largest share of storage requests per email.
 Shared here, per host process:
 
-- the compiled template, per job (a job's template never changes once the job exists);
+- the compiled template, per job (a job's template never changes once the job exists), read
+  from its blob once per host when it is too large for the job row;
 - the job row: each task reads it fresh when it starts, and its checks at chunk boundaries take
   the host's latest copy if it is younger than ``JOB_STATUS_CHECK_SECONDS``. Only "keep
   sending" is decided on a cached row: a row that says paused, cancelled or failed is read
@@ -24,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from core.models import TENANT_PARTITION, Job
 from core.status import JobStatus
 from core.storage import JOBS, TENANTS, Storage
+from core.template_store import load_template
 from core.templates import CompiledTemplate, TemplateSpec, compile_template
 
 HALTING = frozenset({JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.FAILED})
@@ -65,11 +67,17 @@ class JobCache:
         self._tenants: _Recent[dict[str, Any]] = _Recent(size)
         self.reads = 0  # storage reads this cache made (tests count them)
 
-    def template(self, job: Job) -> CompiledTemplate:
-        compiled = self._templates.get(job.id, float("inf"))
+    def template(self, storage: Storage, job: Job) -> CompiledTemplate:
+        """The job's compiled template; a blob is read once per host (blobs never change content,
+        so the jobs of one campaign version share one read)."""
+        key = job.template_ref or job.id
+        compiled = self._templates.get(key, float("inf"))
         if compiled is None:
-            compiled = compile_template(TemplateSpec.model_validate(job.template))
-            self._templates.put(job.id, compiled)
+            if job.template_ref:
+                self.reads += 1
+            template = load_template(storage, job.template, job.template_ref)
+            compiled = compile_template(TemplateSpec.model_validate(template))
+            self._templates.put(key, compiled)
         return compiled
 
     def job(self, storage: Storage, tenant_id: str, job_id: str, max_age: float) -> Job:

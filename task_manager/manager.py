@@ -119,7 +119,7 @@ def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: Suppressio
     if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
         return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
 
-    template = jobs.template(job)
+    template = jobs.template(storage, job)
     route = route_for(job, settings, jobs.tenant(storage, job.tenant_id))
     prior = prior_attempts(run)
     pending = task.leftover + list(range(task.cursor, task.size))
@@ -367,14 +367,14 @@ def render_email(run: _Run, recipient: Recipient, template: CompiledTemplate) ->
         UnsubscribeClaim(job.tenant_id, recipient.contact_id, job.campaign_id),
     )
     rendered = template.render(build_context(recipient, job.campaign_name, url))
-    spec = job.template
+    spec = template.spec  # the job row's template may be a blob reference; the compiled one is whole
     return OutboundEmail(
         to_email=recipient.email,
         to_name=recipient.name,
         subject=rendered.subject,
-        from_email=spec.get("from_email", ""),
-        from_name=spec.get("from_name", ""),
-        reply_to=spec.get("reply_to", ""),
+        from_email=spec.from_email,
+        from_name=spec.from_name,
+        reply_to=spec.reply_to,
         html=rendered.html,
         text=rendered.text,
         headers=one_click_headers(url),

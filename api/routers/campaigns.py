@@ -18,9 +18,11 @@ from api.campaign_records import (
     load_campaign,
     schedule_entity,
     set_send_at,
+    set_template,
     sync_schedule,
     touch,
     validate_content,
+    with_template,
 )
 from api.dependencies import SettingsDep, StorageDep
 from api.preview import render_preview
@@ -28,8 +30,8 @@ from api.routers.conventions import (
     DEFAULT_PAGE_LIMIT,
     ERROR_RESPONSES,
     STATE_RESPONSES,
-    Continuation,
     Limit,
+    TenantPageCursor,
 )
 from api.schemas import (
     CampaignCreate,
@@ -54,9 +56,10 @@ router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
 def create_campaign(body: CampaignCreate, tenant: TenantDep, storage: StorageDep) -> CampaignPublic:
     criteria = validate_content(body.template, body.criteria, check_criteria=True) or {}
     campaign = Campaign(
-        id=new_id(), tenant_id=tenant.id, name=body.name, template=body.template.model_dump(),
+        id=new_id(), tenant_id=tenant.id, name=body.name, template={},
         criteria=criteria, status=CampaignStatus.DRAFT.value, counts=zero_counts(),
     )
+    set_template(storage, campaign, body.template)
     touch(campaign)
     campaign.created_at = campaign.updated_at
     if body.send_at is not None:
@@ -69,16 +72,17 @@ def create_campaign(body: CampaignCreate, tenant: TenantDep, storage: StorageDep
 
 @router.get("/campaigns", response_model=Page[CampaignPublic])
 def list_campaigns(
-    tenant: TenantDep, storage: StorageDep,
-    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+    tenant: TenantDep, storage: StorageDep, cursor: TenantPageCursor,
+    limit: Limit = DEFAULT_PAGE_LIMIT,
 ) -> Page[CampaignPublic]:
     page = storage.table(CAMPAIGNS).query_page(
-        "PartitionKey eq @t", {"t": tenant.id}, limit=limit, continuation=continuation
+        "PartitionKey eq @t", {"t": tenant.id}, limit=limit, continuation=cursor.position
     )
-    campaigns = [Campaign.from_entity(e) for e in page.items]
+    campaigns = [with_template(storage, Campaign.from_entity(e)) for e in page.items]
     jobs = job_summaries(storage, tenant.id, [c.id for c in campaigns if c.job_count or c.current_job_id])
     return Page[CampaignPublic](
-        items=[campaign_public(c, jobs.get(c.id, [])) for c in campaigns], continuation=page.continuation
+        items=[campaign_public(c, jobs.get(c.id, [])) for c in campaigns],
+        continuation=cursor.next_token(page.continuation),
     )
 
 
@@ -103,7 +107,7 @@ def update_campaign(
     if body.name is not None:
         campaign.name = body.name
     if body.template is not None:
-        campaign.template = body.template.model_dump()
+        set_template(storage, campaign, body.template)
     if criteria is not None:
         campaign.criteria = criteria
     if "send_at" in given:

@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from api.auth import TenantDep
 from api.dependencies import StorageDep
 from api.errors import not_found
-from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Continuation, Limit
+from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, TenantPageCursor
 from api.schemas import ContactDeliveryPublic, Page
 from core.models import ACTIVE_PARTITION, Job
 from core.storage import ACTIVE_JOBS, CONTACT_HISTORY, CONTACTS, JOBS, Entity, Storage
@@ -57,18 +57,18 @@ def running_deliveries(storage: Storage, tenant_id: str, contact_id: str) -> lis
 @router.get("/contacts/{contact_id}/deliveries", response_model=Page[ContactDeliveryPublic])
 def list_contact_deliveries(
     contact_id: str, tenant: TenantDep, storage: StorageDep,
-    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+    cursor: TenantPageCursor, limit: Limit = DEFAULT_PAGE_LIMIT,
 ) -> Page[ContactDeliveryPublic]:
     page = storage.table(CONTACT_HISTORY).query_page(
         "PartitionKey eq @t and RowKey ge @lo and RowKey lt @hi",
         {"t": tenant.id, "lo": f"{contact_id}|", "hi": f"{contact_id}}}"},
-        limit=limit, continuation=continuation,
+        limit=limit, continuation=cursor.position,
     )
     items = [history_public(e) for e in page.items]
-    if continuation is None:
+    if cursor.position is None:
         closed = {item.job_id for item in items}
         running = running_deliveries(storage, tenant.id, contact_id)
         items = [d for d in running if d.job_id not in closed] + items
         if not items and storage.table(CONTACTS).find(tenant.id, contact_id) is None:
             raise not_found("contact")
-    return Page[ContactDeliveryPublic](items=items, continuation=page.continuation)
+    return Page[ContactDeliveryPublic](items=items, continuation=cursor.next_token(page.continuation))

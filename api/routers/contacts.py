@@ -11,13 +11,13 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import TenantDep
 from api.contact_import import ImportOutcome, import_contacts, rows_from_csv, rows_from_json
 from api.dependencies import SettingsDep, StorageDep
-from api.errors import ApiError, invalid, json_loads_or_400, not_found
-from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Continuation, Limit
+from api.errors import ApiError, json_loads_or_400, not_found
+from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, PageCursor, TenantPageCursor
 from api.schemas import ContactIn, ContactPublic, ImportRejection, ImportResult, Page
-from core.errors import FieldProblem
+from core.errors import FieldProblem, InvalidContinuation
 from core.ids import contact_id_for, normalize_email
 from core.models import Contact, Tenant
-from core.storage import CONTACTS, DELIVERIES, JOBS, Entity, Storage, decode_continuation, encode_continuation
+from core.storage import CONTACTS, DELIVERIES, JOBS, Entity, Storage
 from privacy.erasure import erase_contact_traces
 
 router = APIRouter(tags=["contacts"], responses=ERROR_RESPONSES)
@@ -95,20 +95,21 @@ def contact_public(contact: Contact) -> ContactPublic:
 
 @router.get("/contacts", response_model=Page[ContactPublic])
 def list_contacts(
-    tenant: TenantDep, storage: StorageDep,
+    tenant: TenantDep, storage: StorageDep, cursor: TenantPageCursor,
     list_name: Annotated[str | None, Query(alias="list", max_length=64)] = None,
     email: Annotated[str | None, Query(max_length=254)] = None,
-    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+    limit: Limit = DEFAULT_PAGE_LIMIT,
 ) -> Page[ContactPublic]:
     if email is not None:
         return _by_email(storage, tenant, email, list_name)
     if list_name is not None:
-        return _in_list(storage, tenant.id, list_name, limit, continuation)
+        return _in_list(storage, tenant.id, list_name, limit, cursor)
     page = storage.table(CONTACTS).query_page(
-        "PartitionKey eq @t", {"t": tenant.id}, limit=limit, continuation=continuation
+        "PartitionKey eq @t", {"t": tenant.id}, limit=limit, continuation=cursor.position
     )
     return Page[ContactPublic](
-        items=[contact_public(Contact.from_entity(e)) for e in page.items], continuation=page.continuation
+        items=[contact_public(Contact.from_entity(e)) for e in page.items],
+        continuation=cursor.next_token(page.continuation),
     )
 
 
@@ -123,17 +124,17 @@ def _by_email(storage: Storage, tenant: Tenant, email: str, list_name: str | Non
 
 
 def _in_list(
-    storage: Storage, tenant_id: str, list_name: str, limit: int, continuation: str | None
+    storage: Storage, tenant_id: str, list_name: str, limit: int, cursor: PageCursor
 ) -> Page[ContactPublic]:
     """Lists live inside a JSON column Table Storage cannot filter on, so filter here.
 
     The token is "after this RowKey" (contacts sort by id in one partition), which lets a
     page stop in the middle of a storage page without skipping or repeating anyone.
     """
-    token = decode_continuation(continuation)
-    after = (token or {}).get("after", "")
-    if token is not None and not after:
-        raise invalid("continuation", "not a token this API issued")
+    after = (cursor.position or {}).get("after", "")
+    if cursor.position is not None and not after:  # a token of the unfiltered list
+        raise InvalidContinuation("invalid continuation token",
+                                  [FieldProblem("continuation", "not a token this API issued for this list")])
     query, params = "PartitionKey eq @t", {"t": tenant_id}
     if after:
         query += " and RowKey gt @after"
@@ -153,7 +154,7 @@ def _in_list(
             break
     else:
         return Page[ContactPublic](items=items, continuation=None)
-    return Page[ContactPublic](items=items, continuation=encode_continuation({"after": last_seen}))
+    return Page[ContactPublic](items=items, continuation=cursor.next_token({"after": last_seen}))
 
 
 @router.get("/contacts/{contact_id}", response_model=ContactPublic)

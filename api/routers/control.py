@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.auth import TenantDep
-from api.campaign_records import campaign_public, job_summaries, load_campaign
+from api.campaign_records import campaign_public, job_summaries, load_campaign, with_template
 from api.dependencies import SettingsDep, StorageDep
 from api.errors import not_found
 from api.routers.conventions import ERROR_RESPONSES, STATE_RESPONSES
@@ -25,7 +25,8 @@ router = APIRouter(responses={**ERROR_RESPONSES, **STATE_RESPONSES})
 
 
 def _campaign_view(storage: Storage, campaign: Campaign) -> CampaignPublic:
-    return campaign_public(campaign, job_summaries(storage, campaign.tenant_id, [campaign.id])[campaign.id])
+    jobs = job_summaries(storage, campaign.tenant_id, [campaign.id])[campaign.id]
+    return campaign_public(with_template(storage, campaign), jobs)
 
 
 def _own_job(storage: Storage, tenant_id: str, job_id: str) -> None:

@@ -20,7 +20,7 @@ from api.auth import TenantDep
 from api.campaign_records import load_campaign
 from api.dependencies import StorageDep
 from api.errors import not_found
-from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Continuation, Limit
+from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, TenantPageCursor
 from api.schemas import DeliveryEvent, DeliveryPublic, JobPublic, Page
 from core.clock import iso, parse_iso, utcnow
 from core.ids import normalize_email
@@ -96,16 +96,17 @@ def _load_job(storage: Storage, tenant_id: str, job_id: str) -> Job:
 @router.get("/campaigns/{campaign_id}/jobs", response_model=Page[JobPublic], tags=["campaigns"])
 def list_campaign_jobs(
     campaign_id: str, tenant: TenantDep, storage: StorageDep,
-    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+    cursor: TenantPageCursor, limit: Limit = DEFAULT_PAGE_LIMIT,
 ) -> Page[JobPublic]:
     load_campaign(storage, tenant.id, campaign_id)  # 404 for another tenant's campaign
     page = storage.table(JOBS).query_page(
         "PartitionKey eq @t and campaign_id eq @c", {"t": tenant.id, "c": campaign_id},
-        limit=limit, continuation=continuation,
+        limit=limit, continuation=cursor.position,
     )
     now = utcnow()
     return Page[JobPublic](
-        items=[job_public(Job.from_entity(e), now) for e in page.items], continuation=page.continuation
+        items=[job_public(Job.from_entity(e), now) for e in page.items],
+        continuation=cursor.next_token(page.continuation),
     )
 
 
@@ -153,14 +154,14 @@ def with_timelines(storage: Storage, job: Job, rows: list[Entity]) -> list[Deliv
 @router.get("/jobs/{job_id}/deliveries", response_model=Page[DeliveryPublic])
 def list_deliveries(
     job_id: str, tenant: TenantDep, storage: StorageDep,
-    status: StatusFilter = None, email: EmailFilter = None,
-    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+    cursor: TenantPageCursor, status: StatusFilter = None, email: EmailFilter = None,
+    limit: Limit = DEFAULT_PAGE_LIMIT,
 ) -> Page[DeliveryPublic]:
     job = _load_job(storage, tenant.id, job_id)
     query, params = delivery_query(job_id, status.value if status else None, email)
-    page = storage.table(DELIVERIES).query_page(query, params, limit=limit, continuation=continuation)
+    page = storage.table(DELIVERIES).query_page(query, params, limit=limit, continuation=cursor.position)
     return Page[DeliveryPublic](items=with_timelines(storage, job, page.items),
-                                continuation=page.continuation)
+                                continuation=cursor.next_token(page.continuation))
 
 
 @router.get("/jobs/{job_id}/deliveries/{contact_id}", response_model=DeliveryPublic)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response
 from api.auth import TenantDep
 from api.dependencies import StorageDep
 from api.errors import not_found
-from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Continuation, Limit
+from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, TenantPageCursor
 from api.schemas import Page, SuppressionCreate, SuppressionPublic
 from core.storage import SUPPRESSIONS, Entity
 from core.suppressions import add_suppression, remove_suppression
@@ -29,13 +29,13 @@ def suppression_public(entity: Entity) -> SuppressionPublic:
 @router.get("/suppressions", response_model=Page[SuppressionPublic])
 def list_suppressions(
     tenant: TenantDep, storage: StorageDep,
-    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+    cursor: TenantPageCursor, limit: Limit = DEFAULT_PAGE_LIMIT,
 ) -> Page[SuppressionPublic]:
     page = storage.table(SUPPRESSIONS).query_page(
-        "PartitionKey eq @t and active eq true", {"t": tenant.id}, limit=limit, continuation=continuation
+        "PartitionKey eq @t and active eq true", {"t": tenant.id}, limit=limit, continuation=cursor.position
     )
     return Page[SuppressionPublic](items=[suppression_public(e) for e in page.items],
-                                   continuation=page.continuation)
+                                   continuation=cursor.next_token(page.continuation))
 
 
 @router.post("/suppressions", status_code=201, response_model=SuppressionPublic)

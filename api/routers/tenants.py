@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from api.auth import OPERATOR_WIDE, AdminDep, Directory, OperatorReaderDep, get_directory
 from api.dependencies import StorageDep
 from api.errors import not_found
-from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Continuation, Limit
+from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, OperatorPageCursor
 from api.schemas import (
     KeyPublic,
     OperatorKeyCreate,
@@ -49,18 +49,19 @@ def create_tenant(body: TenantCreate, _: AdminDep, storage: StorageDep) -> Tenan
 
 @router.get("/tenants", response_model=Page[TenantPublic])
 def list_tenants(
-    principal: OperatorReaderDep, storage: StorageDep,
-    limit: Limit = DEFAULT_PAGE_LIMIT, continuation: Continuation = None,
+    principal: OperatorReaderDep, storage: StorageDep, cursor: OperatorPageCursor,
+    limit: Limit = DEFAULT_PAGE_LIMIT,
 ) -> Page[TenantPublic]:
     if not principal.operator_wide:  # a support key made for one tenant sees that one
         entity = storage.table(TENANTS).find(TENANT_PARTITION, principal.tenant_id)
         items = [tenant_public(Tenant.from_entity(entity))] if entity else []
         return Page[TenantPublic](items=items, continuation=None)
     page = storage.table(TENANTS).query_page(
-        "PartitionKey eq @p", {"p": TENANT_PARTITION}, limit=limit, continuation=continuation
+        "PartitionKey eq @p", {"p": TENANT_PARTITION}, limit=limit, continuation=cursor.position
     )
     return Page[TenantPublic](
-        items=[tenant_public(Tenant.from_entity(e)) for e in page.items], continuation=page.continuation
+        items=[tenant_public(Tenant.from_entity(e)) for e in page.items],
+        continuation=cursor.next_token(page.continuation),
     )
 
 

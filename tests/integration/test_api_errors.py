@@ -93,8 +93,16 @@ def test_bad_limit_names_the_limit_field(client, tenant, limit):
 
 def test_forged_continuation_names_the_continuation_field(client, tenant):
     response = client.get(f"{V1}/campaigns", params={"continuation": "!!not-a-token"}, headers=tenant.headers)
-    error = assert_error_shape(response, 422, "invalid_fields")
+    error = assert_error_shape(response, 400, "bad_request")
     assert [d["field"] for d in error["details"]] == ["continuation"]
+
+
+def test_a_value_storage_refuses_as_too_large_is_413_naming_it_not_503(client, tenant, campaign_body):
+    criteria = {"field": "attributes.note", "op": "eq", "value": "n" * 40_000}  # over a 64 KiB column
+    response = client.post(f"{V1}/campaigns", json=campaign_body(criteria=criteria), headers=tenant.headers)
+    error = assert_error_shape(response, 413, "too_large")
+    assert [d["field"] for d in error["details"]] == ["criteria"]
+    assert "Retry-After" not in response.headers
 
 
 def test_oversized_body_is_413_before_it_is_read(settings, storage, tenant):

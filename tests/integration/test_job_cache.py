@@ -55,4 +55,4 @@ def test_a_tenant_row_is_read_once_for_many_tasks(storage: Storage) -> None:
 
 def test_a_jobs_template_is_compiled_once(storage: Storage) -> None:
     job, cache = a_job(storage), JobCache()
-    assert cache.template(job) is cache.template(job)
+    assert cache.template(storage, job) is cache.template(storage, job)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import secrets
 
 import pytest
 from azure.storage.queue import QueueClient
 
-from core.errors import AlreadyExists, Conflict
+from core.errors import AlreadyExists, Conflict, StorageError, StorageRefused
 from core.storage import JOB_QUEUE, TASKS, Storage
+from tests.sim_fixtures import free_port
 
 
 def test_queue_messages_are_base64_on_the_wire_as_the_functions_host_expects(storage: Storage):
@@ -46,3 +48,37 @@ def test_batches_split_by_partition_and_size_and_paging_visits_each_row_once(sto
         if not token:
             break
     assert sorted(seen) == sorted((r["PartitionKey"], r["RowKey"]) for r in rows)
+
+
+def _write(storage: Storage, how: str, entity: dict) -> None:
+    table = storage.table(TASKS)
+    if how == "insert":
+        table.insert(entity)
+    elif how == "upsert":
+        table.upsert(entity)
+    elif how == "update":
+        table.insert({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]})
+        table.update(entity)
+    elif how == "lean batch":
+        table.batch_upsert([entity])
+    else:
+        sdk_only = Storage(storage.connection_string, storage.namespace, lean_batches=False)
+        sdk_only.table(TASKS).batch_upsert([entity])
+
+
+@pytest.mark.parametrize("how", ["insert", "upsert", "update", "lean batch", "sdk batch"])
+def test_a_property_over_64_kib_is_refused_for_good_naming_its_column_not_an_outage(storage: Storage, how):
+    entity = {"PartitionKey": "p", "RowKey": secrets.token_hex(4), "small": "ok", "html": "é" * 40_000}
+    with pytest.raises(StorageRefused) as refused:
+        _write(storage, how, entity)
+    assert refused.value.too_large and refused.value.column == "html"
+    assert refused.value.code == "PropertyValueTooLarge"
+
+
+def test_an_outage_is_not_a_refusal():
+    down = Storage("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+                   f"TableEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;"
+                   f"QueueEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;")
+    with pytest.raises(StorageError) as failed:
+        down.table(TASKS).insert({"PartitionKey": "p", "RowKey": "r"})
+    assert not isinstance(failed.value, StorageRefused)
