@@ -84,6 +84,11 @@ class BlobStore:
 _stores: dict[tuple[str, str], BlobStore] = {}
 
 
+def log_blob_name(tenant_id: str, job_id: str) -> str:
+    """A closed job's exported delivery log (the erasure rewrites it, so it lives here)."""
+    return f"{tenant_id}/{job_id}.csv"
+
+
 def delivery_logs(storage: Storage) -> BlobStore:
     """The container of exported delivery logs on ``storage``'s account and namespace."""
     key = (storage.connection_string, storage.namespace)
