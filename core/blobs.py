@@ -94,6 +94,16 @@ def _container(storage: Storage, container: str) -> BlobStore:
     return _stores[key]
 
 
+def log_blob_name(tenant_id: str, job_id: str) -> str:
+    """A closed job's exported delivery log (the erasure rewrites it, so it lives here)."""
+    return f"{tenant_id}/{job_id}.csv"
+
+
+def summary_blob_name(tenant_id: str, job_id: str) -> str:
+    """A closed job's summary JSON beside its CSV."""
+    return f"{tenant_id}/{job_id}.summary.json"
+
+
 def delivery_logs(storage: Storage) -> BlobStore:
     """The container of exported delivery logs on ``storage``'s account and namespace."""
     return _container(storage, DELIVERY_LOGS)

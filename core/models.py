@@ -430,16 +430,6 @@ def message_index_partition(message_id: str) -> str:
     return hashlib.sha256(message_id.encode()).hexdigest()[:2]
 
 
-def log_blob_name(tenant_id: str, job_id: str) -> str:
-    """A closed job's delivery log CSV in the ``delivery-logs`` container."""
-    return f"{tenant_id}/{job_id}.csv"
-
-
-def summary_blob_name(tenant_id: str, job_id: str) -> str:
-    """A closed job's summary JSON beside its CSV."""
-    return f"{tenant_id}/{job_id}.summary.json"
-
-
 def active_job_key(tenant_id: str, job_id: str) -> str:
     """RowKey of a job in the ActiveJobs index the Status Manager walks."""
     return f"{tenant_id}|{job_id}"

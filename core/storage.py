@@ -70,6 +70,7 @@ RATE_LIMITS = "RateLimits"
 IDEMPOTENCY_KEYS = "IdempotencyKeys"
 SUPPORT_AUDIT = "SupportAudit"
 RECOUNTS = "Recounts"
+ERASURES = "Erasures"
 ALL_TABLES = (
     TENANTS,
     API_KEYS,
@@ -89,6 +90,7 @@ ALL_TABLES = (
     IDEMPOTENCY_KEYS,
     SUPPORT_AUDIT,
     RECOUNTS,
+    ERASURES,
 )
 
 # Queues (kebab-case), each with a -poison twin.

@@ -1,13 +1,28 @@
 """Erasing a contact's address from everything delivery tracking kept (``DELETE /contacts/{id}``).
 
-The delivery *facts* stay (statuses, counts, timelines), the address goes:
+First an erasure marker (``core/erasures.py``): from then on no Task Manager check misses the
+contact, so it is not handed to a provider and its delivery row ends ``skipped`` ("contact
+deleted") without an address. Then the contact's unfinished tasks are settled: if one is sending
+the contact's chunk right now, the erasure waits until that chunk is over (that check ran before
+the marker existed); an idle task (pending, paused, retrying, or its lease expired) has the
+contact's address, name and attributes blanked in its compressed recipients under its ETag; a
+task another host is sending keeps its copy until the job's delivery log is written, which blanks
+what a racing writer left behind (``status_manager/delivery_logs.py``).
+
+The ordering argument, for one chunk: the Task Manager writes ``in_flight`` (W), reads the
+markers (Q), then sends (S). The erasure writes its marker (M), then reads the task (R). If Q
+came after M, Q finds the contact and S skips it. If Q came before M, then W came before M and so
+before R: R sees the contact ``in_flight`` and the erasure waits until S is over. Either way
+nothing is handed over once the DELETE has returned.
+
+Then the delivery *facts* stay (statuses, counts, timelines), the address goes:
 
 - ``Deliveries`` rows: ``email`` blanked (``redacted``);
 - ``DeliveryEvents`` rows: the provider's response text blanked (it is scrubbed of
   addresses on the way in; this removes anything a provider phrased unusually);
 - ``Tasks``: the compressed recipient list of each finished task that carried the
   contact is rewritten without its address, name and attributes (a running task is left
-  to its owner: rewriting it would break the owner's ETag; it is counted in ``skipped_tasks``);
+  to its owner, see above: rewriting it would break the owner's ETag; counted in ``skipped_tasks``);
 - exported ``delivery-logs`` CSV blobs: the contact's row rewritten with a blank address;
 - ``Suppressions``: the row stays (keyed by a hash, so the address is still never sent
   to) but its ``email`` column is blanked.
@@ -20,12 +35,17 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
-from core.blobs import delivery_logs
-from core.errors import Conflict, NotFound
+from core.blobs import delivery_logs, log_blob_name
+from core.clock import Clock, parse_iso, utcnow
+from core.erasures import record_erasure
+from core.errors import Conflict, NotFound, StateConflict
 from core.ids import email_hash, normalize_email
-from core.models import Recipient, log_blob_name, pack_recipients, unpack_recipients
+from core.models import Recipient, Task, pack_recipients, unpack_recipients
 from core.status import TaskStatus
 from core.storage import (
     CONTACT_HISTORY,
@@ -36,10 +56,20 @@ from core.storage import (
     TASKS,
     Entity,
     Storage,
+    Table,
     etag_of,
 )
 
 log = logging.getLogger("mailroom.erasure")
+
+# How long a DELETE waits for a chunk that is sending the contact (a chunk's sends are bounded
+# by the retry budget, 30 s, plus one provider timeout); past it the DELETE answers 409.
+IN_FLIGHT_WAIT_SECONDS = 45.0
+_POLL_SECONDS = 0.2
+
+
+class SendInProgress(StateConflict):
+    """A chunk holding the contact is being sent; the erasure could not wait it out."""
 
 
 @dataclass
@@ -48,13 +78,25 @@ class ErasureReport:
     events: int = 0
     tasks: int = 0
     skipped_tasks: int = 0
+    unfinished_tasks: int = 0  # tasks not yet terminal whose copy of the address was blanked
+    waited_for_sends: int = 0  # chunks sending the contact that the erasure waited out
     blobs: int = 0
     suppressions: int = 0
 
 
-def erase_contact_traces(storage: Storage, tenant_id: str, contact_id: str, email: str) -> ErasureReport:
-    """Remove ``email`` (the contact's address) from delivery tracking; keep the facts."""
+def erase_contact_traces(
+    storage: Storage, tenant_id: str, contact_id: str, email: str, clock: Clock = utcnow,
+    wait_seconds: float = IN_FLIGHT_WAIT_SECONDS,
+) -> ErasureReport:
+    """Stop every send to the contact, then remove ``email`` from delivery tracking; keep the facts.
+
+    Raises ``SendInProgress`` when a chunk sending the contact outlasts ``wait_seconds``: the
+    marker is written by then, so a repeated call finishes the job.
+    """
     report = ErasureReport()
+    record_erasure(storage, tenant_id, contact_id, clock)
+    for job_id, task_id in unfinished_tasks_of_contact(storage, tenant_id, contact_id):
+        settle_unfinished_task(storage, job_id, task_id, contact_id, report, clock, wait_seconds)
     for job_id, partition in contact_partitions(storage, tenant_id, contact_id):
         redact_delivery_row(storage, partition, contact_id, report)
         redact_events(storage, partition, contact_id, report)
@@ -62,9 +104,92 @@ def erase_contact_traces(storage: Storage, tenant_id: str, contact_id: str, emai
         redact_blob(storage, tenant_id, job_id, contact_id, report)
     if email:
         redact_suppression(storage, tenant_id, email, report)
-    log.info("contact erased tenant=%s contact=%s deliveries=%d tasks=%d skipped_tasks=%d blobs=%d",
-             tenant_id, contact_id, report.deliveries, report.tasks, report.skipped_tasks, report.blobs)
+    log.info("contact erased tenant=%s contact=%s deliveries=%d tasks=%d unfinished_tasks=%d "
+             "skipped_tasks=%d waited_for_sends=%d blobs=%d", tenant_id, contact_id, report.deliveries,
+             report.tasks, report.unfinished_tasks, report.skipped_tasks,
+             report.waited_for_sends, report.blobs)
     return report
+
+
+def unfinished_tasks_of_contact(
+    storage: Storage, tenant_id: str, contact_id: str
+) -> Iterator[tuple[str, str]]:
+    """(job, task) of every not-yet-terminal task of an open job that may carry the contact.
+
+    A campaign job's tasks cover consecutive contact ids in index order (``roster_cursor`` is
+    the last id a task covers), so the one candidate is the first task whose cursor is at or
+    past the contact: one small query per open job. Retry-failed and transactional jobs are
+    not in contact order; all their unfinished tasks are candidates (they are few).
+    """
+    tasks = storage.table(TASKS)
+    jobs = storage.table(JOBS).query(
+        "PartitionKey eq @t", {"t": tenant_id}, select=["RowKey", "completed_at", "retry_of", "campaign_id"]
+    )
+    for job in jobs:
+        if job.get("completed_at"):
+            continue
+        job_id = job["RowKey"]
+        if job.get("retry_of") or not job.get("campaign_id"):
+            rows = tasks.query("PartitionKey eq @j", {"j": job_id}, select=["RowKey", "status"])
+        else:
+            rows = islice(tasks.query("PartitionKey eq @j and roster_cursor ge @c",
+                                      {"j": job_id, "c": contact_id}, select=["RowKey", "status"]), 1)
+        for row in rows:
+            if not TaskStatus(row.get("status", "pending")).is_terminal:
+                yield job_id, row["RowKey"]
+
+
+def settle_unfinished_task(
+    storage: Storage, job_id: str, task_id: str, contact_id: str, report: ErasureReport, clock: Clock,
+    wait_seconds: float,
+) -> None:
+    """Wait out a chunk sending the contact; blank the contact in the task if nobody holds it.
+
+    A task sent under a live lease is left as it is (its owner's next check finds the marker);
+    one whose lease expired is idle: its next owner never re-sends what was ``in_flight``.
+    """
+    tasks = storage.table(TASKS)
+    deadline = time.monotonic() + wait_seconds
+    waited = False
+    while True:
+        entity = tasks.find(job_id, task_id)
+        if entity is None:
+            return
+        task = Task.from_entity(entity)
+        recipients = unpack_recipients(entity)
+        index = next((i for i, r in enumerate(recipients) if r.contact_id == contact_id), None)
+        if index is None or TaskStatus(task.status).is_terminal:
+            return  # a terminal task is redacted with the contact's delivery rows
+        leased = (task.status == TaskStatus.SENDING and bool(task.lease_until)
+                  and parse_iso(task.lease_until) > clock())
+        if leased and index in task.in_flight:
+            if time.monotonic() > deadline:
+                raise SendInProgress("a message to this contact is being sent; retry the delete shortly")
+            waited = True
+            time.sleep(_POLL_SECONDS)
+            continue
+        report.waited_for_sends += int(waited)
+        if leased:
+            report.skipped_tasks += 1
+            return
+        if blank_contact_in_task(tasks, entity, recipients, contact_id):
+            report.unfinished_tasks += 1
+            return
+
+
+def blank_contact_in_task(tasks: Table, entity: Entity, recipients: list[Recipient], contact_id: str) -> bool:
+    """Rewrite the task's recipients without the contact's data; False if the task changed meanwhile."""
+    if not any(r.contact_id == contact_id and (r.email or r.name or r.attributes) for r in recipients):
+        return True
+    cleaned = [Recipient(r.contact_id, "", "", {}) if r.contact_id == contact_id else r for r in recipients]
+    columns = pack_recipients(cleaned)
+    update: Entity = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"], **columns}
+    update.update({k: b"" for k in entity if k.startswith("recipients_") and k not in columns})
+    try:
+        tasks.update(update, etag=etag_of(entity))
+    except Conflict:
+        return False
+    return True
 
 
 def contact_partitions(storage: Storage, tenant_id: str, contact_id: str) -> list[tuple[str, str]]:
@@ -126,16 +251,7 @@ def redact_task(storage: Storage, job_id: str, task_id: str, contact_id: str, re
         recipients = unpack_recipients(entity)
         if not any(r.contact_id == contact_id and (r.email or r.name) for r in recipients):
             return
-        cleaned = [
-            Recipient(r.contact_id, "", "", {}) if r.contact_id == contact_id else r for r in recipients
-        ]
-        columns = pack_recipients(cleaned)
-        stale = [k for k in entity if k.startswith("recipients_") and k not in columns]
-        update: Entity = {"PartitionKey": job_id, "RowKey": task_id, **columns}
-        update.update({k: b"" for k in stale})
-        try:
-            tasks.update(update, etag=etag_of(entity))
-        except Conflict:
+        if not blank_contact_in_task(tasks, entity, recipients, contact_id):
             continue
         report.tasks += 1
         return
@@ -172,3 +288,24 @@ def redact_suppression(storage: Storage, tenant_id: str, email: str, report: Era
         return
     table.update({"PartitionKey": tenant_id, "RowKey": key, "email": "", "redacted": True})
     report.suppressions += 1
+
+
+def forget_erased_in_job(
+    storage: Storage, tenant_id: str, job_id: str, partitions: dict[str, str], export_too: set[str]
+) -> ErasureReport:
+    """Blank erased contacts' addresses in a closed job: rows and tasks a racing writer left.
+
+    ``partitions``: contact id → its delivery partition in the job. ``export_too``: contacts
+    whose address may also be in the job's exported CSV (erased while it was being written).
+    The delivery log writer calls this once the export is written (``delivery_logs.py``).
+    """
+    report = ErasureReport()
+    for contact_id, partition in sorted(partitions.items()):
+        redact_delivery_row(storage, partition, contact_id, report)
+        redact_task(storage, job_id, partition[len(job_id) + 1:], contact_id, report)
+        if contact_id in export_too:
+            redact_blob(storage, tenant_id, job_id, contact_id, report)
+    if partitions:
+        log.info("erased contacts forgotten in a closed job job=%s contacts=%d tasks=%d blobs=%d",
+                 job_id, len(partitions), report.tasks, report.blobs)
+    return report

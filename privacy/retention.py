@@ -4,7 +4,8 @@ Called from the Status Manager timer, but cheap: a marker row (``ContactHistory`
 PartitionKey ``~housekeeping``, which no tenant id can equal) makes it run at most once an
 hour across all hosts, and each run purges at most ``max_jobs`` jobs. A purged job keeps
 its row and counts (the summary); its per-recipient rows, events, history and exported
-blobs go, and ``logs_purged_at`` records when.
+blobs go, and ``logs_purged_at`` records when. The same hourly run purges erasure markers no
+unfinished job can need any more (``core/erasures.py``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from core.blobs import delivery_logs
+from core.blobs import delivery_logs, log_blob_name, summary_blob_name
 from core.clock import Clock, iso, parse_iso, utcnow
+from core.erasures import purge_expired_erasures
 from core.errors import Conflict, StorageError
-from core.models import log_blob_name, message_index_partition, summary_blob_name
+from core.models import message_index_partition
 from core.settings import Settings
 from core.storage import (
     CONTACT_HISTORY,
@@ -43,6 +45,7 @@ def purge_expired_delivery_logs(
     now = clock()
     if not claim_run(storage, now, every):
         return []
+    purge_expired_erasures(storage, settings.delivery_log_retention_days, clock)
     cutoff = iso(now - timedelta(days=settings.delivery_log_retention_days))
     expired = storage.table(JOBS).query(
         "completed_at lt @cutoff and completed_at gt @empty", {"cutoff": cutoff, "empty": ""},

@@ -11,7 +11,11 @@ streams the job's ``Deliveries`` once, partition by partition, and from that one
 - writes ``MessageIndex`` rows (provider message id → delivery) so late events without
   ``custom_args`` still find their delivery;
 - sets the job's counts to what the rows say, correcting any drift of the per-task
-  counters from events that raced a task's last recount.
+  counters from events that raced a task's last recount;
+- leaves out the address of every contact erased since the job started (``core/erasures.py``)
+  and, once the export is written, blanks it wherever a writer racing the erasure left it:
+  delivery rows, the tasks' compressed recipients and, for contacts erased while the export
+  was being written, the export itself (``forget_erased_in_job``).
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from core.blobs import delivery_logs
+from core.blobs import delivery_logs, log_blob_name, summary_blob_name
 from core.clock import Clock, iso, utcnow
 from core.counts import count_columns
+from core.erasures import erased_contacts_of_job
 from core.errors import Conflict, NotFound
 from core.job_state import campaign_follows_job, load_job, write_job
-from core.models import Job, log_blob_name, message_index_partition, summary_blob_name
+from core.models import Job, message_index_partition
 from core.provider_events import DeliveryLogRequest, timeline, timeline_event_from_entity
 from core.status import FINAL_JOB_STATUSES, zero_counts
 from core.storage import (
@@ -41,6 +46,7 @@ from core.storage import (
     Entity,
     Storage,
 )
+from privacy.erasure import forget_erased_in_job
 
 log = logging.getLogger("mailroom.delivery_logs")
 
@@ -68,8 +74,10 @@ class DeliveryLogReport:
 class _Pass:
     """State of the one streaming pass over a job's deliveries."""
 
-    def __init__(self, storage: Storage, job: Job) -> None:
+    def __init__(self, storage: Storage, job: Job, erased: set[str]) -> None:
         self.storage, self.job = storage, job
+        self.erased = erased
+        self.erased_rows: dict[str, str] = {}  # erased contact → its delivery partition here
         self.report = DeliveryLogReport()
         self.history: list[Entity] = []
         self.index: list[Entity] = []
@@ -109,6 +117,9 @@ class _Pass:
         queued_at = self.job.started_at or self.job.created_at
         for row, events in job_rows_with_events(self.storage, self.job.id):
             self.note(row)
+            if row["RowKey"] in self.erased:
+                self.erased_rows[row["RowKey"]] = row["PartitionKey"]
+                row = {**row, "email": ""}
             steps = timeline(row, events, queued_at)
             writer.writerow([
                 row["RowKey"], *(cell_text(row.get(c, "")) for c in LOG_COLUMNS[1:6]),
@@ -132,10 +143,11 @@ def write_delivery_log(
         return DeliveryLogReport()
     job = Job.from_entity(entity)
     blobs = delivery_logs(storage)
-    run = _Pass(storage, job)
+    run = _Pass(storage, job, erased_contacts_of_job(storage, job))
     name = log_blob_name(tenant_id, job_id)
     blobs.put(name, run.csv_chunks(), "text/csv; charset=utf-8")
     run.flush(force=True)
+    forget_erased_contacts(storage, job, run)
     report = run.report
     report.blob = name
     summary = {
@@ -149,6 +161,17 @@ def write_delivery_log(
     report.counts_corrected = correct_job_counts(storage, entity, report, clock)
     log.info("delivery log written job=%s rows=%d corrected=%s", job_id, report.rows, report.counts_corrected)
     return report
+
+
+def forget_erased_contacts(storage: Storage, job: Job, run: _Pass) -> None:
+    """Blank erased contacts' addresses left in the job's rows and tasks, and in the export
+    for contacts erased while it was written (their DELETE may have looked for it too early)."""
+    late = erased_contacts_of_job(storage, job) - run.erased
+    for contact_id in late:
+        row = find_delivery(storage, job.tenant_id, job.id, contact_id)
+        if row is not None:
+            run.erased_rows[contact_id] = row["PartitionKey"]
+    forget_erased_in_job(storage, job.tenant_id, job.id, run.erased_rows, late)
 
 
 def correct_job_counts(storage: Storage, entity: Entity, report: DeliveryLogReport, clock: Clock) -> bool:

@@ -34,6 +34,7 @@ from typing import Any
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.counts import count_delivery_rows, tally
+from core.erasures import ERASED_REASON, erased_contacts_of_job
 from core.errors import Conflict, NotFound, RenderError
 from core.ids import task_id
 from core.job_state import pause_job_for
@@ -81,6 +82,7 @@ class _Run:
     clock: Clock
     jobs: JobCache
     was_retrying: set[int] = field(default_factory=set)  # rows that said ``retrying`` at the claim
+    erased: set[str] = field(default_factory=set)  # contacts deleted since the job started
 
 
 def send_task(
@@ -114,6 +116,8 @@ def send_task(
 
 def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: SuppressionCache) -> TaskOutcome:
     storage, settings, job, task, jobs = run.storage, run.settings, run.job, run.task, run.jobs
+    if task.in_flight or job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+        refresh_erasures(run)  # these paths write rows before any chunk is checked
     if task.in_flight:
         recover_in_flight(run)
     if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
@@ -137,6 +141,7 @@ def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: Suppressio
         if not mark_in_flight(run, chunk):
             log.warning("task lease lost job=%s task=%d", task.job_id, task.index)
             return TaskOutcome.LOST
+        refresh_erasures(run)
         outcomes = send_chunk(run, chunk, template, dispatcher, suppressed, route, prior)
         halted = [i for i, o in zip(chunk, outcomes, strict=True) if o.status == HALTED]
         record_outcomes(run, [(i, o) for i, o in zip(chunk, outcomes, strict=True) if o.status != HALTED])
@@ -236,6 +241,19 @@ def mark_in_flight(run: _Run, chunk: list[int]) -> bool:
     except Conflict:
         return False
     return True
+
+
+def refresh_erasures(run: _Run) -> None:
+    """Learn which contacts were deleted since the job started (one small range query).
+
+    Called after a chunk's ``in_flight`` write and right before its sends, which is what makes
+    "once ``DELETE /contacts/{id}`` returns, nobody sends to it" hold: the DELETE writes its
+    marker first, then waits while the contact's chunk is ``in_flight``. A check that missed the
+    marker ran before it was written, so its ``in_flight`` write came earlier still and the
+    DELETE sees it and waits for the chunk (``privacy/erasure.py``); a check after it
+    finds the marker and the contact is ``skipped`` without being rendered.
+    """
+    run.erased = erased_contacts_of_job(run.storage, run.job)
 
 
 def route_for(job: Job, settings: Settings, tenant: dict[str, Any]) -> Route:
@@ -342,6 +360,9 @@ def send_chunk(
     tries: list[int] = []
     for index in chunk:
         recipient = run.recipients[index]
+        if recipient.contact_id in run.erased:
+            outcomes.append(Outcome(DeliveryStatus.SKIPPED, ERASED_REASON))
+            continue
         if recipient.email in suppressed:
             outcomes.append(Outcome(DeliveryStatus.SUPPRESSED, "address is on the suppression list"))
             continue
@@ -392,10 +413,13 @@ def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]]) -> None:
     now = iso(run.clock())
     rows = []
     for index, outcome in outcomes:
+        recipient = run.recipients[index]
+        if recipient.contact_id in run.erased:  # the row keeps the outcome, not the address
+            recipient = Recipient(recipient.contact_id, "", "", {})
         rows.append(
             delivery_entity(
                 run.task,
-                run.recipients[index],
+                recipient,
                 outcome.status,
                 now,
                 reason=outcome.reason,
@@ -477,6 +501,7 @@ def record_task_failure(
         return
     run = _Run(storage, settings, job, task, [], clock, JobCache())
     run.recipients = unpack_recipients(storage.table(TASKS).get(task.job_id, task.row_key))
+    refresh_erasures(run)
     if task.in_flight:
         recover_in_flight(run)
     remaining = task.leftover + list(range(task.cursor, task.size))

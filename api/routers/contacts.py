@@ -167,10 +167,11 @@ def get_contact(contact_id: str, tenant: TenantDep, storage: StorageDep) -> Cont
 
 @router.delete("/contacts/{contact_id}", status_code=204, response_class=Response)
 def delete_contact(contact_id: str, tenant: TenantDep, storage: StorageDep) -> Response:
-    """Erase a contact: redact its address in delivery logs first, then delete the row.
+    """Erase a contact: stop its sends and redact its address in delivery logs first, then delete the row.
 
     In that order a failure half-way leaves the contact in place, so retrying the DELETE
-    finishes the redaction instead of answering 404 with addresses left behind.
+    finishes the redaction instead of answering 404 with addresses left behind. A chunk sending
+    the contact for longer than the erasure waits is a 409 (``SendInProgress``), retried the same way.
     """
     contact = storage.table(CONTACTS).find(tenant.id, contact_id)
     if contact is None:

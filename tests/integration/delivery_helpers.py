@@ -7,10 +7,11 @@ import secrets
 import time
 from typing import Any
 
-from core.models import Job, Tenant
+from core.blobs import delivery_logs
+from core.models import Job, Tenant, unpack_recipients
 from core.provider_events import DeliveryLogRequest, EventBatch, split_into_messages
 from core.settings import Settings
-from core.storage import DELIVERIES, EVENTS_QUEUE, Storage
+from core.storage import ALL_TABLES, DELIVERIES, EVENTS_QUEUE, TASKS, Storage
 from devhost.sendgrid_events import events_for
 from status_manager import close_finished_jobs
 from status_manager.delivery_logs import write_delivery_log
@@ -95,3 +96,19 @@ def delivery_rows(storage: Storage, job_id: str) -> list[dict[str, Any]]:
 
 def statuses_by_email(storage: Storage, job_id: str) -> dict[str, tuple[str, str]]:
     return {row["email"]: (row["status"], row["reason"]) for row in delivery_rows(storage, job_id)}
+
+
+def addresses_everywhere(storage: Storage, email: str) -> set[str]:
+    """Every table (compressed task recipients included) and blob that still holds ``email``."""
+    found = set()
+    for name in ALL_TABLES:
+        for entity in storage.table(name).query("RowKey ne @x", {"x": ""}):
+            text = " ".join(str(v) for v in entity.values() if isinstance(v, str))
+            if email in text:
+                found.add(name)
+            if name == TASKS and any(r.email == email for r in unpack_recipients(entity)):
+                found.add(name)
+    blobs = delivery_logs(storage)
+    if any(email.encode() in blobs.read(n) for n in blobs.names()):
+        found.add("blob")
+    return found

@@ -14,13 +14,13 @@ import pytest
 from core.blobs import delivery_logs
 from core.clock import utcnow
 from core.messages import TaskTicket
-from core.models import unpack_recipients
-from core.storage import ALL_TABLES, DELIVERY_EVENTS, JOBS, TASK_QUEUE, TASKS, Storage
+from core.storage import DELIVERY_EVENTS, JOBS, TASK_QUEUE
 from core.unsubscribe import UnsubscribeClaim, unsubscribe_url
 from privacy.retention import purge_expired_delivery_logs
 from status_manager.delivery_logs import log_blob_name, summary_blob_name
 from tests.integration.conftest import bearer
 from tests.integration.delivery_helpers import (
+    addresses_everywhere,
     apply_events,
     delivery_rows,
     drain_events_queue,
@@ -167,22 +167,6 @@ def test_after_delete_contact_no_table_or_blob_holds_the_address(storage, client
     assert email not in suppressed(client, auth)
     history = client.get(f"/api/v1/contacts/{contact_id}/deliveries", headers=auth).json()["items"]
     assert [h["status"] for h in history] == ["bounced"]
-
-
-def addresses_everywhere(storage: Storage, email: str) -> set[str]:
-    """Every table (compressed task recipients included) and blob that still holds ``email``."""
-    found = set()
-    for name in ALL_TABLES:
-        for entity in storage.table(name).query("RowKey ne @x", {"x": ""}):
-            text = " ".join(str(v) for v in entity.values() if isinstance(v, str))
-            if email in text:
-                found.add(name)
-            if name == TASKS and any(r.email == email for r in unpack_recipients(entity)):
-                found.add(name)
-    blobs = delivery_logs(storage)
-    if any(email.encode() in blobs.read(n) for n in blobs.names()):
-        found.add("blob")
-    return found
 
 
 def test_a_one_click_unsubscribe_during_a_running_job_stops_later_tasks(storage, host, simulator, client):
