@@ -17,15 +17,17 @@ from datetime import timedelta
 
 import pytest
 
+from campaign_manager import start_due_campaigns
 from core.clock import iso, utcnow
-from core.messages import TaskTicket
+from core.messages import JobTicket, TaskTicket
 from core.models import Job
 from core.retry import RetryPolicy
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus
-from core.storage import DELIVERIES, JOBS, TASKS, Storage
+from core.storage import DELIVERIES, JOB_QUEUE, JOBS, TASKS, Storage
 from devhost.sendgrid_sim import SendGridSimulator
 from devhost.stack import wait_for
+from job_manager.manager import ExpansionOutcome, claim_expansion, expand_roster
 from providers.base import OutboundEmail, SendResult
 from providers.sendgrid import SendGridProvider
 from status_manager import close_finished_jobs
@@ -127,6 +129,35 @@ def test_a_provider_slower_than_the_lease_keeps_the_task_with_its_first_owner(st
     assert max(at for at, _ in tries) > lease, "no claim was tried after the lease would have run out"
     assert Counter(r["status"] for r in rows_of(storage, job)) == {DeliveryStatus.SENT: 4}
     assert sorted(Counter(m["to"] for m in sim.sendgrid.messages()).values()) == [1, 1, 1, 1]
+
+
+def test_a_long_scan_between_two_tasks_keeps_its_expansion_lease(storage, settings):
+    lease = 3
+    long_scan = settings.model_copy(update={"task_size": 500, "lease_seconds": lease,
+                                            "job_time_budget_seconds": 10_000})
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, [{"email": f"e{i:02d}@x.org", "attributes": {"i": i}} for i in range(30)])
+    campaign = schedule_campaign(storage, tenant, {"field": "attributes.i", "op": "gte", "value": 29})
+    start_due_campaigns(storage)
+    ticket = JobTicket.model_validate_json(storage.queue(JOB_QUEUE).receive(1)[0].content)
+    elapsed = [0]
+    rivals: list[object] = []
+
+    def clock():
+        return utcnow() + timedelta(seconds=elapsed[0])
+
+    def a_second_per_contact() -> float:
+        # Each contact scanned (none matches until the last) costs a second, and meanwhile a
+        # second host tries to take the expansion over.
+        elapsed[0] += 1
+        rivals.append(claim_expansion(storage, job_of(storage, campaign), long_scan, "host-b", clock))
+        return float(elapsed[0])
+
+    outcome = expand_roster(storage, ticket, long_scan, "host-a", clock, monotonic=a_second_per_contact)
+
+    assert outcome == ExpansionOutcome.EXPANDED
+    assert elapsed[0] > 3 * lease and rivals == [None] * len(rivals)
+    assert job_of(storage, campaign).roster_size == 1
 
 
 # -- fencing: a host that lost its task writes no non-terminal rows ---------------------------------
