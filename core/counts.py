@@ -21,10 +21,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from core.clock import Clock, iso, utcnow
 from core.status import DeliveryStatus, zero_counts
-from core.storage import DELIVERIES, Entity, Storage
+from core.storage import DELIVERIES, RECOUNTS, Entity, Storage
 
 PENDING = DeliveryStatus.PENDING.value
+RECOUNT_PARTITION = "due"  # Recounts: one partition the Status Manager walks each pass
 
 
 def count_column(status: str) -> str:
@@ -102,3 +104,19 @@ def sum_task_counts(task_rows: Iterable[Mapping[str, object]]) -> TaskTotals:
         totals.tasks += 1
         totals.roster += size
     return totals
+
+
+def mark_for_recount(storage: Storage, tasks: Iterable[tuple[str, str, str]], clock: Clock = utcnow) -> None:
+    """Ask the next Status Manager pass to recount these (tenant, job, task) from their rows.
+
+    Whoever changes a finished task's delivery rows (the event processor, a host that lost its
+    task and records what it saw) marks it here; ``status_manager/recounts.py`` recounts.
+    """
+    now = iso(clock())
+    marks = [
+        {"PartitionKey": RECOUNT_PARTITION, "RowKey": f"{tenant_id}|{job_id}|{task_id}",
+         "tenant_id": tenant_id, "job_id": job_id, "task_id": task_id, "marked_at": now}
+        for tenant_id, job_id, task_id in sorted(set(tasks))
+    ]
+    if marks:
+        storage.table(RECOUNTS).batch_upsert(marks, replace=True)

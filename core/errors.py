@@ -22,8 +22,10 @@ and job outcomes, and the trigger adapters map them to poison-queue decisions.
     ├── BadMessage               a queue message cannot be decoded (goes to -poison)
     ├── RenderError              a template failed for one recipient (recipient skipped)
     └── SendError                a provider call failed; the subclass says what to do
-        ├── TransientSendError       retry with backoff (429, 5xx, connect errors)
-        │   └── ProviderHeld         nothing was sent: every provider is held or unhealthy
+        ├── TransientSendError       retry with backoff (5xx, connect errors): spends an attempt
+        │   └── Throttled            nothing was sent: the provider asked us to slow down (429);
+        │       │                    deferred, never an attempt (THROTTLE_HORIZON_SECONDS bounds it)
+        │       └── ProviderHeld     nothing was sent: every provider is held or unhealthy
         ├── RecipientRejected        permanent for this recipient → failed
         ├── ProviderUnavailable      permanent for the provider (401/403, quota) → pause job
         └── AmbiguousSendError       the request may have been accepted → unknown, never resent
@@ -135,7 +137,16 @@ class TransientSendError(SendError):
     retry_after: float | None = None
 
 
-class ProviderHeld(TransientSendError):
+class Throttled(TransientSendError):
+    """The provider asked us to slow down (429, ``Retry-After``): it refused before accepting.
+
+    Throttling is a pace, not a failure: waiting for it never spends one of the recipient's
+    ``MAX_SEND_ATTEMPTS`` (a storm of 429s would otherwise fail people who were never tried),
+    so a throttled recipient is deferred, for ``THROTTLE_HORIZON_SECONDS`` at most.
+    """
+
+
+class ProviderHeld(Throttled):
     """Nothing was sent: the provider asked to wait (``Retry-After``) or its breaker is open.
 
     Waiting for it does not spend one of the recipient's attempts.

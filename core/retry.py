@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from core.errors import ProviderHeld, TransientSendError
+from core.errors import Throttled, TransientSendError
 
 T = TypeVar("T")
 
@@ -72,18 +72,22 @@ def call_with_retries(
     ``deadline`` (a ``monotonic`` instant) bounds the whole task's retrying, not just this
     call. Raises the last ``TransientSendError`` when attempts or time run out (then
     ``attempts.next_delay`` says how long to wait before trying again); every other
-    exception passes through at once. ``ProviderHeld`` (the provider asked everyone to
-    wait) waits without spending an attempt, since nothing was sent.
+    exception passes through at once. ``Throttled`` (a 429, or ``ProviderHeld``: the
+    provider asked everyone to wait) waits its ``Retry-After`` (else the backoff step)
+    without spending an attempt, since nothing was sent.
     """
     started = monotonic()
+    throttles = 0
     limit = started + policy.budget_seconds
     if deadline is not None:
         limit = min(limit, deadline)
     while True:
         try:
             result = call()
-        except ProviderHeld as err:
-            wait = max(err.retry_after or 0.0, 0.01)
+        except Throttled as err:
+            throttles += 1
+            hint = err.retry_after if err.retry_after is not None else policy.delay(throttles)
+            wait = max(hint, 0.01)
             if monotonic() + wait > limit:
                 attempts.next_delay = wait
                 raise

@@ -132,7 +132,12 @@ class Settings(BaseSettings):
         "provider latency 32 keeps a host above 10x one-at-a-time (8 would cap it near 80 emails/s).",
     )
     lease_seconds: int = Field(
-        120, alias="TASK_LEASE_SECONDS", ge=5, description="How long a claimed task or expansion is owned."
+        15,
+        alias="TASK_LEASE_SECONDS",
+        ge=3,
+        description="How long a claimed task or expansion is owned without a renewal. A running task "
+        "renews it every third of this while its sends are in flight (task_manager/lease.py), so it "
+        "bounds how long a dead host's work waits for another host, not how long a send may take.",
     )
     job_status_check_seconds: float = Field(
         1.0,
@@ -154,6 +159,13 @@ class Settings(BaseSettings):
         description="Time one task may spend retrying transient provider errors.",
     )
     max_send_attempts: int = Field(5, alias="MAX_SEND_ATTEMPTS", ge=1, le=20)
+    throttle_horizon_seconds: int = Field(
+        6 * 3600,
+        alias="THROTTLE_HORIZON_SECONDS",
+        ge=1,
+        description="How long a recipient the provider keeps throttling (429, Retry-After) is deferred "
+        "and retried before it ends failed. Throttling never spends one of MAX_SEND_ATTEMPTS.",
+    )
     # -- providers that fail well (issue 4) ------------------------------------------------
     email_providers: str = Field(
         "",

@@ -86,18 +86,25 @@ def expand_roster(
     if first_run and refuse_oversized_roster(storage, job, criteria, clock):
         return ExpansionOutcome.REFUSED
     deadline = monotonic() + settings.job_time_budget_seconds
+    renewed = deadline - settings.job_time_budget_seconds  # the claim wrote the lease
     buffer = _Buffer(recipients=[])
     for row_key, recipient in roster_of(storage, job, criteria):
         buffer.cursor = row_key
         if recipient is not None:
             buffer.recipients.append(recipient)
         full = len(buffer.recipients) >= settings.task_size or _too_big(buffer)
-        out_of_time = monotonic() > deadline
+        now = monotonic()
+        out_of_time = now > deadline
         if full or (out_of_time and buffer.recipients):
             job = write_task(storage, job, buffer, settings, owner, clock)
             if job is None:
                 return ExpansionOutcome.BUSY
             buffer = _Buffer(recipients=[])
+            renewed = now
+        elif now - renewed >= settings.lease_seconds / 3:
+            if not renew_expansion_lease(storage, job, settings, owner, clock):
+                return ExpansionOutcome.BUSY
+            renewed = now
         if out_of_time:
             save_cursor(storage, job, buffer.cursor or job.roster_cursor, clock)
             storage.queue(JOB_QUEUE).send(ticket.to_text())
@@ -240,6 +247,17 @@ def write_task(
         return None  # resume from the stored task's cursor on the next ticket
     enqueue_if_in_window(storage, job.tenant_id, job.id, index, settings.task_window)
     return job
+
+
+def renew_expansion_lease(storage: Storage, job: Job, settings: Settings, owner: str, clock: Clock) -> bool:
+    """Keep the expansion lease while a scan finds few matches (no task written to renew it).
+
+    A selective criterion can scan many pages of contacts between two tasks; without this the
+    lease (short, so a dead host's expansion resumes soon) ran out mid-scan and a second host
+    resumed the same expansion. False: the lease was lost (another host resumed, or a pause).
+    """
+    job.lease_until = later(clock, settings.lease_seconds)
+    return update_under_lease(storage, job, {"lease_until": job.lease_until}, owner)
 
 
 def finish_expansion(storage: Storage, job: Job, owner: str, clock: Clock) -> None:

@@ -36,6 +36,7 @@ from core.errors import (
     ProviderUnavailable,
     RecipientRejected,
     SendError,
+    Throttled,
     TransientSendError,
 )
 from providers.base import OutboundEmail, SendResult
@@ -156,7 +157,7 @@ def _from_http_error(err: HttpResponseError, recipient: str) -> SendError:
         except ValueError:
             retry_after = None
     if status == 429:
-        return TransientSendError("rate limited by ACS", provider=NAME, code=code, retry_after=retry_after)
+        return Throttled("rate limited by ACS", provider=NAME, code=code, retry_after=retry_after)
     if status >= 500 or status == 408:
         return TransientSendError(f"ACS server error {status}", provider=NAME, code=code,
                                   retry_after=retry_after)

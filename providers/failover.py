@@ -23,6 +23,7 @@ from core.errors import (
     ProviderHeld,
     ProviderUnavailable,
     RecipientRejected,
+    Throttled,
     TransientSendError,
 )
 from providers.base import EmailProvider, OutboundEmail, SendResult
@@ -81,7 +82,7 @@ class FailoverSender:
         try:
             result = self.providers[name].send(email)
         except TransientSendError as err:
-            if err.code == "429":
+            if isinstance(err, Throttled):
                 self._hold(name, err.retry_after)
                 if permit.probe:
                     self._record(permit, ok=True)  # it answered: up, only busy

@@ -33,6 +33,7 @@ from core.errors import (
     ProviderUnavailable,
     RecipientRejected,
     SendError,
+    Throttled,
     TransientSendError,
 )
 from providers.base import OutboundEmail, SendResult
@@ -149,7 +150,7 @@ def _from_http_error(err: HTTPError, recipient: str) -> SendError:
     code = str(status)
     headers = err.headers
     if status == 429:
-        return TransientSendError(
+        return Throttled(
             "rate limited by SendGrid", provider=NAME, code=code,
             retry_after=_retry_after(headers),
         )

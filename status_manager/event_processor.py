@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.clock import Clock, iso, utcnow
+from core.counts import mark_for_recount
 from core.errors import AlreadyExists, BadMessage, Conflict
 from core.ids import email_hash
 from core.models import Job, message_index_partition
@@ -54,7 +55,6 @@ from core.storage import (
     etag_of,
 )
 from core.suppressions import add_suppression
-from status_manager.recounts import mark_for_recount
 
 log = logging.getLogger("mailroom.events")
 

@@ -24,36 +24,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 
-from core.clock import Clock, iso, utcnow
-from core.counts import count_delivery_rows
+from core.counts import RECOUNT_PARTITION, count_delivery_rows
 from core.errors import Conflict
 from core.status import TaskStatus
 from core.storage import RECOUNTS, TASKS, Entity, Storage, etag_of
 
 log = logging.getLogger("mailroom.status_manager")
 
-DUE = "due"
 
-
-def mark_for_recount(storage: Storage, tasks: Iterable[tuple[str, str, str]], clock: Clock = utcnow) -> None:
-    """Ask the next Status Manager pass to recount these (tenant, job, task) from their rows."""
-    now = iso(clock())
-    marks = [
-        {"PartitionKey": DUE, "RowKey": f"{tenant_id}|{job_id}|{task_id}", "tenant_id": tenant_id,
-         "job_id": job_id, "task_id": task_id, "marked_at": now}
-        for tenant_id, job_id, task_id in sorted(set(tasks))
-    ]
-    if marks:
-        storage.table(RECOUNTS).batch_upsert(marks, replace=True)
 
 
 def recount_marked_tasks(storage: Storage) -> set[tuple[str, str]]:
     """One pass over the marks; returns the (tenant, job) of every task recounted."""
     recounted = 0
     jobs: set[tuple[str, str]] = set()
-    for mark in list(storage.table(RECOUNTS).partition(DUE)):
+    for mark in list(storage.table(RECOUNTS).partition(RECOUNT_PARTITION)):
         tenant_id, job_id, task_id = mark["tenant_id"], mark["job_id"], mark["task_id"]
         # Status and counts only: the task row also holds its compressed recipients.
         task = storage.table(TASKS).find(job_id, task_id, select=["status", "counts"])
@@ -65,7 +51,7 @@ def recount_marked_tasks(storage: Storage) -> set[tuple[str, str]]:
             recounted += 1
             jobs.add((tenant_id, job_id))
         try:
-            storage.table(RECOUNTS).delete(DUE, mark["RowKey"], etag=etag_of(mark))
+            storage.table(RECOUNTS).delete(RECOUNT_PARTITION, mark["RowKey"], etag=etag_of(mark))
         except Conflict:
             pass  # marked again since we read it: recount next pass
     if recounted:

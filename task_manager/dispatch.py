@@ -2,7 +2,8 @@
 
 Each message ends in exactly one ``Outcome``: ``sent`` (accepted), ``failed`` (rejected,
 or its last attempt failed), ``retrying`` (a transient failure outlasted this task's time
-budget while attempts remain: the caller re-queues it with ``retry_after``), ``unknown``
+budget while attempts remain, or the provider kept throttling it (``throttled``: no attempt
+spent): the caller re-queues it with ``retry_after``), ``unknown``
 (the provider may have accepted it: never resent, unless the tenant chose at-least-once),
 or ``halted`` when the provider refused as a whole (bad key, suspended account): the
 caller pauses the job and the recipient stays unattempted.
@@ -19,6 +20,7 @@ from core.errors import (
     ProviderUnavailable,
     RecipientRejected,
     SendError,
+    Throttled,
     TransientSendError,
 )
 from core.retry import Attempts, RetryPolicy, call_with_retries
@@ -39,6 +41,7 @@ class Outcome:
     message_id: str = ""
     attempts: int = 0
     retry_after: int = 0  # seconds, for ``retrying``
+    throttled: bool = False  # ``retrying`` because the provider asked to slow down, not an error
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,10 @@ class Dispatcher:
         except RecipientRejected as err:
             return Outcome(DeliveryStatus.FAILED, f"rejected by provider: {err.reason}",
                            err.provider or name, "", attempts.count)
+        except Throttled as err:  # nothing was sent: deferred, and no attempt is spent
+            wait = self.policy.requeue_after(1, err.retry_after)
+            return Outcome(DeliveryStatus.RETRYING, f"throttled by the provider, will retry: {err.reason}",
+                           err.provider or name, "", attempts.count, wait, throttled=True)
         except TransientSendError as err:
             if not self.policy.exhausted(attempts.count):
                 wait = self.policy.requeue_after(max(1, attempts.count), err.retry_after)

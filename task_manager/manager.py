@@ -13,6 +13,14 @@ A host that dies between 2 and 3 leaves ``in_flight`` behind. Whoever claims the
 after the lease expired marks those recipients ``unknown`` unless a delivery row
 already records their outcome: they are never handed to the provider again.
 
+While a chunk's sends are in flight a heartbeat keeps the lease alive, and before its
+outcomes are written the owner shows it still holds the lease; a host that lost it writes
+only terminal facts it observed, never ``retrying`` (``task_manager/lease.py``).
+
+Throttling (429, ``Retry-After``) is not failure: a throttled recipient is deferred as
+``retrying`` without spending an attempt, for ``THROTTLE_HORIZON_SECONDS`` at most (from
+``throttled_since`` on its delivery row), after which it is ``failed`` with the reason.
+
 Transient failures that outlast the task's retry budget (DESIGN §5) do not keep the host:
 their delivery rows say ``retrying`` (with the attempts so far and the last reason), their
 indexes go to ``leftover`` — saved with every ``in_flight`` write, so a crash cannot lose
@@ -28,12 +36,13 @@ import logging
 import re
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
-from core.counts import count_delivery_rows, tally
+from core.counts import count_delivery_rows, mark_for_recount, tally
 from core.erasures import ERASED_REASON, erased_contacts_of_job
 from core.errors import Conflict, NotFound, RenderError
 from core.ids import task_id
@@ -50,6 +59,7 @@ from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_ur
 from providers.base import OutboundEmail
 from task_manager.dispatch import HALTED, NOT_ATTEMPTED, Dispatcher, Outcome, Route
 from task_manager.job_cache import HALTING, JobCache
+from task_manager.lease import TaskLease
 
 log = logging.getLogger("mailroom.task_manager")
 
@@ -83,6 +93,8 @@ class _Run:
     jobs: JobCache
     was_retrying: set[int] = field(default_factory=set)  # rows that said ``retrying`` at the claim
     erased: set[str] = field(default_factory=set)  # contacts deleted since the job started
+    lease: TaskLease | None = None  # the owner's hold on the task row (None: no running owner)
+    throttled_since: dict[int, str] = field(default_factory=dict)  # leftovers deferred by throttling
 
 
 def send_task(
@@ -107,6 +119,7 @@ def send_task(
         return claimed
     task, recipients = claimed
     run = _Run(storage, settings, job, task, recipients, clock, jobs)
+    run.lease = TaskLease(storage, task, settings.lease_seconds, clock)
     try:
         return run_claimed_task(run, dispatcher, suppressions)
     except Exception as err:
@@ -142,9 +155,16 @@ def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: Suppressio
             log.warning("task lease lost job=%s task=%d", task.job_id, task.index)
             return TaskOutcome.LOST
         refresh_erasures(run)
-        outcomes = send_chunk(run, chunk, template, dispatcher, suppressed, route, prior)
+        with run.lease.kept_alive() if run.lease is not None else nullcontext():
+            outcomes = send_chunk(run, chunk, template, dispatcher, suppressed, route, prior)
+        outcomes = fail_past_throttle_horizon(run, chunk, outcomes)
         halted = [i for i, o in zip(chunk, outcomes, strict=True) if o.status == HALTED]
-        record_outcomes(run, [(i, o) for i, o in zip(chunk, outcomes, strict=True) if o.status != HALTED])
+        observed = [(i, o) for i, o in zip(chunk, outcomes, strict=True) if o.status != HALTED]
+        if not owns_task_for(run, observed):
+            record_as_stale_owner(run, observed)
+            log.warning("task lease lost mid-chunk job=%s task=%d", task.job_id, task.index)
+            return TaskOutcome.LOST
+        record_outcomes(run, observed)
         for index, outcome in zip(chunk, outcomes, strict=True):
             if outcome.status == DeliveryStatus.RETRYING:
                 retry_later.append(index)
@@ -240,6 +260,8 @@ def mark_in_flight(run: _Run, chunk: list[int]) -> bool:
         task.etag = run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
     except Conflict:
         return False
+    if run.lease is not None:
+        run.lease.confirmed()
     return True
 
 
@@ -274,19 +296,21 @@ def prior_attempts(run: _Run) -> dict[int, int]:
     """Attempts already made for leftover recipients left ``retrying`` by an earlier run."""
     if not run.task.leftover:
         return {}
-    by_contact = {
-        row["RowKey"]: int(row.get("attempts", 0) or 0)
+    rows = {
+        row["RowKey"]: row
         for row in run.storage.table(DELIVERIES).partition(
-            run.task.delivery_partition, select=["RowKey", "status", "attempts"]
+            run.task.delivery_partition, select=["RowKey", "status", "attempts", "throttled_since"]
         )
         if row.get("status") == DeliveryStatus.RETRYING
     }
     prior: dict[int, int] = {}
     for index in run.task.leftover:
-        attempts = by_contact.get(run.recipients[index].contact_id)
-        if attempts is not None:
-            prior[index] = attempts
+        row = rows.get(run.recipients[index].contact_id)
+        if row is not None:
+            prior[index] = int(row.get("attempts", 0) or 0)
             run.was_retrying.add(index)
+            if row.get("throttled_since"):
+                run.throttled_since[index] = row["throttled_since"]
     return prior
 
 
@@ -313,6 +337,8 @@ def stop_if_job_halted(
     task.leftover = unsent + [i for i in waiting if i not in unsent_set] + retry_later
     task.cursor, task.in_flight = task.size, []
     if status != JobStatus.PAUSED:
+        if run.lease is not None and not run.lease.still_ours(prove=True):
+            return TaskOutcome.LOST  # the new owner settles the cancel; our rows would overwrite its sends
         return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
     task.status, task.lease_owner, task.lease_until = TaskStatus.PAUSED.value, "", ""
     task.updated_at = iso(run.clock())
@@ -416,23 +442,86 @@ def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]]) -> None:
         recipient = run.recipients[index]
         if recipient.contact_id in run.erased:  # the row keeps the outcome, not the address
             recipient = Recipient(recipient.contact_id, "", "", {})
-        rows.append(
-            delivery_entity(
-                run.task,
-                recipient,
-                outcome.status,
-                now,
-                reason=outcome.reason,
-                provider=outcome.provider,
-                message_id=outcome.message_id,
-                attempts=outcome.attempts,
-            )
+        row = delivery_entity(
+            run.task,
+            recipient,
+            outcome.status,
+            now,
+            reason=outcome.reason,
+            provider=outcome.provider,
+            message_id=outcome.message_id,
+            attempts=outcome.attempts,
         )
+        if outcome.status == DeliveryStatus.RETRYING:
+            # When throttling began: the horizon runs from here, across re-queues.
+            row["throttled_since"] = run.throttled_since.get(index, now) if outcome.throttled else ""
+        rows.append(row)
         replaces = DeliveryStatus.RETRYING.value if index in run.was_retrying else None
         run.was_retrying.discard(index)
         tally(run.task.counts, str(outcome.status), replaces)
     if rows:
         run.storage.table(DELIVERIES).batch_upsert(rows)
+
+
+def owns_task_for(run: _Run, outcomes: list[tuple[int, Outcome]]) -> bool:
+    """Whether we may write these outcome rows as the task's owner (see ``task_manager/lease.py``).
+
+    Non-terminal rows need proof (an ETag-guarded renewal): a ``retrying`` row left by a host
+    that lost the task would stay in a finished job forever.
+    """
+    if run.lease is None:
+        return True
+    needs_proof = any(not DeliveryStatus(o.status).is_terminal for _, o in outcomes)
+    return run.lease.still_ours(prove=needs_proof)
+
+
+def record_as_stale_owner(run: _Run, outcomes: list[tuple[int, Outcome]]) -> None:
+    """Another host took the task while we sent: keep only the terminal facts we observed.
+
+    The new owner recorded our chunk ``unknown`` (or is about to). A provider's acceptance
+    or rejection is a fact worth keeping, so it replaces a missing or ``unknown`` row and
+    nothing else (a row events have moved on, or the new owner's own outcome, stands); a
+    non-terminal state (``retrying``) is never written. The task's counts are not ours to
+    write any more: the rows changed, so the task is marked for the Status Manager's recount.
+    """
+    facts = [(i, o) for i, o in outcomes
+             if DeliveryStatus(o.status).is_terminal and o.status != DeliveryStatus.UNKNOWN]
+    if not facts:
+        return
+    task = run.task
+    rows_now = run.storage.table(DELIVERIES).partition(task.delivery_partition, select=["RowKey", "status"])
+    recorded = {row["RowKey"]: row.get("status", "") for row in rows_now}
+    now = iso(run.clock())
+    rows = [
+        delivery_entity(task, run.recipients[i], o.status, now, reason=o.reason, provider=o.provider,
+                        message_id=o.message_id, attempts=o.attempts)
+        for i, o in facts
+        if recorded.get(run.recipients[i].contact_id, DeliveryStatus.UNKNOWN.value) == DeliveryStatus.UNKNOWN
+    ]
+    if rows:
+        run.storage.table(DELIVERIES).batch_upsert(rows)
+        mark_for_recount(run.storage, [(task.tenant_id, task.job_id, task.row_key)], run.clock)
+    log.warning("stale owner kept facts job=%s task=%d rows=%d", task.job_id, task.index, len(rows))
+
+
+def fail_past_throttle_horizon(run: _Run, chunk: list[int], outcomes: list[Outcome]) -> list[Outcome]:
+    """A recipient throttled for longer than ``THROTTLE_HORIZON_SECONDS`` ends ``failed``.
+
+    Throttling spends no attempts, so without this horizon a provider that never stops
+    answering 429 would keep a job open for ever.
+    """
+    if not run.throttled_since:
+        return outcomes
+    now = run.clock()
+    horizon = run.settings.throttle_horizon_seconds
+    result = []
+    for index, outcome in zip(chunk, outcomes, strict=True):
+        since = run.throttled_since.get(index)
+        if outcome.throttled and since and (now - parse_iso(since)).total_seconds() >= horizon:
+            reason = f"throttled by the provider for more than {horizon} s: {outcome.reason}"
+            outcome = Outcome(DeliveryStatus.FAILED, reason, outcome.provider, "", outcome.attempts)
+        result.append(outcome)
+    return result
 
 
 def finish_task(run: _Run, status: TaskStatus = TaskStatus.DONE) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import ProviderHeld, TransientSendError
+from core.errors import ProviderHeld, Throttled, TransientSendError
 from core.retry import Attempts, RetryPolicy, call_with_retries
 
 
@@ -58,6 +58,15 @@ def test_waiting_for_a_held_provider_spends_no_attempt():
     result = call_with_retries(failing(3, ProviderHeld("held", retry_after=0.5)), RetryPolicy(max_attempts=1),
                                attempts, clock.sleep, clock.monotonic)
     assert result == "ok" and attempts.count == 1 and clock.now == pytest.approx(1.5)
+
+
+def test_a_429_without_retry_after_backs_off_and_spends_no_attempt():
+    clock = Clock()
+    attempts = Attempts()
+    policy = RetryPolicy(max_attempts=1, base_delay=0.5, budget_seconds=60)
+    result = call_with_retries(failing(4, Throttled("429")), policy, attempts, clock.sleep, clock.monotonic)
+    assert result == "ok" and attempts.count == 1
+    assert clock.now >= 0.25 + 0.5 + 1 + 2  # half of each exponential step at least, never a hot loop
 
 
 def test_the_requeue_delay_honours_retry_after_in_whole_seconds():

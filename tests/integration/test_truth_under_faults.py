@@ -1,0 +1,258 @@
+"""Truth under faults: leases that live while sends do, fenced writes, and throttling that fails nobody.
+
+The managers run in-process on the session's Azurite and send through the real ``sendgrid``
+client to the SendGrid simulator, whose fault injection plays the slow, throttling or failing
+provider. Leases, budgets and horizons are shortened through settings so each run takes seconds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+
+from campaign_manager import start_due_campaigns
+from core.clock import iso, utcnow
+from core.messages import JobTicket, TaskTicket
+from core.models import Job
+from core.retry import RetryPolicy
+from core.settings import Settings
+from core.status import DeliveryStatus, JobStatus
+from core.storage import DELIVERIES, JOB_QUEUE, JOBS, TASKS, Storage
+from devhost.sendgrid_sim import SendGridSimulator
+from devhost.stack import wait_for
+from job_manager.manager import ExpansionOutcome, claim_expansion, expand_roster
+from providers.base import OutboundEmail, SendResult
+from providers.sendgrid import SendGridProvider
+from status_manager import close_finished_jobs
+from task_manager import Dispatcher, TaskOutcome
+from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
+from tests.sim_fixtures import running_sendgrid_simulator
+
+
+@dataclass
+class Sim:
+    sendgrid: SendGridSimulator
+    url: str
+
+
+@pytest.fixture
+def sim() -> Iterator[Sim]:
+    with running_sendgrid_simulator() as (simulator, url):
+        yield Sim(simulator, url)
+
+
+def host(storage: Storage, settings: Settings, provider, owner: str, policy: RetryPolicy | None = None,
+         concurrency: int = 8) -> InProcessHost:
+    made = InProcessHost(storage, settings, provider, owner=owner)
+    policy = policy or RetryPolicy(max_attempts=3, base_delay=0.01)
+    made.dispatcher = Dispatcher(provider, policy, concurrency)
+    return made
+
+
+def expanded_job(storage: Storage, expander: InProcessHost, n: int) -> tuple[Job, TaskTicket]:
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, [{"email": f"t{i:04d}-{secrets.token_hex(2)}@x.org"} for i in range(n)])
+    campaign = schedule_campaign(storage, tenant)
+    while (job := job_of(storage, campaign)) is None or not job.expanded:
+        expander.expand_round()
+    return job, TaskTicket(tenant_id=tenant.id, job_id=job.id, task_index=0)
+
+
+def rows_of(storage: Storage, job: Job) -> list[dict]:
+    return list(storage.table(DELIVERIES).partition(f"{job.id}-000000"))
+
+
+def run_campaign(storage: Storage, runner: InProcessHost, n: int, timeout: float = 60) -> tuple[Job, list]:
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, [{"email": f"s{i:04d}-{secrets.token_hex(2)}@x.org"} for i in range(n)])
+    campaign = schedule_campaign(storage, tenant)
+    runner.run_until(lambda: (j := job_of(storage, campaign)) is not None and JobStatus(j.status).is_final,
+                     timeout)
+    job = job_of(storage, campaign)
+    rows = list(storage.table(DELIVERIES).query(
+        "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": f"{job.id}-", "hi": f"{job.id}."}
+    ))
+    return job, rows
+
+
+class GatedProvider:
+    """The real SendGrid provider behind a gate: a host whose sends hang until the test lets go."""
+
+    name = "sendgrid"
+
+    def __init__(self, inner: SendGridProvider) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.waiting = 0
+        self._lock = threading.Lock()
+
+    def send(self, email: OutboundEmail) -> SendResult:
+        with self._lock:
+            self.waiting += 1
+        self.gate.wait(60)
+        return self.inner.send(email)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -- leases that live while the sends do ----------------------------------------------------------
+
+
+def test_a_provider_slower_than_the_lease_keeps_the_task_with_its_first_owner(storage, settings, sim):
+    lease = 3
+    short = settings.model_copy(update={"task_size": 4, "task_window": 1, "lease_seconds": lease})
+    sim.sendgrid.set_faults({"latency_ms": int(lease * 1.5 * 1000)})
+    first = host(storage, short, SendGridProvider("SG.test", sim.url, timeout=15), "host-a")
+    second = host(storage, short, SendGridProvider("SG.test", sim.url, timeout=15), "host-b")
+    job, ticket = expanded_job(storage, first, 4)
+    outcome: list[object] = []
+    sending = threading.Thread(target=lambda: outcome.append(first.send(ticket)))
+
+    sending.start()
+    wait_for(lambda: sim.sendgrid.stats()["requests"] >= 4, 10, "the first owner's sends to be under way")
+    started = time.monotonic()
+    tries: list[tuple[float, object]] = []
+    while sending.is_alive():
+        tries.append((time.monotonic() - started, second.send(ticket)))
+        sending.join(0.25)
+
+    assert outcome == [TaskOutcome.DONE]
+    assert {o for _, o in tries} == {TaskOutcome.BUSY}
+    assert max(at for at, _ in tries) > lease, "no claim was tried after the lease would have run out"
+    assert Counter(r["status"] for r in rows_of(storage, job)) == {DeliveryStatus.SENT: 4}
+    assert sorted(Counter(m["to"] for m in sim.sendgrid.messages()).values()) == [1, 1, 1, 1]
+
+
+def test_a_long_scan_between_two_tasks_keeps_its_expansion_lease(storage, settings):
+    lease = 3
+    long_scan = settings.model_copy(update={"task_size": 500, "lease_seconds": lease,
+                                            "job_time_budget_seconds": 10_000})
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, [{"email": f"e{i:02d}@x.org", "attributes": {"i": i}} for i in range(30)])
+    campaign = schedule_campaign(storage, tenant, {"field": "attributes.i", "op": "gte", "value": 29})
+    start_due_campaigns(storage)
+    ticket = JobTicket.model_validate_json(storage.queue(JOB_QUEUE).receive(1)[0].content)
+    elapsed = [0]
+    rivals: list[object] = []
+
+    def clock():
+        return utcnow() + timedelta(seconds=elapsed[0])
+
+    def a_second_per_contact() -> float:
+        # Each contact scanned (none matches until the last) costs a second, and meanwhile a
+        # second host tries to take the expansion over.
+        elapsed[0] += 1
+        rivals.append(claim_expansion(storage, job_of(storage, campaign), long_scan, "host-b", clock))
+        return float(elapsed[0])
+
+    outcome = expand_roster(storage, ticket, long_scan, "host-a", clock, monotonic=a_second_per_contact)
+
+    assert outcome == ExpansionOutcome.EXPANDED
+    assert elapsed[0] > 3 * lease and rivals == [None] * len(rivals)
+    assert job_of(storage, campaign).roster_size == 1
+
+
+# -- fencing: a host that lost its task writes no non-terminal rows ---------------------------------
+
+
+def lose_the_task_mid_chunk(storage: Storage, settings: Settings, sim: Sim, n: int
+                            ) -> tuple[Job, TaskTicket, GatedProvider, threading.Thread, list[object]]:
+    """Host A marks its first chunk in flight and hangs in the provider; its lease is then taken
+    from it (as when its heartbeat could not reach storage) and host B claims and finishes the task."""
+    gated = GatedProvider(SendGridProvider("SG.test", sim.url))
+    # Tiny retry budget: a 503 leaves a recipient ``retrying`` after one request.
+    policy = RetryPolicy(max_attempts=5, base_delay=0.05, budget_seconds=0.01)
+    stale = host(storage, settings, gated, "host-a", policy)
+    fresh = host(storage, settings, SendGridProvider("SG.test", sim.url), "host-b")
+    job, ticket = expanded_job(storage, fresh, n)
+    outcome: list[object] = []
+    sending = threading.Thread(target=lambda: outcome.append(stale.send(ticket)))
+    sending.start()
+    wait_for(lambda: gated.waiting >= 8, 20, "host A's sends to hang in the provider")
+    past = iso(utcnow() - timedelta(seconds=1))
+    storage.table(TASKS).update({"PartitionKey": job.id, "RowKey": "000000", "lease_until": past})
+    taken_at = time.monotonic()
+    assert fresh.send(ticket) == TaskOutcome.DONE
+    # A lease that really ran out was not renewed for a whole lease: let that much time pass
+    # before A's sends come back (its heartbeat meanwhile finds the task row changed).
+    wait_for(lambda: time.monotonic() - taken_at > settings.lease_seconds, 10, "a lease's length")
+    return job, ticket, gated, sending, outcome
+
+
+def test_an_owner_that_lost_its_task_leaves_no_retrying_rows_and_the_new_owners_rows_stand(
+    storage, settings, sim
+):
+    short = settings.model_copy(update={"task_size": 210, "task_window": 1, "lease_seconds": 3,
+                                        "retry_budget_seconds": 0.01})
+    job, _, gated, sending, outcome = lose_the_task_mid_chunk(storage, short, sim, 210)
+    columns = ["status", "counts", "lease_owner"]
+    task_after_b = storage.table(TASKS).get(job.id, "000000", select=columns)
+
+    sim.sendgrid.set_faults({"status": 503, "for_seconds": 60})  # A's sends now fail: it would say retrying
+    gated.gate.set()
+    sending.join(60)
+
+    assert outcome == [TaskOutcome.LOST]
+    statuses = Counter(r["status"] for r in rows_of(storage, job))
+    assert statuses == {DeliveryStatus.UNKNOWN: 200, DeliveryStatus.SENT: 10}  # B's recovery and sends
+    assert storage.table(TASKS).get(job.id, "000000", select=columns) == task_after_b
+
+
+def test_a_stale_owners_accepted_sends_are_kept_as_sent_and_counted(storage, settings, sim):
+    short = settings.model_copy(update={"task_size": 210, "task_window": 1, "lease_seconds": 3})
+    job, _, gated, sending, outcome = lose_the_task_mid_chunk(storage, short, sim, 210)
+
+    gated.gate.set()  # the provider accepts A's late sends: 202 is a fact worth keeping
+    sending.join(60)
+    close_finished_jobs(storage, short)  # a Status Manager pass: recounts, closes
+
+    assert outcome == [TaskOutcome.LOST]
+    assert Counter(r["status"] for r in rows_of(storage, job)) == {DeliveryStatus.SENT: 210}
+    stored = Job.from_entity(storage.table(JOBS).get(job.tenant_id, job.id))
+    assert stored.status == JobStatus.COMPLETED
+    assert stored.counts[DeliveryStatus.SENT] == 210 and stored.counts[DeliveryStatus.UNKNOWN] == 0
+
+
+# -- throttling is not failure ---------------------------------------------------------------------
+
+
+def test_a_429_storm_longer_than_every_retry_budget_fails_nobody(storage, settings, sim):
+    budget, attempts, storm = 0.5, 2, 4
+    assert storm > budget * attempts
+    fast = settings.model_copy(update={"task_size": 4, "task_window": 2, "retry_budget_seconds": budget})
+    policy = RetryPolicy(max_attempts=attempts, base_delay=0.05, budget_seconds=budget)
+    runner = host(storage, fast, SendGridProvider("SG.test", sim.url), "host", policy, concurrency=2)
+    sim.sendgrid.set_faults({"status": 429, "for_seconds": storm, "retry_after": 1})
+
+    job, rows = run_campaign(storage, runner, 8)
+
+    assert job.status == JobStatus.COMPLETED
+    assert Counter(r["status"] for r in rows) == {DeliveryStatus.SENT: 8}
+    assert {int(r["attempts"]) for r in rows} == {1}  # the accepted call; the 429s were not attempts
+    assert Counter(e["status"] for e in sim.sendgrid.request_log())[429] >= 8
+
+
+def test_a_recipient_throttled_past_the_horizon_fails_with_the_reason_and_no_attempts_spent(
+    storage, settings, sim
+):
+    fast = settings.model_copy(update={"task_size": 3, "retry_budget_seconds": 0.2,
+                                       "throttle_horizon_seconds": 2})
+    policy = RetryPolicy(max_attempts=5, base_delay=0.05, budget_seconds=0.2)
+    runner = host(storage, fast, SendGridProvider("SG.test", sim.url), "host", policy, concurrency=3)
+    sim.sendgrid.set_faults({"status": 429, "for_seconds": 600, "retry_after": 1})
+
+    job, rows = run_campaign(storage, runner, 3)
+
+    assert job.status == JobStatus.COMPLETED
+    assert {r["status"] for r in rows} == {DeliveryStatus.FAILED}
+    assert all("throttled by the provider for more than 2 s" in r["reason"] for r in rows)
+    assert {int(r["attempts"]) for r in rows} == {0}
+    assert sim.sendgrid.stats()["accepted"] == 0
