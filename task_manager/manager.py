@@ -35,7 +35,15 @@ from typing import Any
 from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.errors import Conflict, NotFound, RenderError
 from core.messages import TaskTicket
-from core.models import Job, Recipient, Task, count_delivery_statuses, delivery_entity, unpack_recipients
+from core.models import (
+    Job,
+    Recipient,
+    Task,
+    Tenant,
+    count_delivery_statuses,
+    delivery_entity,
+    unpack_recipients,
+)
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import DELIVERIES, JOBS, TASK_QUEUE, TASKS, Storage
@@ -238,11 +246,11 @@ def mark_in_flight(run: _Run, chunk: list[int]) -> bool:
 
 def route_for(job: Job, settings: Settings, tenant: dict[str, Any]) -> Route:
     """The tenant's provider order, send rate and delivery semantics for this task."""
-    providers = tuple(p.strip() for p in str(tenant.get("providers") or "").split(",") if p.strip())
-    per_minute = tenant.get("rate_limit_per_minute")
-    semantics = tenant.get("delivery_semantics") or settings.delivery_semantics
+    config = Tenant.from_entity({"RowKey": job.tenant_id, **tenant})
+    per_minute = config.rate_limit_per_minute
+    semantics = config.delivery_semantics or settings.delivery_semantics
     return Route(
-        providers=providers,
+        providers=tuple(config.providers),
         tenant_id=job.tenant_id,
         tenant_per_second=(float(per_minute) / 60.0) if per_minute else None,
         resend_ambiguous=semantics == "at-least-once",
@@ -365,7 +373,7 @@ def render_email(run: _Run, recipient: Recipient, template: CompiledTemplate) ->
     url = unsubscribe_url(
         run.settings.public_url,
         run.settings.signing_key,
-        UnsubscribeClaim(job.tenant_id, recipient.contact_id, job.campaign_id),
+        UnsubscribeClaim(job.tenant_id, recipient.contact_id, job.campaign_id or job.test_of),
     )
     rendered = template.render(build_context(recipient, job.campaign_name, url))
     spec = job.template

@@ -45,6 +45,7 @@ from core.ids import new_id
 from core.models import Campaign
 from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, SCHEDULE
+from core.tenant_settings import require_allowed_sender
 
 router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
 
@@ -52,6 +53,7 @@ router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
 @router.post("/campaigns", status_code=201, response_model=CampaignPublic)
 def create_campaign(body: CampaignCreate, tenant: TenantDep, storage: StorageDep) -> CampaignPublic:
     criteria = validate_content(body.template, body.criteria, check_criteria=True) or {}
+    require_allowed_sender(tenant, body.template.from_email, "template.from_email")
     campaign = Campaign(
         id=new_id(), tenant_id=tenant.id, name=body.name, template=body.template.model_dump(),
         criteria=criteria, status=CampaignStatus.DRAFT.value, counts=zero_counts(),
@@ -97,6 +99,8 @@ def update_campaign(
     ensure_editable(campaign)
     given = body.model_fields_set
     criteria = validate_content(body.template, body.criteria, check_criteria="criteria" in given)
+    if body.template is not None:
+        require_allowed_sender(tenant, body.template.from_email, "template.from_email")
     old_key = campaign.schedule_key
     if body.name is not None:
         campaign.name = body.name
@@ -120,6 +124,7 @@ def schedule_campaign(
 ) -> CampaignPublic:
     campaign = load_campaign(storage, tenant.id, campaign_id)
     ensure_editable(campaign)
+    require_allowed_sender(tenant, campaign.template.get("from_email", ""), "template.from_email")
     send_at = body.send_at if body is not None and body.send_at is not None else utcnow()
     old_key = campaign.schedule_key
     set_send_at(campaign, as_utc(send_at))

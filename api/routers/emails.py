@@ -22,6 +22,7 @@ from api.schemas import DeliveryPublic, RequestModel
 from core.models import Job
 from core.storage import DELIVERIES, JOBS
 from core.templates import TemplateSpec, compile_template, is_email
+from core.tenant_settings import require_allowed_sender
 from task_manager.transactional import TransactionalEmail, is_transactional, submit_email
 
 router = APIRouter(tags=["transactional"], responses=ERROR_RESPONSES)
@@ -89,6 +90,7 @@ def send_email(
     body: EmailCreate, tenant: TenantDep, storage: StorageDep, response: Response
 ) -> EmailAccepted:
     spec = body.spec()
+    require_allowed_sender(tenant, spec.from_email, "from_email")
     compile_template(spec)  # a template that does not compile is a 422 now, not a skip later
     submitted = submit_email(
         storage, tenant,
