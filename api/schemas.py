@@ -246,6 +246,25 @@ class PreviewRequest(RequestModel):
     email: str | None = Field(None, min_length=3, max_length=254)
 
 
+def _email_address(value: str) -> str:
+    if not is_email(value):
+        raise ValueError("not an email address")
+    return value
+
+
+EmailAddress = Annotated[str, AfterValidator(_email_address)]
+MAX_TEST_RECIPIENTS = 5
+
+
+class TestSendRequest(RequestModel):
+    to: list[EmailAddress] = Field(min_length=1, max_length=MAX_TEST_RECIPIENTS,
+                                   description="Up to 5 addresses to send the campaign's test to.")
+
+
+class TestSendAccepted(BaseModel):
+    id: str = Field(description="The test email's id: `GET /emails/{id}` shows its status and events.")
+
+
 class JobSummary(BaseModel):
     id: str
     status: str

@@ -1,6 +1,6 @@
-"""Campaigns: create, read, edit while draft/scheduled, schedule, preview (API.md "Campaigns").
+"""Campaigns: create, read, edit while draft/scheduled, schedule, preview, test send (API.md "Campaigns").
 
-The pause/resume/cancel and test-send routes are not here yet (a separate issue adds them).
+Pause, resume and cancel live in ``api.routers.control``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from api.schemas import (
     PreviewPublic,
     PreviewRequest,
     ScheduleRequest,
+    TestSendAccepted,
+    TestSendRequest,
 )
 from core.clock import utcnow
 from core.ids import new_id
@@ -46,6 +48,7 @@ from core.models import Campaign
 from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, SCHEDULE
 from core.tenant_settings import require_allowed_sender
+from task_manager.campaign_test_send import send_test
 
 router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
 
@@ -141,3 +144,17 @@ def preview_campaign(
 ) -> PreviewPublic:
     campaign = load_campaign(storage, tenant.id, campaign_id)
     return render_preview(storage, settings, tenant, campaign, body or PreviewRequest())
+
+
+@router.post("/campaigns/{campaign_id}/test", status_code=202, response_model=TestSendAccepted)
+def test_send_campaign(
+    campaign_id: str, body: TestSendRequest, tenant: TenantDep, storage: StorageDep
+) -> TestSendAccepted:
+    """Send the campaign to up to 5 addresses now, subject marked ``[Test]``, outside any job.
+
+    Rendered for the tenant's contact of each address (else sample data), suppressions
+    honoured, not counted in the campaign; follow it with ``GET /emails/{id}``. Any status.
+    """
+    campaign = load_campaign(storage, tenant.id, campaign_id)
+    require_allowed_sender(tenant, campaign.template.get("from_email", ""), "template.from_email")
+    return TestSendAccepted(id=send_test(storage, tenant, campaign, body.to))

@@ -8,7 +8,7 @@ the same id and sends nothing new.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -78,6 +78,8 @@ class EmailAccepted(BaseModel):
 
 class EmailPublic(BaseModel):
     id: str
+    kind: Literal["transactional", "test"] = "transactional"
+    campaign_id: str | None = Field(None, description="A test send: the campaign it tests.")
     status: str
     created_at: str | None = None
     completed_at: str | None = None
@@ -112,7 +114,8 @@ def get_email(email_id: str, tenant: TenantDep, storage: StorageDep) -> EmailPub
         raise not_found("email")
     rows = list(storage.table(DELIVERIES).partition(f"{job.id}-000000"))
     return EmailPublic(
-        id=job.id, status=job.status, created_at=job.created_at or None,
+        id=job.id, kind="test" if job.test_of else "transactional", campaign_id=job.test_of or None,
+        status=job.status, created_at=job.created_at or None,
         completed_at=job.completed_at or None, counts={k: v for k, v in job.counts.items() if v},
         recipients=with_timelines(storage, job, rows),
     )
