@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from core.templates import TemplateSpec, is_email
 
@@ -72,13 +72,75 @@ class TenantCreate(RequestModel):
     _name_plain = field_validator("name")(_plain_text)
 
 
+PROVIDER_NAMES = ("sendgrid", "smtp", "acs")
+MAX_SENDER_DOMAINS = 50
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _known_provider(value: str) -> str:
+    if value not in PROVIDER_NAMES:
+        raise ValueError(f"unknown provider; use one of {', '.join(PROVIDER_NAMES)}")
+    return value
+
+
+def _domain_name(value: str) -> str:
+    """A DNS name (ASCII or punycode, at least two labels), lower-cased."""
+    domain = value.strip().lower()
+    if len(domain) > 253 or not _DOMAIN.fullmatch(domain) or domain.rsplit(".", 1)[1].isdigit():
+        raise ValueError("must be a domain name such as uni.example")
+    return domain
+
+
+ProviderName = Annotated[str, AfterValidator(_known_provider)]
+DomainName = Annotated[str, AfterValidator(_domain_name)]
+
+
+def _no_duplicates(values: list[str] | None) -> list[str] | None:
+    if values is not None and len(set(values)) != len(values):
+        raise ValueError("must not name the same value twice")
+    return values
+
+
+class TenantUpdate(RequestModel):
+    """Every field optional; ``null`` clears a limit or setting back to the deployment's default."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    rate_limit_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    max_roster: int | None = Field(None, ge=1, le=100_000_000)
+    providers: list[ProviderName] | None = Field(
+        None, min_length=1, max_length=len(PROVIDER_NAMES),
+        description="Failover order, e.g. [\"sendgrid\", \"acs\"]; null: the deployment's EMAIL_PROVIDERS.",
+    )
+    delivery_semantics: Literal["at-most-once", "at-least-once"] | None = Field(
+        None, description="Whether ambiguous sends are resent; null: the deployment's DELIVERY_SEMANTICS."
+    )
+    sender_domains: list[DomainName] | None = Field(
+        None, max_length=MAX_SENDER_DOMAINS,
+        description="Domains from_email may use (exact match); [] or null: any domain.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_plain(cls, value: str | None) -> str | None:
+        if value is None:
+            raise ValueError("must be a string")
+        return _plain_text(value)
+
+    _providers_once = field_validator("providers")(_no_duplicates)
+    _domains_once = field_validator("sender_domains")(_no_duplicates)
+
+
 class TenantPublic(BaseModel):
     id: str
     name: str
     rate_limit_per_minute: int | None = None
     max_roster: int | None = None
+    providers: list[str] | None = Field(None, description="Failover order; null: the deployment's.")
+    delivery_semantics: str | None = Field(None, description="null: the deployment's DELIVERY_SEMANTICS.")
+    sender_domains: list[str] = Field(default_factory=list, description="Allowed from_email domains.")
     state: str
     created_at: str | None = None
+    updated_at: str | None = None
 
 
 class TenantKeyCreate(RequestModel):
@@ -182,6 +244,25 @@ class ScheduleRequest(RequestModel):
 class PreviewRequest(RequestModel):
     contact_id: str | None = Field(None, min_length=1, max_length=64)
     email: str | None = Field(None, min_length=3, max_length=254)
+
+
+def _email_address(value: str) -> str:
+    if not is_email(value):
+        raise ValueError("not an email address")
+    return value
+
+
+EmailAddress = Annotated[str, AfterValidator(_email_address)]
+MAX_TEST_RECIPIENTS = 5
+
+
+class TestSendRequest(RequestModel):
+    to: list[EmailAddress] = Field(min_length=1, max_length=MAX_TEST_RECIPIENTS,
+                                   description="Up to 5 addresses to send the campaign's test to.")
+
+
+class TestSendAccepted(BaseModel):
+    id: str = Field(description="The test email's id: `GET /emails/{id}` shows its status and events.")
 
 
 class JobSummary(BaseModel):

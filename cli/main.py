@@ -174,6 +174,20 @@ def cancel_campaign(campaign_id: str, tenant: TenantOption = None) -> None:
     _campaign_action("cancel", campaign_id, tenant)
 
 
+@campaigns_app.command("test")
+def test_campaign(
+    campaign_id: str,
+    to: Annotated[list[str], typer.Option("--to", help="An address to send the test to (up to 5).")],
+    tenant: TenantOption = None,
+) -> None:
+    """Send the campaign, subject marked [Test], to a few addresses; prints the email id to follow."""
+    try:
+        sent = connect(tenant).post(f"/campaigns/{campaign_id}/test", json={"to": to})
+    except ApiFailure as err:
+        fail(err)
+    console.print(f"test email {sent['id']} queued (GET /emails/{sent['id']} follows it)")
+
+
 # -- jobs and deliveries -----------------------------------------------------------------------
 
 
@@ -252,6 +266,43 @@ def create_tenant(
         body["max_roster"] = max_roster
     try:
         show(connect().post("/tenants", json=body))
+    except ApiFailure as err:
+        fail(err)
+
+
+@tenants_app.command("update")
+def update_tenant(
+    tenant_id: str,
+    name: Annotated[str | None, typer.Option(help="A new name.")] = None,
+    providers: Annotated[str | None, typer.Option(help="Provider order, e.g. sendgrid,acs.")] = None,
+    rate_limit: Annotated[int | None, typer.Option(help="Sends per minute (0 clears the cap).")] = None,
+    max_roster: Annotated[int | None, typer.Option(help="Largest roster of a job (0 clears it).")] = None,
+    delivery_semantics: Annotated[str | None, typer.Option(help="at-most-once or at-least-once.")] = None,
+    sender_domain: Annotated[
+        list[str] | None, typer.Option("--sender-domain", help="A domain from_email may use (repeat it).")
+    ] = None,
+    any_sender_domain: Annotated[
+        bool, typer.Option("--any-sender-domain", help="Lift the sender domain restriction.")
+    ] = False,
+) -> None:
+    """Change a tenant's settings (operator key); only the options given change."""
+    body: dict[str, Any] = {}
+    if name is not None:
+        body["name"] = name
+    if providers is not None:
+        body["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
+    if rate_limit is not None:
+        body["rate_limit_per_minute"] = rate_limit or None
+    if max_roster is not None:
+        body["max_roster"] = max_roster or None
+    if delivery_semantics is not None:
+        body["delivery_semantics"] = delivery_semantics
+    if sender_domain:
+        body["sender_domains"] = sender_domain
+    if any_sender_domain:
+        body["sender_domains"] = []
+    try:
+        show(connect().patch(f"/tenants/{tenant_id}", json=body))
     except ApiFailure as err:
         fail(err)
 

@@ -38,8 +38,15 @@ def _loads(value: Any, default: Any) -> Any:
     return json.loads(value)
 
 
+def _names(value: Any) -> list[str]:
+    """A comma-separated column (``sendgrid,acs``) as a list; commas keep it readable in the portal."""
+    return [name.strip() for name in str(value or "").split(",") if name.strip()]
+
+
 @dataclass
 class Tenant:
+    """A Tenants row. ``providers`` and ``delivery_semantics`` empty: the deployment's settings."""
+
     id: str
     name: str
     contact_salt: str
@@ -47,8 +54,14 @@ class Tenant:
     max_roster: int | None = None
     state: str = "active"
     created_at: str = ""
+    providers: list[str] = field(default_factory=list)  # failover order; empty: EMAIL_PROVIDERS
+    delivery_semantics: str = ""  # at-most-once | at-least-once; empty: DELIVERY_SEMANTICS
+    sender_domains: list[str] = field(default_factory=list)  # allowed from_email domains; empty: any
+    updated_at: str = ""
+    etag: str = ""
 
     def to_entity(self) -> Entity:
+        """Only the columns that are set: a cleared limit or setting is an absent column."""
         entity: Entity = {
             "PartitionKey": TENANT_PARTITION,
             "RowKey": self.id,
@@ -57,10 +70,15 @@ class Tenant:
             "state": self.state,
             "created_at": self.created_at,
         }
-        if self.rate_limit_per_minute is not None:
-            entity["rate_limit_per_minute"] = self.rate_limit_per_minute
-        if self.max_roster is not None:
-            entity["max_roster"] = self.max_roster
+        optional: dict[str, Any] = {
+            "rate_limit_per_minute": self.rate_limit_per_minute,
+            "max_roster": self.max_roster,
+            "providers": ",".join(self.providers),
+            "delivery_semantics": self.delivery_semantics,
+            "sender_domains": ",".join(self.sender_domains),
+            "updated_at": self.updated_at,
+        }
+        entity.update({column: value for column, value in optional.items() if value not in (None, "")})
         return entity
 
     @classmethod
@@ -73,7 +91,24 @@ class Tenant:
             max_roster=e.get("max_roster"),
             state=e.get("state", "active"),
             created_at=e.get("created_at", ""),
+            providers=_names(e.get("providers")),
+            delivery_semantics=e.get("delivery_semantics", "") or "",
+            sender_domains=_names(e.get("sender_domains")),
+            updated_at=e.get("updated_at", "") or "",
+            etag=etag_of(e),
         )
+
+    def allows_sender(self, from_email: str) -> bool:
+        """Whether ``from_email``'s domain is one the tenant may send from (exact, case-insensitive)."""
+        if not self.sender_domains:
+            return True
+        return from_email.rpartition("@")[2].lower() in self.sender_domains
+
+
+TENANT_COLUMNS = frozenset({
+    "name", "contact_salt", "state", "created_at", "rate_limit_per_minute", "max_roster", "providers",
+    "delivery_semantics", "sender_domains", "updated_at",
+})
 
 
 @dataclass
@@ -189,6 +224,7 @@ class Job:
     progress_at: str = ""
     retry_of: str = ""  # a retry-failed job: the job whose failed recipients are its roster
     template_ref: str = ""  # a template too large for its column: its blob (core.template_store)
+    test_of: str = ""  # a test send (``POST /campaigns/{id}/test``): the campaign it tests
     etag: str = ""
 
     def to_entity(self) -> Entity:
@@ -218,6 +254,8 @@ class Job:
             "criteria": _json(self.criteria),
         }
         entity.update(count_columns(self.counts))
+        if self.test_of:
+            entity["test_of"] = self.test_of
         return entity
 
     @classmethod
@@ -248,6 +286,7 @@ class Job:
             progress_at=e.get("progress_at", ""),
             retry_of=e.get("retry_of", "") or "",
             template_ref=e.get("template_ref", "") or "",
+            test_of=e.get("test_of", "") or "",
             etag=etag_of(e),
         )
 

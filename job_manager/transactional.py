@@ -97,7 +97,7 @@ def claim_idempotency_key(
 def create_email_job(
     storage: Storage, tenant: Tenant, email: TransactionalEmail, email_id: str, clock: Clock
 ) -> None:
-    """Job, active-job index, one task, one ticket: each step safe to repeat."""
+    """The email's recipients (each address once) as a one-task job."""
     now = iso(clock())
     recipients = [
         Recipient(contact_id_for(tenant.contact_salt, address), address, "", dict(email.data))
@@ -111,17 +111,27 @@ def create_email_job(
         roster_size=len(recipients), expanded=True, tasks_total=1,
         created_at=now, started_at=now, expanded_at=now, progress_at=now,
     )
+    queue_one_task_job(storage, job, recipients, clock)
+
+
+def queue_one_task_job(storage: Storage, job: Job, recipients: list[Recipient], clock: Clock) -> None:
+    """Job, active-job index, one task, one ticket: each step safe to repeat.
+
+    ``job`` is an expanded job holding all of ``recipients`` in task 0; from here the Task
+    Manager and the Status Manager treat it like any campaign job.
+    """
+    now = iso(clock())
     open_job(storage, job)
-    task = Task(job_id=email_id, index=0, tenant_id=tenant.id, size=len(recipients), created_at=now,
+    task = Task(job_id=job.id, index=0, tenant_id=job.tenant_id, size=len(recipients), created_at=now,
                 updated_at=now)
     try:
         storage.table(TASKS).insert(task.to_entity(recipients))
     except AlreadyExists:
         pass
-    enqueue_task(storage, tenant.id, email_id, 0)
-    log.info("transactional send queued tenant=%s id=%s recipients=%d",
-             tenant.id, task.job_id, len(recipients))
+    enqueue_task(storage, job.tenant_id, job.id, 0)
+    log.info("one-task send queued tenant=%s id=%s recipients=%d", job.tenant_id, job.id, len(recipients))
 
 
 def is_transactional(job: Job) -> bool:
-    return not job.campaign_id and job.campaign_name == TRANSACTIONAL
+    """A ``POST /emails`` email or a campaign's test send: what ``GET /emails/{id}`` shows."""
+    return not job.campaign_id and (job.campaign_name == TRANSACTIONAL or bool(job.test_of))

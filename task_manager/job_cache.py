@@ -61,10 +61,11 @@ class _Recent(Generic[V]):
 class JobCache:
     """Templates, job rows and tenant routes for the tasks of one host process."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 64, tenant_seconds: float = TENANT_CACHE_SECONDS) -> None:
         self._templates: _Recent[CompiledTemplate] = _Recent(size)
         self._jobs: _Recent[Job] = _Recent(size)
         self._tenants: _Recent[dict[str, Any]] = _Recent(size)
+        self._tenant_seconds = tenant_seconds
         self.reads = 0  # storage reads this cache made (tests count them)
 
     def template(self, storage: Storage, job: Job) -> CompiledTemplate:
@@ -90,8 +91,8 @@ class JobCache:
         return self._jobs.put(key, Job.from_entity(storage.table(JOBS).get(tenant_id, job_id)))
 
     def tenant(self, storage: Storage, tenant_id: str) -> dict[str, Any]:
-        """The tenant row (``{}`` if it is gone), at most ``TENANT_CACHE_SECONDS`` old."""
-        cached = self._tenants.get(tenant_id, TENANT_CACHE_SECONDS)
+        """The tenant row (``{}`` if it is gone), at most ``tenant_seconds`` (default 30 s) old."""
+        cached = self._tenants.get(tenant_id, self._tenant_seconds)
         if cached is None:
             self.reads += 1
             cached = storage.table(TENANTS).find(TENANT_PARTITION, tenant_id) or {}

@@ -48,7 +48,7 @@ from core.errors import Conflict, NotFound, RenderError
 from core.ids import task_id
 from core.job_state import pause_job_for
 from core.messages import TaskTicket
-from core.models import Job, Recipient, Task, delivery_entity, unpack_recipients
+from core.models import Job, Recipient, Task, Tenant, delivery_entity, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import DELIVERIES, JOBS, TASKS, Storage
@@ -280,11 +280,11 @@ def refresh_erasures(run: _Run) -> None:
 
 def route_for(job: Job, settings: Settings, tenant: dict[str, Any]) -> Route:
     """The tenant's provider order, send rate and delivery semantics for this task."""
-    providers = tuple(p.strip() for p in str(tenant.get("providers") or "").split(",") if p.strip())
-    per_minute = tenant.get("rate_limit_per_minute")
-    semantics = tenant.get("delivery_semantics") or settings.delivery_semantics
+    config = Tenant.from_entity({"RowKey": job.tenant_id, **tenant})
+    per_minute = config.rate_limit_per_minute
+    semantics = config.delivery_semantics or settings.delivery_semantics
     return Route(
-        providers=providers,
+        providers=tuple(config.providers),
         tenant_id=job.tenant_id,
         tenant_per_second=(float(per_minute) / 60.0) if per_minute else None,
         resend_ambiguous=semantics == "at-least-once",
@@ -411,7 +411,7 @@ def render_email(run: _Run, recipient: Recipient, template: CompiledTemplate) ->
     url = unsubscribe_url(
         run.settings.public_url,
         run.settings.signing_key,
-        UnsubscribeClaim(job.tenant_id, recipient.contact_id, job.campaign_id),
+        UnsubscribeClaim(job.tenant_id, recipient.contact_id, job.campaign_id or job.test_of),
     )
     rendered = template.render(build_context(recipient, job.campaign_name, url))
     spec = template.spec  # the job row's template may be a blob reference; the compiled one is whole

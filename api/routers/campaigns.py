@@ -1,6 +1,6 @@
-"""Campaigns: create, read, edit while draft/scheduled, schedule, preview (API.md "Campaigns").
+"""Campaigns: create, read, edit while draft/scheduled, schedule, preview, test send (API.md "Campaigns").
 
-The pause/resume/cancel and test-send routes are not here yet (a separate issue adds them).
+Pause, resume and cancel live in ``api.routers.control``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from api.schemas import (
     PreviewPublic,
     PreviewRequest,
     ScheduleRequest,
+    TestSendAccepted,
+    TestSendRequest,
 )
 from core.clock import utcnow
 from core.ids import new_id
@@ -48,6 +50,8 @@ from core.job_state import open_campaign, write_campaign
 from core.models import Campaign
 from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, SCHEDULE
+from core.tenant_settings import require_allowed_sender
+from job_manager.campaign_test_send import send_test
 
 router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
 
@@ -55,6 +59,7 @@ router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
 @router.post("/campaigns", status_code=201, response_model=CampaignPublic)
 def create_campaign(body: CampaignCreate, tenant: TenantDep, storage: StorageDep) -> CampaignPublic:
     criteria = validate_content(body.template, body.criteria, check_criteria=True) or {}
+    require_allowed_sender(tenant, body.template.from_email, "template.from_email")
     campaign = Campaign(
         id=new_id(), tenant_id=tenant.id, name=body.name, template={},
         criteria=criteria, status=CampaignStatus.DRAFT.value, counts=zero_counts(),
@@ -103,6 +108,8 @@ def update_campaign(
     was = campaign.status
     given = body.model_fields_set
     criteria = validate_content(body.template, body.criteria, check_criteria="criteria" in given)
+    if body.template is not None:
+        require_allowed_sender(tenant, body.template.from_email, "template.from_email")
     old_key = campaign.schedule_key
     if body.name is not None:
         campaign.name = body.name
@@ -127,6 +134,7 @@ def schedule_campaign(
     campaign = load_campaign(storage, tenant.id, campaign_id)
     ensure_editable(campaign)
     was = campaign.status
+    require_allowed_sender(tenant, campaign.template.get("from_email", ""), "template.from_email")
     send_at = body.send_at if body is not None and body.send_at is not None else utcnow()
     old_key = campaign.schedule_key
     set_send_at(campaign, as_utc(send_at))
@@ -143,3 +151,17 @@ def preview_campaign(
 ) -> PreviewPublic:
     campaign = load_campaign(storage, tenant.id, campaign_id)
     return render_preview(storage, settings, tenant, campaign, body or PreviewRequest())
+
+
+@router.post("/campaigns/{campaign_id}/test", status_code=202, response_model=TestSendAccepted)
+def test_send_campaign(
+    campaign_id: str, body: TestSendRequest, tenant: TenantDep, storage: StorageDep
+) -> TestSendAccepted:
+    """Send the campaign to up to 5 addresses now, subject marked ``[Test]``, outside any job.
+
+    Rendered for the tenant's contact of each address (else sample data), suppressions
+    honoured, not counted in the campaign; follow it with ``GET /emails/{id}``. Any status.
+    """
+    campaign = load_campaign(storage, tenant.id, campaign_id)
+    require_allowed_sender(tenant, campaign.template.get("from_email", ""), "template.from_email")
+    return TestSendAccepted(id=send_test(storage, tenant, campaign, body.to))

@@ -8,7 +8,7 @@ the same id and sends nothing new.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -22,6 +22,7 @@ from api.schemas import DeliveryPublic, RequestModel
 from core.models import Job
 from core.storage import DELIVERIES, JOBS
 from core.templates import TemplateSpec, compile_template, is_email
+from core.tenant_settings import require_allowed_sender
 from job_manager.transactional import TransactionalEmail, is_transactional, submit_email
 
 router = APIRouter(tags=["transactional"], responses=ERROR_RESPONSES)
@@ -77,6 +78,8 @@ class EmailAccepted(BaseModel):
 
 class EmailPublic(BaseModel):
     id: str
+    kind: Literal["transactional", "test"] = "transactional"
+    campaign_id: str | None = Field(None, description="A test send: the campaign it tests.")
     status: str
     created_at: str | None = None
     completed_at: str | None = None
@@ -89,6 +92,7 @@ def send_email(
     body: EmailCreate, tenant: TenantDep, storage: StorageDep, response: Response
 ) -> EmailAccepted:
     spec = body.spec()
+    require_allowed_sender(tenant, spec.from_email, "from_email")
     compile_template(spec)  # a template that does not compile is a 422 now, not a skip later
     submitted = submit_email(
         storage, tenant,
@@ -110,7 +114,8 @@ def get_email(email_id: str, tenant: TenantDep, storage: StorageDep) -> EmailPub
         raise not_found("email")
     rows = list(storage.table(DELIVERIES).partition(f"{job.id}-000000"))
     return EmailPublic(
-        id=job.id, status=job.status, created_at=job.created_at or None,
+        id=job.id, kind="test" if job.test_of else "transactional", campaign_id=job.test_of or None,
+        status=job.status, created_at=job.created_at or None,
         completed_at=job.completed_at or None, counts={k: v for k, v in job.counts.items() if v},
         recipients=with_timelines(storage, job, rows),
     )

@@ -17,12 +17,15 @@ from api.schemas import (
     TenantCreate,
     TenantKeyCreate,
     TenantPublic,
+    TenantUpdate,
 )
 from core.clock import iso, utcnow
+from core.errors import NotFound
 from core.ids import contact_salt, new_id
 from core.keys import hash_key, new_api_key
 from core.models import KEY_PARTITION, TENANT_PARTITION, Tenant
 from core.storage import API_KEYS, TENANTS, Storage
+from core.tenant_settings import update_tenant
 
 router = APIRouter(tags=["operator"], responses=ERROR_RESPONSES)
 DirectoryDep = Annotated[Directory, Depends(get_directory)]
@@ -32,7 +35,9 @@ def tenant_public(tenant: Tenant) -> TenantPublic:
     """Never exposes ``contact_salt``: it keys contact ids and must stay secret."""
     return TenantPublic(
         id=tenant.id, name=tenant.name, rate_limit_per_minute=tenant.rate_limit_per_minute,
-        max_roster=tenant.max_roster, state=tenant.state, created_at=tenant.created_at or None,
+        max_roster=tenant.max_roster, providers=tenant.providers or None,
+        delivery_semantics=tenant.delivery_semantics or None, sender_domains=tenant.sender_domains,
+        state=tenant.state, created_at=tenant.created_at or None, updated_at=tenant.updated_at or None,
     )
 
 
@@ -70,6 +75,23 @@ def get_tenant(tenant_id: str, principal: OperatorReaderDep, storage: StorageDep
     if not principal.operator_wide and principal.tenant_id != tenant_id:
         raise not_found("tenant")
     return tenant_public(_load_tenant(storage, tenant_id))
+
+
+@router.patch("/tenants/{tenant_id}", response_model=TenantPublic)
+def patch_tenant(
+    tenant_id: str, body: TenantUpdate, _: AdminDep, storage: StorageDep, directory: DirectoryDep
+) -> TenantPublic:
+    """Change a tenant's name, limits, provider order, delivery semantics or sender domains.
+
+    Only the fields given change; ``null`` clears one back to the deployment's default.
+    """
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    try:
+        tenant = update_tenant(storage, tenant_id, changes)
+    except NotFound as err:
+        raise not_found("tenant") from err
+    directory.forget()  # this process applies it now; others within the cache TTL
+    return tenant_public(tenant)
 
 
 @router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=KeyPublic)

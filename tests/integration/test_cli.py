@@ -107,3 +107,30 @@ def test_jobs_watch_shows_a_progress_bar_that_ends_at_100_percent(url, storage, 
     exported = mailroom(url, key, "deliveries", job_id, "--status", "sent", "--csv").splitlines()
     assert exported[0].startswith("contact_id,email,status") and len(exported) == 121
     assert "cli7@example.com" in mailroom(url, key, "deliveries", job_id, "--email", "cli7@example.com")
+
+
+def test_tenants_update_sets_providers_rate_limit_max_roster_and_sender_domains(url):
+    tenant_id, _ = new_tenant(url)
+
+    shown = json.loads(mailroom(
+        url, ADMIN_KEY, "tenants", "update", tenant_id, "--providers", "sendgrid,acs",
+        "--rate-limit", "600", "--max-roster", "1000", "--sender-domain", "Uni.Example",
+    ))
+
+    assert shown["providers"] == ["sendgrid", "acs"] and shown["sender_domains"] == ["uni.example"]
+    assert (shown["rate_limit_per_minute"], shown["max_roster"]) == (600, 1000)
+
+
+def test_campaigns_test_sends_to_the_given_addresses(url, tmp_path):
+    _, key = new_tenant(url)
+    (tmp_path / "campaign.json").write_text(json.dumps({
+        "name": "Tested", "template": {"subject": "Hi", "text": "Hello", "from_email": "a@example.org"},
+    }))
+    campaign_id = mailroom(url, key, "campaigns", "create", str(tmp_path / "campaign.json")).split()[1]
+
+    queued = mailroom(url, key, "campaigns", "test", campaign_id, "--to", "a@example.com",
+                      "--to", "b@example.com")
+
+    email_id = queued.split()[2]
+    shown = MailroomApi(httpx.Client(base_url=api_base(url), timeout=30), key).get(f"/emails/{email_id}")
+    assert (shown["kind"], shown["campaign_id"]) == ("test", campaign_id)

@@ -1,0 +1,77 @@
+"""Changing a tenant's settings (``PATCH /tenants/{id}``): one read-modify-write of its row.
+
+The row is read, changed in memory and written back with its ETag, so two operators editing
+different fields at once both win instead of one silently undoing the other; a lost race is
+read again and re-applied. The write replaces the row (a cleared limit must disappear, which
+a merge cannot do) but carries over any column this code does not know, so a column another
+component adds to the row is never dropped.
+
+Who reads what, and how soon a change shows:
+- the API reads the tenant per request through a per-process cache of a few seconds
+  (``api.auth.Directory``; this process forgets it at once): ``sender_domains``, ``max_roster``
+  at expansion (the Job Manager reads the row fresh);
+- the Task Manager reads ``providers``, ``rate_limit_per_minute`` and ``delivery_semantics``
+  through its per-host ``JobCache``, at most ``TENANT_CACHE_SECONDS`` (30 s) old, so running
+  jobs follow a change within that time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from core.clock import Clock, iso, utcnow
+from core.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from core.models import TENANT_COLUMNS, TENANT_PARTITION, Tenant
+from core.storage import TENANTS, Storage
+
+log = logging.getLogger("mailroom.tenants")
+
+EDITABLE_FIELDS = frozenset({
+    "name", "rate_limit_per_minute", "max_roster", "providers", "delivery_semantics", "sender_domains",
+})
+_ATTEMPTS = 5
+
+
+def update_tenant(
+    storage: Storage, tenant_id: str, changes: Mapping[str, Any], clock: Clock = utcnow
+) -> Tenant:
+    """Apply validated ``changes`` (a subset of ``EDITABLE_FIELDS``; ``None`` clears) to the row."""
+    unknown = set(changes) - EDITABLE_FIELDS
+    if unknown:
+        raise ValueError(f"not editable: {sorted(unknown)}")
+    table = storage.table(TENANTS)
+    for _ in range(_ATTEMPTS):
+        entity = table.find(TENANT_PARTITION, tenant_id)
+        if entity is None:
+            raise NotFound(f"tenant {tenant_id}")
+        tenant = apply_changes(Tenant.from_entity(entity), changes)
+        tenant.updated_at = iso(clock())
+        row = {k: v for k, v in entity.items() if k not in TENANT_COLUMNS} | tenant.to_entity()
+        try:
+            tenant.etag = table.update(row, etag=tenant.etag, replace=True)
+        except Conflict:
+            continue  # changed since we read it: apply the same changes to the new row
+        log.info("tenant settings changed tenant=%s fields=%s", tenant_id, ",".join(sorted(changes)))
+        return tenant
+    raise Conflict(f"tenant {tenant_id} kept changing while it was being updated")
+
+
+def apply_changes(tenant: Tenant, changes: Mapping[str, Any]) -> Tenant:
+    """The tenant with ``changes`` set; ``None`` (or an empty list) goes back to the default."""
+    for name, value in changes.items():
+        if name in ("providers", "sender_domains"):
+            value = list(value or [])
+        elif name == "delivery_semantics":
+            value = value or ""
+        setattr(tenant, name, value)
+    return tenant
+
+
+def require_allowed_sender(tenant: Tenant, from_email: str, field: str) -> None:
+    """``InvalidInput`` naming ``field`` when the tenant's ``sender_domains`` exclude ``from_email``."""
+    if not tenant.allows_sender(from_email):
+        allowed = ", ".join(tenant.sender_domains)
+        raise InvalidInput("the sender's domain is not one this tenant may send from",
+                           [FieldProblem(field, f"the domain must be one of: {allowed}")])
