@@ -12,7 +12,7 @@ import json
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from core.counts import RECOUNT_PARTITION, count_columns, counts_from_columns, counts_from_json
 from core.ids import email_hash, normalize_email, task_id
@@ -125,8 +125,13 @@ class Row(Keyed):
     (``None`` defaults are how a record keeps the exact columns a row has always had).
     """
 
+    #: A record with a ``key(...)`` function: the fields it is called with (else ``keys`` is its own).
+    key_fields: ClassVar[tuple[str, ...]] = ()
+
     def keys(self) -> RowKeys:
-        raise NotImplementedError
+        """(PartitionKey, RowKey) of this record's row."""
+        key: Callable[..., RowKeys] = getattr(self, "key")  # noqa: B009 (only some records have one)
+        return key(*(getattr(self, name) for name in self.key_fields))
 
     def to_entity(self) -> Entity:
         columns = {name: getattr(self, name) for name, _ in _columns(type(self))}
@@ -725,8 +730,7 @@ class ContactHistory(Row):
     updated_at: str = ""
     job_completed_at: str = ""
 
-    def keys(self) -> RowKeys:
-        return self.key(self.tenant_id, self.contact_id, self.job_id)
+    key_fields = ("tenant_id", "contact_id", "job_id")
 
     @staticmethod
     def key(tenant_id: str, contact_id: str, job_id: str) -> RowKeys:
@@ -739,8 +743,7 @@ class RetentionMarker(Row):
 
     last_run: str = ""
 
-    def keys(self) -> RowKeys:
-        return self.key()
+    key_fields = ()
 
     @staticmethod
     def key() -> RowKeys:
@@ -757,8 +760,7 @@ class MessageIndexEntry(Row):
     task_id: str = ""
     contact_id: str = ""
 
-    def keys(self) -> RowKeys:
-        return self.key(self.message_id)
+    key_fields = ("message_id",)
 
     @staticmethod
     def key(message_id: str) -> RowKeys:
@@ -786,8 +788,7 @@ class RateLimitWindow(Row):
     taken: int = 0
     rate_per_second: float = 0.0
 
-    def keys(self) -> RowKeys:
-        return self.key(self.scope)
+    key_fields = ("scope",)
 
     @staticmethod
     def key(scope: str) -> RowKeys:
@@ -808,8 +809,7 @@ class ProviderHealthRow(Row):
     probe_until_epoch: float = 0.0
     updated_at: str = ""
 
-    def keys(self) -> RowKeys:
-        return self.key(self.provider)
+    key_fields = ("provider",)
 
     @staticmethod
     def key(provider: str) -> RowKeys:
