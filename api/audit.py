@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import RETRY_AFTER_SECONDS, error_response, route_name
 from core.clock import iso, utcnow
 from core.ids import new_id
+from core.models import SupportAuditEntry
 from core.storage import SUPPORT_AUDIT, Entity, Storage
 
 log = logging.getLogger("mailroom.api.audit")
@@ -40,16 +41,10 @@ _EXECUTOR = ThreadPoolExecutor(max_workers=AUDIT_THREADS, thread_name_prefix="su
 
 def audit_entity(key_id: str, tenant_id: str, method: str, resource: str, ids: Mapping[str, str]) -> Entity:
     """One audit row; ``tenant_id`` is ``*`` for an operator-wide listing of tenants."""
-    return {
-        "PartitionKey": tenant_id,
-        "RowKey": new_id(),
-        "key_id": key_id,
-        "tenant_id": tenant_id,
-        "method": method,
-        "resource": resource,
-        "resource_ids": json.dumps(dict(ids), separators=(",", ":"), sort_keys=True),
-        "at": iso(utcnow()),
-    }
+    return SupportAuditEntry(
+        tenant_id, new_id(), key_id=key_id, method=method, resource=resource,
+        resource_ids=json.dumps(dict(ids), separators=(",", ":"), sort_keys=True), at=iso(utcnow()),
+    ).to_entity()
 
 
 def note_support_read(request: Request, storage: Storage, key_id: str, tenant_id: str) -> None:

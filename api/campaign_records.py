@@ -18,7 +18,7 @@ from api.schemas import CampaignPublic, JobSummary
 from core.clock import iso, utcnow
 from core.criteria import parse_criteria
 from core.errors import FieldProblem, InvalidInput, MailroomError, StateConflict
-from core.models import SCHEDULE_PARTITION, Campaign, schedule_key
+from core.models import SCHEDULE_PARTITION, Campaign, ScheduleEntry, schedule_key
 from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, JOBS, SCHEDULE, Entity, Storage
 from core.telemetry import current_traceparent
@@ -114,11 +114,10 @@ def sync_schedule(storage: Storage, campaign: Campaign, old_key: str) -> None:
 
 
 def schedule_entity(campaign: Campaign) -> Entity:
-    return {
-        "PartitionKey": SCHEDULE_PARTITION, "RowKey": campaign.schedule_key,
-        "tenant_id": campaign.tenant_id, "campaign_id": campaign.id, "send_at": campaign.send_at,
-        "traceparent": current_traceparent() or "",  # the run's trace continues from this API call
-    }
+    return ScheduleEntry(
+        campaign.tenant_id, campaign.id, campaign.send_at,
+        traceparent=current_traceparent() or "",  # the run's trace continues from this API call
+    ).to_entity()
 
 
 def job_summaries(

@@ -22,7 +22,7 @@ from api.errors import ApiError, invalid, too_large
 from core.clock import iso, utcnow
 from core.errors import FieldProblem
 from core.ids import contact_id_for, normalize_email
-from core.models import Tenant
+from core.models import Contact, Tenant
 from core.storage import CONTACTS, Entity, Storage
 from core.templates import is_email
 
@@ -322,19 +322,16 @@ def import_contacts(storage: Storage, tenant: Tenant, raw_rows: list[Any]) -> Im
 
 def contact_entity(tenant_id: str, contact_id: str, row: ContactRow, now: str, is_new: bool) -> Entity:
     """A merge entity: fields a row left out keep their stored values (new contacts get defaults)."""
-    entity: Entity = {
-        "PartitionKey": tenant_id, "RowKey": contact_id, "email": row.email,
-        "state": "active", "updated_at": now,
-    }
+    given: dict[str, Any] = {"state": "active", "updated_at": now}
     if is_new:
-        entity["created_at"] = now
+        given["created_at"] = now
     if row.name is not None or is_new:
-        entity["name"] = row.name or ""
+        given["name"] = row.name or ""
     if row.attributes is not None or is_new:
-        entity["attributes"] = json.dumps(row.attributes or {}, separators=(",", ":"), ensure_ascii=False)
+        given["attributes"] = row.attributes or {}
     if row.lists is not None or is_new:
-        entity["lists"] = json.dumps(row.lists or [], separators=(",", ":"), ensure_ascii=False)
-    return entity
+        given["lists"] = row.lists or []
+    return Contact.changes((tenant_id, contact_id), email=row.email, **given)
 
 
 def existing_ids(storage: Storage, tenant_id: str, contact_ids: list[str]) -> set[str]:

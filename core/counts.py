@@ -112,10 +112,11 @@ def mark_for_recount(storage: Storage, tasks: Iterable[tuple[str, str, str]], cl
     Whoever changes a finished task's delivery rows (the event processor, a host that lost its
     task and records what it saw) marks it here; ``status_manager/recounts.py`` recounts.
     """
+    from core.models import Recount  # the records module builds on this one: import when used
+
     now = iso(clock())
     marks = [
-        {"PartitionKey": RECOUNT_PARTITION, "RowKey": f"{tenant_id}|{job_id}|{task_id}",
-         "tenant_id": tenant_id, "job_id": job_id, "task_id": task_id, "marked_at": now}
+        Recount(tenant_id, job_id, task_id, marked_at=now).to_entity()
         for tenant_id, job_id, task_id in sorted(set(tasks))
     ]
     if marks:

@@ -23,7 +23,7 @@ import logging
 from datetime import datetime, timedelta
 
 from core.clock import Clock, iso, parse_iso, utcnow
-from core.models import ACTIVE_PARTITION, Job
+from core.models import ACTIVE_PARTITION, Erasure, Job
 from core.storage import ACTIVE_JOBS, ERASURES, Storage
 
 log = logging.getLogger("mailroom.erasures")
@@ -37,10 +37,7 @@ ERASED_REASON = "contact deleted"
 def record_erasure(storage: Storage, tenant_id: str, contact_id: str, clock: Clock = utcnow) -> str:
     """Write the marker (before anything else of the erasure); the time it says."""
     erased_at = iso(clock())
-    storage.table(ERASURES).upsert({
-        "PartitionKey": tenant_id, "RowKey": f"{erased_at}|{contact_id}",
-        "contact_id": contact_id, "erased_at": erased_at,
-    })
+    storage.table(ERASURES).upsert(Erasure(tenant_id, contact_id, erased_at).to_entity())
     return erased_at
 
 

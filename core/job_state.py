@@ -27,7 +27,7 @@ from typing import Any
 from core.clock import Clock, iso, utcnow
 from core.counts import counts_from_json, counts_json
 from core.errors import AlreadyExists, Conflict, NotFound, StateConflict
-from core.models import ACTIVE_PARTITION, Campaign, Job, active_job_key
+from core.models import ActiveJob, Campaign, Job
 from core.status import CampaignStatus, JobStatus, zero_counts
 from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOBS, Entity, Storage
 
@@ -121,10 +121,7 @@ def open_job(storage: Storage, job: Job) -> Job:
         job = load_job(storage, job.tenant_id, job.id)
         if JobStatus(job.status).is_final:
             return job  # closed long ago: the Status Manager has nothing left to do with it
-    storage.table(ACTIVE_JOBS).upsert({
-        "PartitionKey": ACTIVE_PARTITION, "RowKey": active_job_key(job.tenant_id, job.id),
-        "tenant_id": job.tenant_id, "job_id": job.id, "since": job.created_at,
-    })
+    storage.table(ACTIVE_JOBS).upsert(ActiveJob(job.tenant_id, job.id, since=job.created_at).to_entity())
     return job
 
 
@@ -136,9 +133,7 @@ def write_job(storage: Storage, job: Job, changes: Entity) -> Job:
     """
     if "status" in changes:
         check_job_move(job.status, changes["status"])
-    job.etag = storage.table(JOBS).update(
-        {"PartitionKey": job.tenant_id, "RowKey": job.id, **changes}, etag=job.etag
-    )
+    job.etag = storage.table(JOBS).update(Job.changes((job.tenant_id, job.id), **changes), etag=job.etag)
     _apply(job, changes)
     return job
 
@@ -238,7 +233,7 @@ def write_campaign(
     if "status" in changes:
         check_campaign_move(campaign.status, changes["status"])
     campaign.etag = table.update(
-        {"PartitionKey": campaign.tenant_id, "RowKey": campaign.id, **changes}, etag=campaign.etag
+        Campaign.changes((campaign.tenant_id, campaign.id), **changes), etag=campaign.etag
     )
     _apply(campaign, changes)
     return campaign

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, ClassVar, Self
 
-from core.counts import count_columns, counts_from_columns, counts_from_json
-from core.ids import task_id
+from core.counts import RECOUNT_PARTITION, count_columns, counts_from_columns, counts_from_json
+from core.ids import email_hash, normalize_email, task_id
 from core.status import DeliveryStatus, JobStatus, TaskStatus, zero_counts
 from core.storage import Entity, etag_of
 
@@ -41,6 +42,127 @@ def _loads(value: Any, default: Any) -> Any:
 def _names(value: Any) -> list[str]:
     """A comma-separated column (``sendgrid,acs``) as a list; commas keep it readable in the portal."""
     return [name.strip() for name in str(value or "").split(",") if name.strip()]
+
+
+# -- how a record becomes a row ---------------------------------------------------------------------
+
+RowKeys = tuple[str, str]  # (PartitionKey, RowKey)
+
+
+def keyed(key: RowKeys | Mapping[str, Any], columns: Mapping[str, Any]) -> Entity:
+    """An entity of ``columns`` at ``key``: a (partition, row) pair or an entity read from the table.
+
+    The one place a row's keys are put next to its columns.
+    """
+    if not isinstance(key, tuple):
+        key = (key["PartitionKey"], key["RowKey"])
+    return {"PartitionKey": key[0], "RowKey": key[1], **columns}
+
+
+def key_field(read: Callable[[str, str], Any]) -> Any:
+    """A record field read from its row's keys (``read(partition, row)``), never stored as a column."""
+    return field(metadata={"from_key": read})
+
+
+def partition_key_field() -> Any:
+    """A record field that is its row's PartitionKey."""
+    return key_field(lambda partition, row: partition)
+
+
+def row_key_field() -> Any:
+    """A record field that is its row's RowKey."""
+    return key_field(lambda partition, row: row)
+
+
+def json_column(default_factory: Callable[[], Any]) -> Any:
+    """A column stored as compact JSON text (readable in the portal), a dict or list in the record."""
+    return field(default_factory=default_factory, metadata={"json": True})
+
+
+def _is_column(f: Field[Any]) -> bool:
+    return f.name != "etag" and "from_key" not in f.metadata
+
+
+_COLUMNS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _columns(cls: type) -> tuple[tuple[str, bool], ...]:
+    """(column name, stored as JSON) of each column field of a record class, in field order (cached)."""
+    known = _COLUMNS.get(cls)
+    if known is None:
+        known = _COLUMNS[cls] = tuple(
+            (f.name, bool(f.metadata.get("json"))) for f in fields(cls) if _is_column(f)
+        )
+    return known
+
+
+def _field_default(f: Field[Any]) -> Any:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None if f.default is MISSING else f.default
+
+
+class Keyed:
+    """A record whose row may be changed a few columns at a time (a merge keeps the others)."""
+
+    @classmethod
+    def _stored(cls, columns: Mapping[str, Any]) -> Mapping[str, Any]:
+        return columns
+
+    @classmethod
+    def changes(cls, key: RowKeys | Mapping[str, Any], **columns: Any) -> Entity:
+        """The row's key and the changed ``columns``, for a merge (``Table.update``/``upsert``)."""
+        return keyed(key, cls._stored(columns))
+
+
+class Row(Keyed):
+    """A row whose columns are the record's dataclass fields, under the same names.
+
+    Subclasses are dataclasses and say where the row lives (``keys``). Every field is a column,
+    except ``etag`` and fields read from the keys (``partition_key_field``, ``row_key_field``,
+    or a ``from_key`` reader of their own); a ``json_column`` is stored as JSON text. A column
+    whose value is ``None`` is left out of the entity, so an optional column stays absent
+    (``None`` defaults are how a record keeps the exact columns a row has always had).
+    """
+
+    #: A record with a ``key(...)`` function: the fields it is called with (else ``keys`` is its own).
+    key_fields: ClassVar[tuple[str, ...]] = ()
+
+    def keys(self) -> RowKeys:
+        """(PartitionKey, RowKey) of this record's row."""
+        key: Callable[..., RowKeys] = getattr(self, "key")  # noqa: B009 (only some records have one)
+        return key(*(getattr(self, name) for name in self.key_fields))
+
+    def to_entity(self) -> Entity:
+        columns = {name: getattr(self, name) for name, _ in _columns(type(self))}
+        return keyed(self.keys(), self._stored(columns))
+
+    @classmethod
+    def from_entity(cls, e: Mapping[str, Any]) -> Self:
+        """The record of a stored row; a column the row lacks (an older row) takes the field's default."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]  # every Row subclass is a dataclass
+            if "from_key" in f.metadata:
+                values[f.name] = f.metadata["from_key"](e["PartitionKey"], e["RowKey"])
+            elif f.name == "etag":
+                values[f.name] = etag_of(e)
+            elif e.get(f.name) is not None:
+                values[f.name] = _loads(e[f.name], _field_default(f)) if f.metadata.get("json") else e[f.name]
+        factory: Any = cls
+        return factory(**values)
+
+    @classmethod
+    def _stored(cls, columns: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``columns`` as stored: JSON columns as text, ``None`` left out; a name that is not one of
+        the record's columns is a ``ValueError`` (a typo would add a column people then misread)."""
+        known = dict(_columns(cls))
+        unknown = set(columns) - set(known)
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no column {sorted(unknown)}")
+        return {
+            name: _json(value) if known[name] else value
+            for name, value in columns.items() if value is not None
+        }
 
 
 @dataclass
@@ -112,34 +234,25 @@ TENANT_COLUMNS = frozenset({
 
 
 @dataclass
-class Contact:
-    id: str
-    tenant_id: str
-    email: str
+class Contact(Row):
+    """A Contacts row (PartitionKey tenant, RowKey the contact id)."""
+
+    id: str = row_key_field()
+    tenant_id: str = partition_key_field()
+    email: str = ""
     name: str = ""
-    attributes: dict[str, Any] = field(default_factory=dict)
-    lists: list[str] = field(default_factory=list)
+    attributes: dict[str, Any] = json_column(dict)
+    lists: list[str] = json_column(list)
     state: str = "active"
     created_at: str = ""
     updated_at: str = ""
 
-    @classmethod
-    def from_entity(cls, e: Entity) -> Contact:
-        return cls(
-            id=e["RowKey"],
-            tenant_id=e["PartitionKey"],
-            email=e.get("email", ""),
-            name=e.get("name", ""),
-            attributes=_loads(e.get("attributes"), {}),
-            lists=_loads(e.get("lists"), []),
-            state=e.get("state", "active"),
-            created_at=e.get("created_at", ""),
-            updated_at=e.get("updated_at", ""),
-        )
+    def keys(self) -> RowKeys:
+        return self.tenant_id, self.id
 
 
 @dataclass
-class Campaign:
+class Campaign(Keyed):
     id: str
     tenant_id: str
     name: str
@@ -199,7 +312,7 @@ class Campaign:
 
 
 @dataclass
-class Job:
+class Job(Keyed):
     id: str
     tenant_id: str
     campaign_id: str
@@ -331,7 +444,7 @@ def packed_size(columns: dict[str, bytes]) -> int:
 
 
 @dataclass
-class Task:
+class Task(Keyed):
     """One chunk of a job's roster, claimed by one host at a time.
 
     Progress is ``cursor`` (recipients before it have an outcome in Deliveries, except
@@ -472,3 +585,281 @@ def message_index_partition(message_id: str) -> str:
 def active_job_key(tenant_id: str, job_id: str) -> str:
     """RowKey of a job in the ActiveJobs index the Status Manager walks."""
     return f"{tenant_id}|{job_id}"
+
+
+# -- the other tables' rows -------------------------------------------------------------------------
+# Column names are the ones support staff read in the portal and rows already stored hold:
+# never rename one. Each record builds its keys in one place (``key``/``keys``).
+
+
+@dataclass
+class Delivery(Row):
+    """A Deliveries row: one recipient's outcome (``delivery_entity`` writes the Task Manager's)."""
+
+    partition: str = partition_key_field()  # {job id}-{task index}
+    contact_id: str = row_key_field()
+    job_id: str = ""
+    tenant_id: str = ""
+    email: str = ""
+    status: str = ""
+    reason: str = ""
+    provider: str = ""
+    provider_message_id: str = ""
+    attempts: int = 0
+    updated_at: str = ""
+    throttled_since: str | None = None  # a throttled ``retrying`` row: when throttling began
+    outcome: str | None = None  # once events change the status: the Task Manager's outcome
+    outcome_at: str | None = None
+    outcome_reason: str | None = None
+    status_event: str | None = None  # the event key whose status won
+    redacted: bool | None = None  # the contact was erased
+
+    def keys(self) -> RowKeys:
+        return self.partition, self.contact_id
+
+
+@dataclass
+class DeliveryEvent(Row):
+    """A DeliveryEvents row: one provider event, insert-only (a duplicate is a no-op)."""
+
+    partition: str = partition_key_field()  # {job id}-{task index}, or orphans-{day}
+    row_key: str = row_key_field()  # {contact id}|{event key}; an orphan's: the event key
+    tenant_id: str = ""
+    job_id: str = ""
+    task_id: str | None = None  # orphans only
+    contact_id: str = ""
+    type: str = ""
+    at: str = ""
+    source: str = ""
+    reason_code: str | None = None
+    detail: str = ""
+    provider_response: str | None = None
+    provider_message_id: str = ""
+    email_hash: str | None = None  # orphans only: the address travels as its hash
+    redacted: bool | None = None
+
+    def keys(self) -> RowKeys:
+        return self.partition, self.row_key
+
+    @staticmethod
+    def row_key_for(contact_id: str, event_key: str) -> str:
+        return f"{contact_id}|{event_key}"
+
+    @staticmethod
+    def orphan_partition(day: str) -> str:
+        """Events that match no delivery, one partition per day (``YYYY-MM-DD``)."""
+        return f"orphans-{day}"
+
+
+@dataclass
+class ActiveJob(Row):
+    """An ActiveJobs row: a job the Status Manager walks until it closes."""
+
+    tenant_id: str
+    job_id: str
+    since: str = ""  # the job's creation: erasure markers older than the oldest are purged
+
+    def keys(self) -> RowKeys:
+        return ACTIVE_PARTITION, active_job_key(self.tenant_id, self.job_id)
+
+
+@dataclass
+class Recount(Row):
+    """A Recounts row: a finished task whose delivery rows changed, for the next recount."""
+
+    tenant_id: str
+    job_id: str
+    task_id: str
+    marked_at: str = ""
+
+    def keys(self) -> RowKeys:
+        return RECOUNT_PARTITION, f"{self.tenant_id}|{self.job_id}|{self.task_id}"
+
+
+@dataclass
+class ScheduleEntry(Row):
+    """A Schedule row: a scheduled campaign, keyed so the index sorts by due time."""
+
+    tenant_id: str
+    campaign_id: str
+    send_at: str
+    traceparent: str = ""  # the run's trace continues from the call that scheduled it
+
+    def keys(self) -> RowKeys:
+        return SCHEDULE_PARTITION, schedule_key(self.send_at, self.tenant_id, self.campaign_id)
+
+
+@dataclass
+class Suppression(Row):
+    """A Suppressions row, keyed by the sha256 of the normalized address (so the row can outlive it)."""
+
+    tenant_id: str = partition_key_field()
+    email_hash: str = row_key_field()
+    email: str = ""
+    reason: str = ""
+    source: str = ""
+    campaign_id: str | None = None
+    active: bool = True
+    at: str = ""
+    updated_at: str = ""
+    soft_bounces: int | None = None
+    redacted: bool | None = None
+
+    def keys(self) -> RowKeys:
+        return self.tenant_id, self.email_hash
+
+    @staticmethod
+    def key(tenant_id: str, email: str) -> RowKeys:
+        return tenant_id, email_hash(normalize_email(email))
+
+
+@dataclass
+class ContactHistory(Row):
+    """A ContactHistory row: a closed job's outcome for one contact (no address)."""
+
+    tenant_id: str = partition_key_field()
+    contact_id: str = key_field(lambda partition, row: row.split("|", 1)[0])
+    job_id: str = ""
+    task_id: str = ""
+    campaign_id: str = ""
+    campaign_name: str = ""
+    status: str = ""
+    reason: str = ""
+    provider: str = ""
+    provider_message_id: str = ""
+    updated_at: str = ""
+    job_completed_at: str = ""
+
+    key_fields = ("tenant_id", "contact_id", "job_id")
+
+    @staticmethod
+    def key(tenant_id: str, contact_id: str, job_id: str) -> RowKeys:
+        return tenant_id, f"{contact_id}|{job_id}"
+
+
+@dataclass
+class RetentionMarker(Row):
+    """The retention run's marker (in ``ContactHistory``, a partition no tenant id can equal)."""
+
+    last_run: str = ""
+
+    key_fields = ()
+
+    @staticmethod
+    def key() -> RowKeys:
+        return "~housekeeping", "retention"
+
+
+@dataclass
+class MessageIndexEntry(Row):
+    """A MessageIndex row: finds a delivery by its provider message id."""
+
+    message_id: str = row_key_field()
+    tenant_id: str = ""
+    job_id: str = ""
+    task_id: str = ""
+    contact_id: str = ""
+
+    key_fields = ("message_id",)
+
+    @staticmethod
+    def key(message_id: str) -> RowKeys:
+        return message_index_partition(message_id), message_id
+
+
+@dataclass
+class Erasure(Row):
+    """An Erasures marker: a deleted contact running jobs must skip (no address)."""
+
+    tenant_id: str = partition_key_field()
+    contact_id: str = ""
+    erased_at: str = ""
+
+    def keys(self) -> RowKeys:
+        return self.tenant_id, f"{self.erased_at}|{self.contact_id}"  # time first: one key range
+
+
+@dataclass
+class RateLimitWindow(Row):
+    """A RateLimits row: the tokens of one scope leased in the current one-second window."""
+
+    scope: str = partition_key_field()  # provider:<name> or tenant:<id>
+    window: int = -1  # the epoch second
+    taken: int = 0
+    rate_per_second: float = 0.0
+
+    key_fields = ("scope",)
+
+    @staticmethod
+    def key(scope: str) -> RowKeys:
+        return scope, "window"
+
+
+@dataclass
+class ProviderHealthRow(Row):
+    """A ProviderHealth row: a provider's shared breaker; ISO times beside the epoch seconds compared."""
+
+    provider: str = partition_key_field()
+    state: str = "closed"
+    until: str = ""
+    until_epoch: float = 0.0
+    window: str = "{}"  # JSON of the window's per-bucket [ok, failed] counts, sorted
+    probe_owner: str = ""
+    probe_until: str = ""
+    probe_until_epoch: float = 0.0
+    updated_at: str = ""
+
+    key_fields = ("provider",)
+
+    @staticmethod
+    def key(provider: str) -> RowKeys:
+        return provider, "health"
+
+
+@dataclass
+class IdempotencyKey(Row):
+    """An IdempotencyKeys row: a transactional email's ``idempotency_key`` (as its sha256)."""
+
+    tenant_id: str = partition_key_field()
+    key_hash: str = row_key_field()
+    email_id: str = ""
+    created_at: str = ""
+
+    def keys(self) -> RowKeys:
+        return self.tenant_id, self.key_hash
+
+    @staticmethod
+    def key(tenant_id: str, idempotency_key: str) -> RowKeys:
+        return tenant_id, hashlib.sha256(idempotency_key.encode()).hexdigest()
+
+
+@dataclass
+class SupportAuditEntry(Row):
+    """A SupportAudit row: one read a support key made (never the key, never a query string)."""
+
+    tenant_id: str  # ``*`` for an operator-wide listing of tenants
+    id: str = row_key_field()  # a ULID: a tenant's trail reads in time order
+    key_id: str = ""
+    method: str = ""
+    resource: str = ""
+    resource_ids: str = "{}"  # JSON of the path's ids, keys sorted
+    at: str = ""
+
+    def keys(self) -> RowKeys:
+        return self.tenant_id, self.id
+
+
+@dataclass
+class ApiKey(Row):
+    """An ApiKeys row, keyed by the sha256 of the key (never the key itself)."""
+
+    key_hash: str = row_key_field()
+    key_id: str = ""
+    tenant_id: str = ""
+    role: str = ""
+    created_at: str = ""
+    revoked: bool = False
+    revoked_at: str | None = None
+
+    def keys(self) -> RowKeys:
+        return KEY_PARTITION, self.key_hash

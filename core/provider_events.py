@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.ids import email_hash, normalize_email
+from core.models import DeliveryEvent
 from core.status import DeliveryStatus
 from core.storage import Entity
 
@@ -334,20 +335,12 @@ def _batch_text(event_texts: list[str]) -> str:
 
 def event_entity(event: ProviderEvent) -> Entity:
     """The ``DeliveryEvents`` row of one provider event (insert-only: a duplicate is a no-op)."""
-    return {
-        "PartitionKey": event.partition,
-        "RowKey": f"{event.contact_id}|{event.key}",
-        "tenant_id": event.tenant_id,
-        "job_id": event.job_id,
-        "contact_id": event.contact_id,
-        "type": event.type,
-        "at": event.at,
-        "source": SOURCE_SENDGRID,
-        "reason_code": event.reason_code,
-        "detail": event.detail,
-        "provider_response": event.provider_response,
-        "provider_message_id": event.message_id,
-    }
+    return DeliveryEvent(
+        event.partition, DeliveryEvent.row_key_for(event.contact_id, event.key),
+        tenant_id=event.tenant_id, job_id=event.job_id, contact_id=event.contact_id, type=event.type,
+        at=event.at, source=SOURCE_SENDGRID, reason_code=event.reason_code, detail=event.detail,
+        provider_response=event.provider_response, provider_message_id=event.message_id,
+    ).to_entity()
 
 
 def timeline_event_from_entity(entity: Entity) -> TimelineEvent:

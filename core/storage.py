@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,13 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableServiceClient, TableTransactionError, TransactionOperation, UpdateMode
+from azure.data.tables import (
+    TableEntity,
+    TableServiceClient,
+    TableTransactionError,
+    TransactionOperation,
+    UpdateMode,
+)
 from azure.storage.queue import (
     QueueServiceClient,
     TextBase64DecodePolicy,
@@ -280,6 +286,44 @@ class Table:
             return
         except AzureError as err:
             raise _translate(err) from err
+
+    def modify(
+        self,
+        partition: str,
+        row: str,
+        change: Callable[[Entity | None], Entity | None],
+        tries: int = 5,
+        replace: bool = False,
+        current: Entity | None = None,
+    ) -> Entity | None:
+        """Read, change, write only if nobody wrote meanwhile; on a lost race read and change again.
+
+        ``change`` gets the entity as stored (``None``: there is none) and returns what to write
+        (the whole row with ``replace``, else the keys and the changed columns), or ``None`` for
+        nothing to write. An existing entity is written under its ETag (``If-Match``), a missing
+        one is inserted, so of two writers racing from the same read one wins and the other sees
+        its write. ``current``: the entity as the caller just read it (saves the first read).
+        Returns what was written, with its new ETag (``None``: nothing was). Raises ``Conflict``
+        when the entity kept changing ``tries`` times.
+        """
+        entity = current if current is not None else self.find(partition, row)
+        for attempt in range(tries):
+            if attempt:
+                entity = self.find(partition, row)
+            wanted = change(entity)
+            if wanted is None:
+                return None
+            try:
+                if entity is None:
+                    etag = self.insert(wanted)
+                else:
+                    etag = self.update(wanted, etag=etag_of(entity) or None, replace=replace)
+            except (Conflict, AlreadyExists):
+                continue
+            written = TableEntity(wanted)
+            written._metadata = {"etag": etag, "timestamp": None}  # where the SDK keeps it (``etag_of``)
+            return written
+        raise Conflict(f"{self.name} {partition}/{row} kept changing while it was being updated")
 
     # -- batches ----------------------------------------------------------------------
     def _batches(self, entities: Iterable[Entity]) -> Iterator[list[Entity]]:

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from core.clock import Clock, iso, utcnow
 from core.ids import email_hash, normalize_email
+from core.models import Suppression
 from core.storage import SUPPRESSIONS, Entity, Storage
 
 # How far back each incremental look reaches, to absorb clock skew between hosts.
@@ -24,17 +25,10 @@ def suppression_entity(
     tenant_id: str, email: str, reason: str, source: str, at: str, campaign_id: str = "", active: bool = True
 ) -> Entity:
     normalized = normalize_email(email)
-    return {
-        "PartitionKey": tenant_id,
-        "RowKey": email_hash(normalized),
-        "email": normalized,
-        "reason": reason,
-        "source": source,
-        "campaign_id": campaign_id,
-        "active": active,
-        "at": at,
-        "updated_at": at,
-    }
+    return Suppression(
+        *Suppression.key(tenant_id, normalized), email=normalized, reason=reason, source=source,
+        campaign_id=campaign_id, active=active, at=at, updated_at=at,
+    ).to_entity()
 
 
 def add_suppression(
@@ -54,12 +48,10 @@ def add_suppression(
 def remove_suppression(storage: Storage, tenant_id: str, email: str, clock: Clock = utcnow) -> bool:
     """Deactivate a suppression; ``False`` when there was none active."""
     table = storage.table(SUPPRESSIONS)
-    row = table.find(tenant_id, email_hash(normalize_email(email)))
+    row = table.find(*Suppression.key(tenant_id, email))
     if row is None or not row.get("active", True):
         return False
-    table.update(
-        {"PartitionKey": tenant_id, "RowKey": row["RowKey"], "active": False, "updated_at": iso(clock())}
-    )
+    table.update(Suppression.changes(row, active=False, updated_at=iso(clock())))
     return True
 
 

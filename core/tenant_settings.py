@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.clock import Clock, iso, utcnow
-from core.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from core.errors import FieldProblem, InvalidInput, NotFound
 from core.models import TENANT_COLUMNS, TENANT_PARTITION, Tenant
-from core.storage import TENANTS, Storage
+from core.storage import TENANTS, Entity, Storage
 
 log = logging.getLogger("mailroom.tenants")
 
@@ -41,21 +41,21 @@ def update_tenant(
     unknown = set(changes) - EDITABLE_FIELDS
     if unknown:
         raise ValueError(f"not editable: {sorted(unknown)}")
-    table = storage.table(TENANTS)
-    for _ in range(_ATTEMPTS):
-        entity = table.find(TENANT_PARTITION, tenant_id)
+
+    def change(entity: Entity | None) -> Entity:
+        """Our changes on the row as it is now (read again after someone else changed it)."""
         if entity is None:
             raise NotFound(f"tenant {tenant_id}")
         tenant = apply_changes(Tenant.from_entity(entity), changes)
         tenant.updated_at = iso(clock())
-        row = {k: v for k, v in entity.items() if k not in TENANT_COLUMNS} | tenant.to_entity()
-        try:
-            tenant.etag = table.update(row, etag=tenant.etag, replace=True)
-        except Conflict:
-            continue  # changed since we read it: apply the same changes to the new row
-        log.info("tenant settings changed tenant=%s fields=%s", tenant_id, ",".join(sorted(changes)))
-        return tenant
-    raise Conflict(f"tenant {tenant_id} kept changing while it was being updated")
+        return {k: v for k, v in entity.items() if k not in TENANT_COLUMNS} | tenant.to_entity()
+
+    written = storage.table(TENANTS).modify(
+        TENANT_PARTITION, tenant_id, change, tries=_ATTEMPTS, replace=True
+    )
+    assert written is not None  # ``change`` always has something to write
+    log.info("tenant settings changed tenant=%s fields=%s", tenant_id, ",".join(sorted(changes)))
+    return Tenant.from_entity(written)
 
 
 def apply_changes(tenant: Tenant, changes: Mapping[str, Any]) -> Tenant:

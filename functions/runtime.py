@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from core.clock import Clock, utcnow
 from core.errors import BadMessage
 from core.messages import ids_in
+from core.models import Job
 from core.retry import RetryPolicy
 from core.settings import PROJECT_ROOT, Settings, get_settings
 from core.storage import JOBS, Storage
@@ -105,7 +106,7 @@ def note_job_error(rt: Runtime, tenant_id: str, job_id: str, reason: str) -> Non
     jobs = rt.storage.table(JOBS)
     if jobs.find(tenant_id, job_id) is None:
         return
-    jobs.update({"PartitionKey": tenant_id, "RowKey": job_id, "last_error": reason[:1000]})
+    jobs.update(Job.changes((tenant_id, job_id), last_error=reason[:1000]))
 
 
 def is_last_attempt(rt: Runtime, dequeue_count: int | None) -> bool:

@@ -15,25 +15,25 @@ died halfway is finished by its retry, and nothing is sent twice.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from core.clock import Clock, iso, parse_iso, utcnow
-from core.errors import AlreadyExists, Conflict, NotFound
+from core.errors import AlreadyExists, Conflict
 from core.ids import contact_id_for, new_id, normalize_email
 from core.job_state import open_job
-from core.models import Job, Recipient, Task, Tenant
+from core.models import IdempotencyKey, Job, Recipient, Task, Tenant
 from core.status import JobStatus
-from core.storage import IDEMPOTENCY_KEYS, JOBS, TASKS, Storage, etag_of
+from core.storage import IDEMPOTENCY_KEYS, JOBS, TASKS, Entity, Storage
 from core.task_window import enqueue_task
 from core.template_store import store_template
 
 log = logging.getLogger("mailroom.transactional")
 
 IDEMPOTENCY_HOURS = 24
+IDEMPOTENCY_TIME = timedelta(hours=IDEMPOTENCY_HOURS)
 TRANSACTIONAL = "transactional"  # the campaign name a transactional job shows
 
 
@@ -71,27 +71,29 @@ def claim_idempotency_key(
 ) -> tuple[str, bool]:
     """(email id, whether this request owns it): the key's id for 24 h, else ``email_id``."""
     table = storage.table(IDEMPOTENCY_KEYS)
-    row_key = hashlib.sha256(key.encode()).hexdigest()
     now = clock()
-    entity = {"PartitionKey": tenant_id, "RowKey": row_key, "email_id": email_id, "created_at": iso(now)}
-    for _ in range(5):
-        try:
-            table.insert(entity)
-            return email_id, True
-        except AlreadyExists:
-            pass
-        try:
-            existing = table.get(tenant_id, row_key)
-        except NotFound:
-            continue
-        if now - parse_iso(existing["created_at"]) < timedelta(hours=IDEMPOTENCY_HOURS):
-            return existing["email_id"], False
-        try:
-            table.update(entity, etag=etag_of(existing), replace=True)  # expired: the key is free again
-            return email_id, True
-        except Conflict:
-            continue
-    raise Conflict("the idempotency key is being claimed by concurrent requests")
+    row = IdempotencyKey(*IdempotencyKey.key(tenant_id, key), email_id=email_id, created_at=iso(now))
+    entity = row.to_entity()
+    try:
+        table.insert(entity)  # the usual case: a key not seen before, one request
+        return email_id, True
+    except AlreadyExists:
+        pass
+    honoured = email_id
+
+    def claim(existing: Entity | None) -> Entity | None:
+        nonlocal honoured
+        if existing is not None and now - parse_iso(existing["created_at"]) < IDEMPOTENCY_TIME:
+            honoured = existing["email_id"]
+            return None
+        honoured = email_id
+        return entity  # gone or expired: the key is free again
+
+    try:
+        table.modify(*row.keys(), claim, replace=True)
+    except Conflict as err:
+        raise Conflict("the idempotency key is being claimed by concurrent requests") from err
+    return honoured, honoured == email_id
 
 
 def create_email_job(

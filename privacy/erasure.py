@@ -44,8 +44,15 @@ from core.blobs import delivery_logs, log_blob_name
 from core.clock import Clock, parse_iso, utcnow
 from core.erasures import record_erasure
 from core.errors import Conflict, NotFound, StateConflict
-from core.ids import email_hash, normalize_email
-from core.models import Recipient, Task, pack_recipients, unpack_recipients
+from core.models import (
+    Delivery,
+    DeliveryEvent,
+    Recipient,
+    Suppression,
+    Task,
+    pack_recipients,
+    unpack_recipients,
+)
 from core.status import TaskStatus
 from core.storage import (
     CONTACT_HISTORY,
@@ -179,17 +186,24 @@ def settle_unfinished_task(
 
 def blank_contact_in_task(tasks: Table, entity: Entity, recipients: list[Recipient], contact_id: str) -> bool:
     """Rewrite the task's recipients without the contact's data; False if the task changed meanwhile."""
-    if not any(r.contact_id == contact_id and (r.email or r.name or r.attributes) for r in recipients):
+    update = task_without_contact(entity, recipients, contact_id)
+    if update is None:
         return True
-    cleaned = [Recipient(r.contact_id, "", "", {}) if r.contact_id == contact_id else r for r in recipients]
-    columns = pack_recipients(cleaned)
-    update: Entity = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"], **columns}
-    update.update({k: b"" for k in entity if k.startswith("recipients_") and k not in columns})
     try:
         tasks.update(update, etag=etag_of(entity))
     except Conflict:
         return False
     return True
+
+
+def task_without_contact(entity: Entity, recipients: list[Recipient], contact_id: str) -> Entity | None:
+    """The task's recipient columns with the contact's data blanked (``None``: nothing to blank)."""
+    if not any(r.contact_id == contact_id and (r.email or r.name or r.attributes) for r in recipients):
+        return None
+    cleaned = [Recipient(r.contact_id, "", "", {}) if r.contact_id == contact_id else r for r in recipients]
+    columns = pack_recipients(cleaned)
+    columns.update({k: b"" for k in entity if k.startswith("recipients_") and k not in columns})
+    return Task.changes(entity, **columns)
 
 
 def contact_partitions(storage: Storage, tenant_id: str, contact_id: str) -> list[tuple[str, str]]:
@@ -219,7 +233,7 @@ def redact_delivery_row(storage: Storage, partition: str, contact_id: str, repor
     deliveries = storage.table(DELIVERIES)
     if deliveries.find(partition, contact_id) is None:
         return
-    deliveries.update({"PartitionKey": partition, "RowKey": contact_id, "email": "", "redacted": True})
+    deliveries.update(Delivery.changes((partition, contact_id), email="", redacted=True))
     report.deliveries += 1
 
 
@@ -229,32 +243,33 @@ def redact_events(storage: Storage, partition: str, contact_id: str, report: Era
         "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
         {"pk": partition, "lo": f"{contact_id}|", "hi": f"{contact_id}}}"}, select=["PartitionKey", "RowKey"],
     ))
-    updates: list[Entity] = [
-        {"PartitionKey": r["PartitionKey"], "RowKey": r["RowKey"], "provider_response": "", "redacted": True}
-        for r in rows
-    ]
+    updates = [DeliveryEvent.changes(r, provider_response="", redacted=True) for r in rows]
     table.batch_upsert(updates)
     report.events += len(updates)
 
 
 def redact_task(storage: Storage, job_id: str, task_id: str, contact_id: str, report: ErasureReport) -> None:
     """Rewrite a finished task's recipients without the contact's personal data (ETag-guarded)."""
-    tasks = storage.table(TASKS)
-    for _ in range(5):
-        try:
-            entity = tasks.get(job_id, task_id)
-        except NotFound:
-            return
+    unfinished = False
+
+    def blank(entity: Entity | None) -> Entity | None:
+        nonlocal unfinished
+        if entity is None:
+            return None
         if not TaskStatus(entity.get("status", "pending")).is_terminal:
-            report.skipped_tasks += 1
-            return
+            unfinished = True
+            return None
         recipients = unpack_recipients(entity)
         if not any(r.contact_id == contact_id and (r.email or r.name) for r in recipients):
-            return
-        if not blank_contact_in_task(tasks, entity, recipients, contact_id):
-            continue
-        report.tasks += 1
-        return
+            return None
+        return task_without_contact(entity, recipients, contact_id)
+
+    try:
+        written = storage.table(TASKS).modify(job_id, task_id, blank)
+    except Conflict:
+        return  # it kept changing: left as it is, like a task another host is sending
+    report.skipped_tasks += int(unfinished)
+    report.tasks += int(written is not None)
 
 
 def redact_blob(
@@ -283,10 +298,10 @@ def redact_blob(
 def redact_suppression(storage: Storage, tenant_id: str, email: str, report: ErasureReport) -> None:
     """Keep the suppression (hash-keyed, still enforced) but forget the address text."""
     table = storage.table(SUPPRESSIONS)
-    key = email_hash(normalize_email(email))
-    if table.find(tenant_id, key) is None:
+    key = Suppression.key(tenant_id, email)
+    if table.find(*key) is None:
         return
-    table.update({"PartitionKey": tenant_id, "RowKey": key, "email": "", "redacted": True})
+    table.update(Suppression.changes(key, email="", redacted=True))
     report.suppressions += 1
 
 

@@ -17,7 +17,7 @@ from core.blobs import delivery_logs, log_blob_name, summary_blob_name
 from core.clock import Clock, iso, parse_iso, utcnow
 from core.erasures import purge_expired_erasures
 from core.errors import Conflict, StorageError
-from core.models import message_index_partition
+from core.models import ContactHistory, Job, MessageIndexEntry, RetentionMarker
 from core.settings import Settings
 from core.storage import (
     CONTACT_HISTORY,
@@ -32,8 +32,6 @@ from core.storage import (
 
 log = logging.getLogger("mailroom.retention")
 
-MARKER_PARTITION = "~housekeeping"
-MARKER_ROW = "retention"
 RUN_EVERY = timedelta(hours=1)
 
 
@@ -56,8 +54,7 @@ def purge_expired_delivery_logs(
         if job.get("logs_purged_at"):
             continue
         purge_job_logs(storage, job["PartitionKey"], job["RowKey"])
-        storage.table(JOBS).update({"PartitionKey": job["PartitionKey"], "RowKey": job["RowKey"],
-                                    "logs_purged_at": iso(now)})
+        storage.table(JOBS).update(Job.changes(job, logs_purged_at=iso(now)))
         purged.append(job["RowKey"])
         if len(purged) >= max_jobs:
             break
@@ -69,8 +66,8 @@ def purge_expired_delivery_logs(
 def claim_run(storage: Storage, now, every: timedelta) -> bool:
     """At most one run per ``every`` across hosts (the marker row is ETag-guarded)."""
     table = storage.table(CONTACT_HISTORY)
-    marker = table.find(MARKER_PARTITION, MARKER_ROW)
-    entity = {"PartitionKey": MARKER_PARTITION, "RowKey": MARKER_ROW, "last_run": iso(now)}
+    marker = table.find(*RetentionMarker.key())
+    entity = RetentionMarker(last_run=iso(now)).to_entity()
     if marker is None:
         try:
             table.insert(entity)
@@ -97,10 +94,10 @@ def purge_job_logs(storage: Storage, tenant_id: str, job_id: str) -> int:
         "PartitionKey ge @lo and PartitionKey lt @hi", span, select=["PartitionKey", "RowKey"]
     )
     _delete(storage.table(DELIVERY_EVENTS), [(e["PartitionKey"], e["RowKey"]) for e in events])
-    _delete(storage.table(CONTACT_HISTORY), [(tenant_id, f"{r['RowKey']}|{job_id}") for r in rows])
+    history = [ContactHistory.key(tenant_id, r["RowKey"], job_id) for r in rows]
+    _delete(storage.table(CONTACT_HISTORY), history)
     _delete(storage.table(MESSAGE_INDEX), [
-        (message_index_partition(r["provider_message_id"]), r["provider_message_id"])
-        for r in rows if r.get("provider_message_id")
+        MessageIndexEntry.key(r["provider_message_id"]) for r in rows if r.get("provider_message_id")
     ])
     _delete(storage.table(DELIVERIES), [(r["PartitionKey"], r["RowKey"]) for r in rows])
     blobs = delivery_logs(storage)

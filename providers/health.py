@@ -36,11 +36,10 @@ from enum import StrEnum
 
 from core.clock import iso, utcnow
 from core.errors import AlreadyExists, Conflict, NotFound, StorageError
+from core.models import ProviderHealthRow
 from core.storage import PROVIDER_HEALTH, Entity, Storage, etag_of
 
 log = logging.getLogger("mailroom.health")
-
-ROW = "health"
 
 
 class BreakerState(StrEnum):
@@ -268,7 +267,7 @@ class HealthBoard:
     def _read(self, provider: str, view: _View) -> bool:
         """Refresh ``view`` from the row; True when the row was deleted since the last read."""
         try:
-            entity = self.storage.table(PROVIDER_HEALTH).get(provider, ROW)
+            entity = self.storage.table(PROVIDER_HEALTH).get(*ProviderHealthRow.key(provider))
         except NotFound:
             vanished = view.exists
             view.exists, view.etag, view.read_at = False, "", self.clock()
@@ -301,18 +300,12 @@ class HealthBoard:
         probe_until: float,
     ) -> Entity:
         """The row as people read it: ISO times next to the epoch seconds the code compares."""
-        return {
-            "PartitionKey": provider,
-            "RowKey": ROW,
-            "state": str(state),
-            "until": _iso_epoch(until),
-            "until_epoch": float(until),
-            "window": json.dumps(window, separators=(",", ":"), sort_keys=True),
-            "probe_owner": probe_owner,
-            "probe_until": _iso_epoch(probe_until),
-            "probe_until_epoch": float(probe_until),
-            "updated_at": iso(utcnow()),
-        }
+        return ProviderHealthRow(
+            provider, state=str(state), until=_iso_epoch(until), until_epoch=float(until),
+            window=json.dumps(window, separators=(",", ":"), sort_keys=True), probe_owner=probe_owner,
+            probe_until=_iso_epoch(probe_until), probe_until_epoch=float(probe_until),
+            updated_at=iso(utcnow()),
+        ).to_entity()
 
     def _bucket(self, moment: float) -> str:
         step = self.config.window_seconds / self.config.buckets

@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.errors import AlreadyExists, Conflict, NotFound, StorageError
-from core.storage import RATE_LIMITS, Storage, etag_of
-
-ROW = "window"
+from core.errors import Conflict, StorageError
+from core.models import RateLimitWindow
+from core.storage import RATE_LIMITS, Entity, Storage
 
 
 @dataclass
@@ -72,27 +71,26 @@ class RateLimiter:
         """Lease a block of tokens in ``window`` from the shared row; 0 when it is spent."""
         budget = max(1, int(per_second))
         block = max(1, math.ceil(budget / 10))
-        table = self.storage.table(RATE_LIMITS)
-        for _ in range(10):
-            try:
-                try:
-                    row = table.get(scope, ROW)
-                except NotFound:
-                    table.insert({"PartitionKey": scope, "RowKey": ROW, "window": window,
-                                  "taken": min(block, budget), "rate_per_second": per_second})
-                    return min(block, budget)
-                taken = int(row.get("taken", 0)) if int(row.get("window", -1)) == window else 0
-                grant = min(block, budget - taken)
-                if grant <= 0:
-                    return 0
-                table.update({"PartitionKey": scope, "RowKey": ROW, "window": window,
-                              "taken": taken + grant, "rate_per_second": per_second}, etag=etag_of(row))
-                return grant
-            except (Conflict, AlreadyExists):
-                continue
-            except StorageError:
-                return 1  # storage trouble must not stop sending: fall back to local pacing
-        return 0
+        grant = 0
+
+        def take(row: Entity | None) -> Entity | None:
+            nonlocal grant
+            taken = 0
+            if row is not None and int(row.get("window", -1)) == window:
+                taken = int(row.get("taken", 0))
+            grant = min(block, budget - taken)
+            if grant <= 0:
+                return None
+            leased = RateLimitWindow(scope, window=window, taken=taken + grant, rate_per_second=per_second)
+            return leased.to_entity()
+
+        try:
+            written = self.storage.table(RATE_LIMITS).modify(*RateLimitWindow.key(scope), take, tries=10)
+        except Conflict:
+            return 0  # the row kept changing: wait for the next window like a spent one
+        except StorageError:
+            return 1  # storage trouble must not stop sending: fall back to local pacing
+        return grant if written is not None else 0
 
     def _bucket(self, scope: str) -> _Bucket:
         with self._lock:

@@ -33,7 +33,7 @@ from core.counts import count_columns
 from core.erasures import erased_contacts_of_job
 from core.errors import Conflict, NotFound
 from core.job_state import campaign_follows_job, load_job, write_job
-from core.models import Job, message_index_partition
+from core.models import ContactHistory, Job, MessageIndexEntry
 from core.provider_events import DeliveryLogRequest, timeline, timeline_event_from_entity
 from core.status import FINAL_JOB_STATUSES, zero_counts
 from core.storage import (
@@ -95,19 +95,17 @@ class _Pass:
         self.report.rows += 1
         self.report.counts[status] = self.report.counts.get(status, 0) + 1
         task_id = row["PartitionKey"][len(job.id) + 1:]
-        self.history.append({
-            "PartitionKey": job.tenant_id, "RowKey": f"{row['RowKey']}|{job.id}", "job_id": job.id,
-            "task_id": task_id, "campaign_id": job.campaign_id, "campaign_name": job.campaign_name,
-            "status": status, "reason": row.get("reason", ""), "provider": row.get("provider", ""),
-            "provider_message_id": row.get("provider_message_id", ""),
-            "updated_at": row.get("updated_at", ""), "job_completed_at": job.completed_at,
-        })
+        self.history.append(ContactHistory(
+            job.tenant_id, row["RowKey"], job_id=job.id, task_id=task_id, campaign_id=job.campaign_id,
+            campaign_name=job.campaign_name, status=status, reason=row.get("reason", ""),
+            provider=row.get("provider", ""), provider_message_id=row.get("provider_message_id", ""),
+            updated_at=row.get("updated_at", ""), job_completed_at=job.completed_at,
+        ).to_entity())
         message_id = row.get("provider_message_id", "")
         if message_id:
-            self.index.append({
-                "PartitionKey": message_index_partition(message_id), "RowKey": message_id,
-                "tenant_id": job.tenant_id, "job_id": job.id, "task_id": task_id, "contact_id": row["RowKey"],
-            })
+            self.index.append(MessageIndexEntry(
+                message_id, tenant_id=job.tenant_id, job_id=job.id, task_id=task_id, contact_id=row["RowKey"],
+            ).to_entity())
         self.flush()
 
     def csv_chunks(self) -> Iterator[bytes]:

@@ -27,9 +27,8 @@ from typing import Any
 
 from core.clock import Clock, iso, utcnow
 from core.counts import mark_for_recount
-from core.errors import AlreadyExists, BadMessage, Conflict
-from core.ids import email_hash
-from core.models import Job, message_index_partition
+from core.errors import AlreadyExists, BadMessage, Conflict, NotFound
+from core.models import ContactHistory, Delivery, DeliveryEvent, Job, MessageIndexEntry, Suppression
 from core.provider_events import (
     DeliveryLogRequest,
     EventBatch,
@@ -52,7 +51,6 @@ from core.storage import (
     TASKS,
     Entity,
     Storage,
-    etag_of,
 )
 from core.suppressions import add_suppression
 
@@ -230,7 +228,7 @@ def locate(storage: Storage, event: ProviderEvent) -> ProviderEvent | None:
         return event
     if not event.message_id:
         return None
-    entry = storage.table(MESSAGE_INDEX).find(message_index_partition(event.message_id), event.message_id)
+    entry = storage.table(MESSAGE_INDEX).find(*MessageIndexEntry.key(event.message_id))
     if entry is None:
         return None
     return replace(
@@ -275,35 +273,42 @@ def merge_into_delivery(
     ctx: _Context, events: list[ProviderEvent], row: Entity
 ) -> tuple[str, str, str] | None:
     """Join the events' statuses into the delivery row; (old, new, reason) if the status changed."""
-    deliveries = ctx.storage.table(DELIVERIES)
     proving = [e for e in events if e.status is not None]
-    for _ in range(_WRITE_RETRIES):
-        old = status = row.get("status", "")
-        key, winner = row.get("status_event", ""), None
+    merged: tuple[str, str, str] | None = None
+
+    def merge(stored: Entity | None) -> Entity | None:
+        nonlocal merged
+        if stored is None:
+            raise NotFound("the delivery row went while its events were merged")
+        old = status = stored.get("status", "")
+        key, winner = stored.get("status_event", ""), None
         for event in proving:
             if merge_status(status, key, str(event.status), event.key):
                 status, key, winner = str(event.status), event.key, event
         if winner is None:
             return None
-        update: Entity = {
-            "PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], "status": status,
-            "reason": winner.detail, "status_event": key, "updated_at": iso(ctx.clock()),
-        }
-        if not row.get("outcome"):
-            update.update(outcome=old, outcome_at=row.get("updated_at", ""),
-                          outcome_reason=row.get("reason", ""))
-        if winner.message_id and not row.get("provider_message_id"):
-            update["provider_message_id"] = winner.message_id
-        if not row.get("provider"):
-            update["provider"] = "sendgrid"
-        try:
-            deliveries.update(update, etag=etag_of(row))
-        except Conflict:
-            row = deliveries.get(row["PartitionKey"], row["RowKey"])
-            continue
-        return (old, status, winner.detail) if old != status else None
-    log.warning("delivery kept changing partition=%s", row.get("PartitionKey"))
-    return None
+        columns: Entity = {"status": status, "reason": winner.detail, "status_event": key,
+                           "updated_at": iso(ctx.clock())}
+        if not stored.get("outcome"):
+            columns.update(outcome=old, outcome_at=stored.get("updated_at", ""),
+                           outcome_reason=stored.get("reason", ""))
+        if winner.message_id and not stored.get("provider_message_id"):
+            columns["provider_message_id"] = winner.message_id
+        if not stored.get("provider"):
+            columns["provider"] = "sendgrid"
+        merged = (old, status, winner.detail)
+        return Delivery.changes(stored, **columns)
+
+    try:
+        written = ctx.storage.table(DELIVERIES).modify(
+            row["PartitionKey"], row["RowKey"], merge, tries=_WRITE_RETRIES, current=row
+        )
+    except Conflict:
+        log.warning("delivery kept changing partition=%s", row.get("PartitionKey"))
+        return None
+    if written is None or merged is None or merged[0] == merged[1]:
+        return None
+    return merged
 
 
 def apply_moves(storage: Storage, moves: _Moves, clock: Clock = utcnow) -> None:
@@ -319,8 +324,8 @@ def apply_moves(storage: Storage, moves: _Moves, clock: Clock = utcnow) -> None:
 
 def history_update(job: Job, contact_id: str, status: str, reason: str) -> Entity:
     """A closed job's contact history row follows late events (``ContactHistory``, merged)."""
-    return {"PartitionKey": job.tenant_id, "RowKey": f"{contact_id}|{job.id}", "status": status,
-            "reason": reason}
+    key = ContactHistory.key(job.tenant_id, contact_id, job.id)
+    return ContactHistory.changes(key, status=status, reason=reason)
 
 
 def suppress_if_needed(ctx: _Context, job: Job, event: ProviderEvent, row_email: str) -> bool:
@@ -344,32 +349,30 @@ def suppress_if_needed(ctx: _Context, job: Job, event: ProviderEvent, row_email:
 def count_soft_bounce(ctx: _Context, job: Job, email: str) -> bool:
     """One more soft bounce on the (inactive) suppression row; suppress at the threshold."""
     table = ctx.storage.table(SUPPRESSIONS)
-    key = email_hash(email)
-    row = table.find(job.tenant_id, key)
+    key = Suppression.key(job.tenant_id, email)
+    row = table.find(*key)
     if row is not None and row.get("active", True):
         return False
     bounces = int((row or {}).get("soft_bounces", 0) or 0) + 1
     if bounces >= ctx.settings.soft_bounce_suppress_after:
-        entity = add_suppression(ctx.storage, job.tenant_id, email, reason="soft_bounces", source="sendgrid",
+        add_suppression(ctx.storage, job.tenant_id, email, reason="soft_bounces", source="sendgrid",
                                  campaign_id=job.campaign_id, clock=ctx.clock)
-        table.update({"PartitionKey": entity["PartitionKey"], "RowKey": key, "soft_bounces": bounces})
+        table.update(Suppression.changes(key, soft_bounces=bounces))
         return True
     now = iso(ctx.clock())
-    table.upsert({"PartitionKey": job.tenant_id, "RowKey": key, "email": email, "reason": "soft_bounce",
-                  "source": "sendgrid", "active": False, "soft_bounces": bounces, "at": now,
-                  "updated_at": now})
+    table.upsert(Suppression(*key, email=email, reason="soft_bounce", source="sendgrid",
+                             active=False, soft_bounces=bounces, at=now, updated_at=now).to_entity())
     return False
 
 
 def keep_orphan(storage: Storage, event: ProviderEvent, clock: Clock) -> None:
     """An event we cannot match: kept (without the address) for support, never an error."""
-    entity: Entity = {
-        "PartitionKey": f"orphans-{iso(clock())[:10]}", "RowKey": event.key, "type": event.type,
-        "at": event.at, "source": "sendgrid", "provider_message_id": event.message_id,
-        "tenant_id": event.tenant_id, "job_id": event.job_id, "task_id": event.task_id,
-        "contact_id": event.contact_id, "detail": event.detail,
-        "email_hash": event.email_hash,
-    }
+    entity = DeliveryEvent(
+        DeliveryEvent.orphan_partition(iso(clock())[:10]), event.key, type=event.type, at=event.at,
+        source="sendgrid", provider_message_id=event.message_id, tenant_id=event.tenant_id,
+        job_id=event.job_id, task_id=event.task_id, contact_id=event.contact_id, detail=event.detail,
+        email_hash=event.email_hash,
+    ).to_entity()
     try:
         storage.table(DELIVERY_EVENTS).insert(entity)
     except AlreadyExists:
@@ -378,7 +381,8 @@ def keep_orphan(storage: Storage, event: ProviderEvent, clock: Clock) -> None:
 
 def orphan_count(storage: Storage, day: str) -> int:
     """How many orphaned events were kept on ``day`` (``YYYY-MM-DD``)."""
-    return sum(1 for _ in storage.table(DELIVERY_EVENTS).partition(f"orphans-{day}", select=["RowKey"]))
+    orphans = storage.table(DELIVERY_EVENTS).partition(DeliveryEvent.orphan_partition(day), select=["RowKey"])
+    return sum(1 for _ in orphans)
 
 
 def _task_is_terminal(storage: Storage, event: ProviderEvent) -> bool:

@@ -27,6 +27,7 @@ import logging
 
 from core.counts import RECOUNT_PARTITION, count_delivery_rows
 from core.errors import Conflict
+from core.models import Task
 from core.status import TaskStatus
 from core.storage import RECOUNTS, TASKS, Entity, Storage, etag_of
 
@@ -65,11 +66,8 @@ def recount_task(storage: Storage, job_id: str, task_id: str, task: Entity) -> b
     if counts == json.loads(task.get("counts") or "{}"):
         return True
     try:
-        storage.table(TASKS).update(
-            {"PartitionKey": job_id, "RowKey": task_id,
-             "counts": json.dumps(counts, separators=(",", ":"))},
-            etag=etag_of(task),
-        )
+        counted = Task.changes((job_id, task_id), counts=json.dumps(counts, separators=(",", ":")))
+        storage.table(TASKS).update(counted, etag=etag_of(task))
     except Conflict:
         return False
     return True

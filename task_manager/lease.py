@@ -90,7 +90,7 @@ class TaskLease:
             if self.lost.is_set():
                 return False
             lease_until = later(self.clock, self.lease_seconds)
-            entity = {"PartitionKey": task.job_id, "RowKey": task.row_key, "lease_until": lease_until}
+            entity = Task.changes((task.job_id, task.row_key), lease_until=lease_until)
             try:
                 task.etag = self.storage.table(TASKS).update(entity, etag=task.etag)
             except Conflict:

@@ -598,13 +598,8 @@ def record_task_failure(
         record_outcomes(run, [(i, Outcome(DeliveryStatus.FAILED, f"task failed: {reason}")) for i in chunk])
     task.last_error = reason
     finish_task(run)
-    storage.table(JOBS).update(
-        {
-            "PartitionKey": job.tenant_id,
-            "RowKey": job.id,
-            "last_error": f"task {task.row_key} failed and went to task-queue-poison: {reason}",
-        }
-    )
+    last_error = f"task {task.row_key} failed and went to task-queue-poison: {reason}"
+    storage.table(JOBS).update(Job.changes((job.tenant_id, job.id), last_error=last_error))
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:

@@ -16,7 +16,7 @@ from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, 
 from api.schemas import ContactIn, ContactPublic, ImportRejection, ImportResult, Page
 from core.errors import FieldProblem, InvalidContinuation
 from core.ids import contact_id_for, normalize_email
-from core.models import Contact, Tenant
+from core.models import Contact, Delivery, Tenant
 from core.storage import CONTACTS, DELIVERIES, JOBS, Entity, Storage
 from privacy.erasure import erase_contact_traces
 
@@ -200,5 +200,4 @@ def redact_deliveries(storage: Storage, tenant_id: str, contact_id: str) -> int:
 
 
 def _redaction(row: dict[str, Any]) -> Entity:
-    return {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"],
-            "email": REDACTED_EMAIL, "redacted": True}
+    return Delivery.changes(row, email=REDACTED_EMAIL, redacted=True)

@@ -23,7 +23,7 @@ from core.clock import iso, utcnow
 from core.errors import NotFound
 from core.ids import contact_salt, new_id
 from core.keys import hash_key, new_api_key
-from core.models import KEY_PARTITION, TENANT_PARTITION, Tenant
+from core.models import KEY_PARTITION, TENANT_PARTITION, ApiKey, Tenant
 from core.storage import API_KEYS, TENANTS, Storage
 from core.tenant_settings import update_tenant
 
@@ -118,8 +118,7 @@ def revoke_key(key_id: str, _: AdminDep, storage: StorageDep, directory: Directo
         raise not_found("key")
     now = iso(utcnow())
     for row in rows:
-        table.update({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"],
-                      "revoked": True, "revoked_at": now})
+        table.update(ApiKey.changes(row, revoked=True, revoked_at=now))
     directory.forget()  # this process stops honouring it now; others within the cache TTL
     return Response(status_code=204)
 
@@ -134,10 +133,9 @@ def _load_tenant(storage: Storage, tenant_id: str) -> Tenant:
 def _issue_key(storage: Storage, tenant_id: str, role: str) -> KeyPublic:
     key_id, key = new_api_key()
     created_at = iso(utcnow())
-    storage.table(API_KEYS).insert({
-        "PartitionKey": KEY_PARTITION, "RowKey": hash_key(key), "key_id": key_id,
-        "tenant_id": tenant_id, "role": role, "created_at": created_at, "revoked": False,
-    })
+    storage.table(API_KEYS).insert(ApiKey(
+        key_hash=hash_key(key), key_id=key_id, tenant_id=tenant_id, role=role, created_at=created_at,
+    ).to_entity())
     return KeyPublic(
         key=key, role=role, id=key_id,
         tenant_id=None if tenant_id == OPERATOR_WIDE else tenant_id, created_at=created_at,

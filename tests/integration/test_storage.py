@@ -9,7 +9,7 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from core.errors import AlreadyExists, Conflict, StorageError, StorageRefused
-from core.storage import JOB_QUEUE, TASKS, Storage
+from core.storage import JOB_QUEUE, TASKS, Storage, etag_of
 from tests.sim_fixtures import free_port
 
 
@@ -82,3 +82,49 @@ def test_an_outage_is_not_a_refusal():
     with pytest.raises(StorageError) as failed:
         down.table(TASKS).insert({"PartitionKey": "p", "RowKey": "r"})
     assert not isinstance(failed.value, StorageRefused)
+
+
+def test_modify_inserts_a_missing_entity_and_changes_an_existing_one_under_its_etag(storage: Storage):
+    table = storage.table(TASKS)
+
+    def count(entity):
+        return {"PartitionKey": "p", "RowKey": "r", "n": (entity or {}).get("n", 0) + 1}
+
+    table.modify("p", "r", count)
+    written = table.modify("p", "r", count)
+    assert written is not None and written["n"] == 2 == table.get("p", "r")["n"]
+    assert etag_of(written) == etag_of(table.get("p", "r"))
+
+
+def test_modify_reads_and_changes_again_when_someone_wrote_meanwhile(storage: Storage):
+    table = storage.table(TASKS)
+    table.insert({"PartitionKey": "p", "RowKey": "r", "seen": ""})
+    seen = []
+
+    def append(entity):
+        seen.append(entity["seen"])
+        if len(seen) == 1:  # another writer lands between our read and our write
+            table.update({"PartitionKey": "p", "RowKey": "r", "seen": "theirs"})
+        return {"PartitionKey": "p", "RowKey": "r", "seen": entity["seen"] + "+ours"}
+
+    table.modify("p", "r", append)
+    assert seen == ["", "theirs"] and table.get("p", "r")["seen"] == "theirs+ours"
+
+
+def test_modify_writes_nothing_when_the_change_has_nothing_to_write(storage: Storage):
+    table = storage.table(TASKS)
+    assert table.modify("p", "r", lambda entity: None) is None
+    assert table.find("p", "r") is None
+
+
+def test_modify_gives_up_with_a_conflict_when_the_entity_keeps_changing(storage: Storage):
+    table = storage.table(TASKS)
+    table.insert({"PartitionKey": "p", "RowKey": "r", "v": 0})
+
+    def always_raced(entity):
+        table.update({"PartitionKey": "p", "RowKey": "r", "v": entity["v"] + 1})
+        return {"PartitionKey": "p", "RowKey": "r", "v": -1}
+
+    with pytest.raises(Conflict):
+        table.modify("p", "r", always_raced, tries=3)
+    assert table.get("p", "r")["v"] == 3
