@@ -55,6 +55,8 @@ from core.storage import (
     etag_of,
 )
 from core.suppressions import add_suppression
+from status_manager.compliance import record_unsubscribe_lags
+from status_manager.reputation import record_and_check, tally_events
 
 log = logging.getLogger("mailroom.events")
 
@@ -99,6 +101,8 @@ class _Moves:
 
     tasks: set[tuple[str, str, str]] = field(default_factory=set)  # (tenant, job, task)
     history: list[Entity] = field(default_factory=list)
+    fresh: list[ProviderEvent] = field(default_factory=list)  # stored for the first time (reputation)
+    suppressed: list[ProviderEvent] = field(default_factory=list)  # suppressed an address (compliance)
 
     def add(self, job: Job, task_id: str) -> None:
         self.tasks.add((job.tenant_id, job.id, task_id))
@@ -137,6 +141,8 @@ def process_event_batch(
         unresolved += apply_partition(ctx, by_contact, report, moves)
     settle_unresolved(storage, batch, unresolved, report, clock, retry_delay, max_attempts)
     apply_moves(storage, moves, clock)
+    record_unsubscribe_lags(storage, moves.suppressed, clock)
+    record_and_check(storage, settings, tally_events(moves.fresh), clock)
     log.info(
         "events batch applied=%d duplicates=%d changes=%d suppressed=%d retried=%d orphans=%d ignored=%d",
         report.applied, report.duplicates, report.status_changes, report.suppressed, report.retried,
@@ -202,8 +208,10 @@ def apply_partition(
         for event in events:
             if event.key in fresh and event.key not in seen:
                 seen.add(event.key)
+                moves.fresh.append(event)
                 if suppress_if_needed(ctx, job, event, row.get("email", "")):
                     report.suppressed += 1
+                    moves.suppressed.append(event)
     return unplaced
 
 
