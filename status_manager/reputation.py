@@ -160,22 +160,34 @@ def add_to_bucket(storage: Storage, tenant_id: str, key: str, tally: Tally) -> N
 def standing_of(
     storage: Storage, settings: Settings, tenant_id: str, now: datetime
 ) -> tuple[Standing, datetime]:
-    """The tenant's rates since the window's start, or since the last trip if that is later."""
+    """The tenant's rates over the window, counting only what came after the last trip.
+
+    A trip records its bucket and that bucket's counters then (the baseline), so the events
+    that tripped the brake are not counted again once an operator resumes.
+    """
     since = now - timedelta(seconds=settings.reputation_window_seconds)
-    brake = storage.table(REPUTATION).find(tenant_id, BRAKE_ROW)
-    if brake is not None and brake.get("tripped_at"):
-        since = max(since, parse_iso(brake["tripped_at"]))
     lo = bucket_key(since, settings)
+    baseline: Entity = {}
+    brake = storage.table(REPUTATION).find(tenant_id, BRAKE_ROW)
+    if brake is not None and brake.get("tripped_at") and parse_iso(brake["tripped_at"]) > since:
+        since, lo, baseline = parse_iso(brake["tripped_at"]), brake.get("bucket", lo), brake
     rows = storage.table(REPUTATION).query(
         "PartitionKey eq @t and RowKey ge @lo and RowKey lt @hi",
         {"t": tenant_id, "lo": lo, "hi": BRAKE_ROW}, select=["RowKey", *_COUNTERS],
     )
-    delivered = bounced = complained = 0
+    totals = dict.fromkeys(_COUNTERS, 0)
     for row in rows:
-        delivered += int(row.get("delivered", 0) or 0)
-        bounced += int(row.get("bounced", 0) or 0)
-        complained += int(row.get("complained", 0) or 0)
-    return Standing(sample=delivered + bounced, bounced=bounced, complained=complained), since
+        for name in _COUNTERS:
+            totals[name] += int(row.get(name, 0) or 0)
+            if row["RowKey"] == baseline.get("bucket"):
+                totals[name] -= int(baseline.get(f"base_{name}", 0) or 0)
+    sample = totals["delivered"] + totals["bounced"]
+    return Standing(sample=sample, bounced=totals["bounced"], complained=totals["complained"]), since
+
+
+def bucket_counters(storage: Storage, tenant_id: str, key: str) -> Entity:
+    row = storage.table(REPUTATION).find(tenant_id, key) or {}
+    return {f"base_{name}": int(row.get(name, 0) or 0) for name in _COUNTERS}
 
 
 def trip_brake(
@@ -190,11 +202,14 @@ def trip_brake(
         job = pause_job_for(storage, tenant_id, job_id, reason, clock)
         if job is not None and job.status == JobStatus.PAUSED and job.failure_reason == reason:
             paused.append(job_id)
-    now = iso(clock())
+    if not paused:
+        return []  # nothing running: the next job's first events trip it (the window stays as it is)
+    moment = clock()
+    now, bucket = iso(moment), bucket_key(moment, settings)
     storage.table(REPUTATION).upsert({
         "PartitionKey": tenant_id, "RowKey": BRAKE_ROW, "tripped_at": now, "reason": why,
         "sample": standing.sample, "bounced": standing.bounced, "complained": standing.complained,
-        "jobs_paused": ",".join(paused),
+        "jobs_paused": ",".join(paused), "bucket": bucket, **bucket_counters(storage, tenant_id, bucket),
     })
     storage.table(SUPPORT_AUDIT).insert(brake_audit_entity(tenant_id, paused, why, now))
     log.warning("reputation brake tripped tenant=%s sample=%d bounced=%d complained=%d jobs_paused=%d",
