@@ -344,6 +344,32 @@ class Settings(BaseSettings):
         3.0, alias="DNS_TIMEOUT_SECONDS", gt=0, description="Time one sender check may spend on DNS."
     )
 
+    pacing_rates: str = Field(
+        "gmail=50,microsoft=30,yahoo=20,apple=20",
+        alias="PACING_RATES",
+        description="Sends per second per (tenant, sending domain, recipient domain group) across hosts, "
+        "e.g. 'gmail=50,microsoft=30'; groups and other domains not named are unpaced until they defer.",
+    )
+    pacing_min_rate: float = Field(
+        1.0, alias="PACING_MIN_RATE", gt=0, description="The slowest a deferring domain is sent to (per s)."
+    )
+    pacing_decrease_factor: float = Field(
+        0.5, alias="PACING_DECREASE_FACTOR", gt=0, lt=1,
+        description="A deferral multiplies the domain's rate by this (at most once a second).",
+    )
+    pacing_increase_step: float = Field(
+        1.0, alias="PACING_INCREASE_STEP", gt=0,
+        description="Quiet success adds this many sends per second to a slowed domain's rate ...",
+    )
+    pacing_increase_seconds: float = Field(
+        2.0, alias="PACING_INCREASE_SECONDS", gt=0,
+        description="... every this many seconds without a deferral, until it is back at its ceiling.",
+    )
+    pacing_retry_seconds: int = Field(
+        5, alias="PACING_RETRY_SECONDS", ge=1,
+        description="A recipient deferred by its domain (or its pace) is re-queued after this long.",
+    )
+
     @property
     def connection_string(self) -> str:
         """The storage connection string with the development shortcut expanded.

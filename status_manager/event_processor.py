@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -55,6 +56,7 @@ from core.storage import (
     etag_of,
 )
 from core.suppressions import add_suppression
+from providers.pacing import PacingConfig, scope_of, slow_down
 from status_manager.compliance import record_unsubscribe_lags
 from status_manager.reputation import record_and_check, tally_events
 
@@ -103,6 +105,7 @@ class _Moves:
     history: list[Entity] = field(default_factory=list)
     fresh: list[ProviderEvent] = field(default_factory=list)  # stored for the first time (reputation)
     suppressed: list[ProviderEvent] = field(default_factory=list)  # suppressed an address (compliance)
+    deferred_scopes: set[str] = field(default_factory=set)  # pacing scopes a ``deferred`` event slows
 
     def add(self, job: Job, task_id: str) -> None:
         self.tasks.add((job.tenant_id, job.id, task_id))
@@ -143,6 +146,7 @@ def process_event_batch(
     apply_moves(storage, moves, clock)
     record_unsubscribe_lags(storage, moves.suppressed, clock)
     record_and_check(storage, settings, tally_events(moves.fresh), clock)
+    slow_deferring_domains(storage, settings, moves.deferred_scopes)
     log.info(
         "events batch applied=%d duplicates=%d changes=%d suppressed=%d retried=%d orphans=%d ignored=%d",
         report.applied, report.duplicates, report.status_changes, report.suppressed, report.retried,
@@ -209,6 +213,9 @@ def apply_partition(
             if event.key in fresh and event.key not in seen:
                 seen.add(event.key)
                 moves.fresh.append(event)
+                sender = job.template.get("from_email", "")
+                if event.kind == "deferred" and sender and row.get("email"):
+                    moves.deferred_scopes.add(scope_of(job.tenant_id, sender, row["email"]))
                 if suppress_if_needed(ctx, job, event, row.get("email", "")):
                     report.suppressed += 1
                     moves.suppressed.append(event)
@@ -312,6 +319,15 @@ def merge_into_delivery(
         return (old, status, winner.detail) if old != status else None
     log.warning("delivery kept changing partition=%s", row.get("PartitionKey"))
     return None
+
+
+def slow_deferring_domains(storage: Storage, settings: Settings, scopes: set[str]) -> None:
+    """A SendGrid ``deferred`` event is the receiving domain asking to slow down: pace it (AIMD)."""
+    config = PacingConfig.from_settings(settings)
+    for scope in sorted(scopes):
+        slow_down(storage, config, scope, time.time())
+    if scopes:
+        log.info("deferred events slowed scopes=%d", len(scopes))
 
 
 def apply_moves(storage: Storage, moves: _Moves, clock: Clock = utcnow) -> None:
