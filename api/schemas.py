@@ -239,6 +239,9 @@ class ScheduleRequest(RequestModel):
     """``send_at`` omitted (or ``{}``) means now."""
 
     send_at: datetime | None = None
+    override_sender_checks: bool = Field(
+        False, description="Operator (admin key) only: schedule although the from_email domain fails "
+        "the SPF/DKIM/DMARC checks.")
 
 
 class PreviewRequest(RequestModel):
@@ -301,6 +304,20 @@ class PreviewPublic(BaseModel):
 # -- jobs and deliveries -----------------------------------------------------------------
 
 
+class CompliancePublic(BaseModel):
+    """Gmail/Yahoo bulk-sender rules for one job (``status_manager/compliance.py``)."""
+
+    one_click_unsubscribe: bool = Field(description="Every message carries List-Unsubscribe and "
+                                        "List-Unsubscribe-Post: List-Unsubscribe=One-Click.")
+    unsubscribes: int = Field(description="Provider unsubscribe events applied for this job.")
+    unsubscribe_max_seconds: float | None = Field(
+        None, description="Longest time from an unsubscribe event to its suppression.")
+    unsubscribes_within_48h: bool
+    complaints: int
+    complaint_rate: float = Field(description="Complaints / messages the provider took.")
+    complaint_rate_within_limit: bool = Field(description="Below the 0.3 % Gmail and Yahoo enforce.")
+
+
 class JobPublic(BaseModel):
     id: str
     campaign_id: str
@@ -318,6 +335,8 @@ class JobPublic(BaseModel):
     created_at: str | None = None
     time_to_send_seconds: float | None = Field(None, description="Start to close, once the job finished.")
     retry_of: str | None = Field(None, description="For a retry-failed job: the job it retries.")
+    compliance: CompliancePublic | None = Field(
+        None, description="Bulk-sender compliance (GET /jobs/{id} only).")
 
 
 class DeliveryEvent(BaseModel):

@@ -153,6 +153,16 @@ class ProviderHeld(Throttled):
     """
 
 
+class DomainDeferred(Throttled):
+    """Nothing was sent: the recipient's domain asked us to slow down, or its pace is spent.
+
+    A temporary refusal (SMTP 421/450/451/452/454, "try again later") or a per-domain pace
+    with no token now (``providers/pacing.py``). Unlike a 429 it is not waited out in the
+    sending thread (that would hold a thread other domains need): the recipient goes back as
+    ``retrying`` at once and the task is re-queued after ``retry_after``. No attempt is spent.
+    """
+
+
 class RecipientRejected(SendError):
     """Permanent for this recipient (invalid address, rejected content)."""
 

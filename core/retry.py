@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from core.errors import Throttled, TransientSendError
+from core.errors import DomainDeferred, Throttled, TransientSendError
 
 T = TypeVar("T")
 
@@ -84,6 +84,8 @@ def call_with_retries(
     while True:
         try:
             result = call()
+        except DomainDeferred:
+            raise  # re-queued by the caller: a thread waiting here would stall the other domains
         except Throttled as err:
             throttles += 1
             hint = err.retry_after if err.retry_after is not None else policy.delay(throttles)

@@ -300,6 +300,76 @@ class Settings(BaseSettings):
         description="Delivery logs, events and exported CSVs of jobs closed longer ago are purged.",
     )
 
+    # -- deliverability guardrails (issue 17) -------------------------------------------------
+    reputation_window_seconds: int = Field(
+        86_400,
+        alias="REPUTATION_WINDOW_SECONDS",
+        ge=60,
+        description="Sliding window of a tenant's bounce and complaint rates (the reputation brake).",
+    )
+    reputation_min_sample: int = Field(
+        500,
+        alias="REPUTATION_MIN_SAMPLE",
+        ge=1,
+        description="Messages with a delivery answer (delivered or hard-bounced) in the window before "
+        "the brake may trip.",
+    )
+    reputation_bounce_rate: float = Field(
+        0.05, alias="REPUTATION_BOUNCE_RATE", gt=0, le=1,
+        description="Share of hard bounces in the window above which the tenant's running jobs pause.",
+    )
+    reputation_complaint_rate: float = Field(
+        0.001, alias="REPUTATION_COMPLAINT_RATE", gt=0, le=1,
+        description="Share of spam complaints in the window above which the tenant's running jobs pause.",
+    )
+    sender_checks: bool = Field(
+        False,
+        alias="SENDER_CHECKS",
+        description="Check SPF, DKIM and DMARC of a campaign's from_email domain through DNS when it is "
+        "scheduled (refused with the failing record named; the operator may override).",
+    )
+    dkim_selectors: str = Field(
+        "s1",
+        alias="DKIM_SELECTORS",
+        description="DKIM selectors looked up at <selector>._domainkey.<domain>, comma-separated; one "
+        "with a public key is enough.",
+    )
+    dns_resolver: str = Field(
+        "",
+        alias="DNS_RESOLVER",
+        description="host:port of the DNS server sender checks ask; empty: the system's resolvers. "
+        "Tests and local stacks point it at a local DNS server.",
+    )
+    dns_timeout_seconds: float = Field(
+        3.0, alias="DNS_TIMEOUT_SECONDS", gt=0, description="Time one sender check may spend on DNS."
+    )
+
+    pacing_rates: str = Field(
+        "gmail=50,microsoft=30,yahoo=20,apple=20",
+        alias="PACING_RATES",
+        description="Sends per second per (tenant, sending domain, recipient domain group) across hosts, "
+        "e.g. 'gmail=50,microsoft=30'; groups and other domains not named are unpaced until they defer.",
+    )
+    pacing_min_rate: float = Field(
+        1.0, alias="PACING_MIN_RATE", gt=0, description="The slowest a deferring domain is sent to (per s)."
+    )
+    pacing_decrease_factor: float = Field(
+        0.5, alias="PACING_DECREASE_FACTOR", gt=0, lt=1,
+        description="A deferral multiplies the domain's rate by this (at most once a second).",
+    )
+    pacing_increase_step: float = Field(
+        1.0, alias="PACING_INCREASE_STEP", gt=0,
+        description="Quiet success adds this many sends per second to a slowed domain's rate ...",
+    )
+    pacing_increase_seconds: float = Field(
+        2.0, alias="PACING_INCREASE_SECONDS", gt=0,
+        description="... every this many seconds without a deferral, until it is back at its ceiling.",
+    )
+    pacing_retry_seconds: int = Field(
+        5, alias="PACING_RETRY_SECONDS", ge=1,
+        description="A recipient deferred by its domain (or its pace) is re-queued after this long.",
+    )
+
     @property
     def connection_string(self) -> str:
         """The storage connection string with the development shortcut expanded.

@@ -77,6 +77,9 @@ IDEMPOTENCY_KEYS = "IdempotencyKeys"
 SUPPORT_AUDIT = "SupportAudit"
 RECOUNTS = "Recounts"
 ERASURES = "Erasures"
+REPUTATION = "Reputation"
+COMPLIANCE = "Compliance"
+PACING = "Pacing"
 ALL_TABLES = (
     TENANTS,
     API_KEYS,
@@ -97,6 +100,9 @@ ALL_TABLES = (
     SUPPORT_AUDIT,
     RECOUNTS,
     ERASURES,
+    REPUTATION,
+    COMPLIANCE,
+    PACING,
 )
 
 # Queues (kebab-case), each with a -poison twin.

@@ -16,6 +16,7 @@ import argparse
 import email
 import email.policy
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ class SmtpSink:
         self._connections = 0
         self._transports: list[Any] = []
         self._rejects: dict[str, str] = {}
+        self._deferrals: dict[str, tuple[float, str]] = {}  # domain -> (monotonic deadline, reply)
+        self.deferred = 0  # RCPTs answered with a deferral
         self._drop_data = 0
         kwargs: dict[str, Any] = {}
         if credentials is not None:
@@ -126,6 +129,12 @@ class SmtpSink:
                 f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
             )
 
+    def defer_domain(self, domain: str, seconds: float,
+                     reply: str = "451 4.7.1 Temporarily deferred, try again later") -> None:
+        """Answer RCPT for every address at ``domain`` with a temporary refusal for ``seconds``."""
+        with self._lock:
+            self._deferrals[domain.lower()] = (time.monotonic() + seconds, reply)
+
     def drop_connection_on_data(self, count: int = 1) -> None:
         """Close the next ``count`` connections after the message data arrives, unanswered."""
         with self._lock:
@@ -156,8 +165,12 @@ class SmtpSink:
                           rcpt_options: list[str]) -> str:
         with self._lock:
             reply = self._rejects.get(address.lower())
+            until, deferral = self._deferrals.get(address.rpartition("@")[2].lower(), (0.0, ""))
         if reply:
             return reply
+        if deferral and time.monotonic() < until:
+            self.deferred += 1
+            return deferral
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

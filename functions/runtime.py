@@ -60,7 +60,7 @@ def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime
     )
     owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     sender = build_sender(settings, storage, owner)  # failover, shared health and rate limits
-    dispatcher = Dispatcher(sender, policy, settings.send_concurrency, limiter=sender.limiter)
+    dispatcher = Dispatcher(sender, policy, settings.send_concurrency, limiter=sender.pacer.limiter)
     return Runtime(
         settings,
         storage,

@@ -8,6 +8,7 @@ from core.storage import Storage
 from providers.base import EmailProvider
 from providers.failover import FailoverSender
 from providers.health import BreakerConfig, HealthBoard
+from providers.pacing import DomainPacer, PacedSender, PacingConfig
 from providers.rate_limits import RateLimiter, parse_rates
 
 KNOWN = ("sendgrid", "smtp", "acs")
@@ -70,14 +71,16 @@ def breaker_config(settings: Settings) -> BreakerConfig:
     )
 
 
-def build_sender(settings: Settings, storage: Storage, owner: str = "") -> FailoverSender:
-    """Every configured provider behind failover, shared health and rate limits."""
+def build_sender(settings: Settings, storage: Storage, owner: str = "") -> PacedSender:
+    """Every configured provider behind failover, shared health and rate limits, paced per domain."""
     order = provider_order(settings)
     providers = {name: build_provider(settings, name) for name in order}
-    return FailoverSender(
+    limiter = RateLimiter(storage)
+    failover = FailoverSender(
         providers,
         order,
         health=HealthBoard(storage, breaker_config(settings), owner),
-        limiter=RateLimiter(storage),
+        limiter=limiter,
         rates=parse_rates(settings.provider_rate_limits),
     )
+    return PacedSender(failover, DomainPacer(storage, PacingConfig.from_settings(settings), limiter))

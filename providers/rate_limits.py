@@ -48,6 +48,17 @@ class RateLimiter:
 
     def acquire(self, scope: str, per_second: float | None) -> float:
         """Take one token of ``scope`` (no limit when ``per_second`` is falsy); returns the wait."""
+        waited = self._take(scope, per_second, None)
+        return waited or 0.0
+
+    def try_acquire(self, scope: str, per_second: float | None, max_wait: float) -> bool:
+        """Take a token if one comes within ``max_wait`` seconds; ``False``: none so soon (nothing taken).
+
+        For callers that must not hold a thread for long (per-domain pacing defers instead).
+        """
+        return self._take(scope, per_second, max_wait) is not None
+
+    def _take(self, scope: str, per_second: float | None, max_wait: float | None) -> float | None:
         if not per_second or per_second <= 0:
             return 0.0
         bucket = self._bucket(scope)
@@ -64,6 +75,8 @@ class RateLimiter:
                     bucket.window, bucket.tokens = window, leased - 1
                     return waited
                 pause = max(0.001, window + 1 - now)
+                if max_wait is not None and waited + pause > max_wait:
+                    return None
                 self.sleep(pause)
                 waited += pause
 

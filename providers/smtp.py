@@ -26,12 +26,14 @@ from email.policy import EmailPolicy
 
 from core.errors import (
     AmbiguousSendError,
+    DomainDeferred,
     ProviderUnavailable,
     RecipientRejected,
     SendError,
     TransientSendError,
 )
 from providers.base import OutboundEmail, SendResult
+from providers.pacing import is_deferral_answer
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +330,9 @@ def _reply_error(code: int, reply: bytes | str, recipient: str, stage: str) -> S
     """4xx: try later; 5xx: permanent (530 on MAIL means our login is missing)."""
     text = _reply_text(reply, recipient)
     reason = f"{stage} rejected: {code} {text}".strip()
+    if 400 <= code < 500 and is_deferral_answer(str(code), text):
+        # The receiving side defers (too fast, try later): paced and re-queued, no attempt spent.
+        return DomainDeferred(reason, provider=NAME, code=str(code))
     if 400 <= code < 500:
         return TransientSendError(reason, provider=NAME, code=str(code))
     if stage == "MAIL" and code in (530, 535):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -53,6 +54,9 @@ from core.storage import (
     Storage,
 )
 from core.suppressions import add_suppression
+from providers.pacing import PacingConfig, scope_of, slow_down
+from status_manager.compliance import record_unsubscribe_lags
+from status_manager.reputation import record_and_check, tally_events
 
 log = logging.getLogger("mailroom.events")
 
@@ -97,6 +101,9 @@ class _Moves:
 
     tasks: set[tuple[str, str, str]] = field(default_factory=set)  # (tenant, job, task)
     history: list[Entity] = field(default_factory=list)
+    fresh: list[ProviderEvent] = field(default_factory=list)  # stored for the first time (reputation)
+    suppressed: list[ProviderEvent] = field(default_factory=list)  # suppressed an address (compliance)
+    deferred_scopes: set[str] = field(default_factory=set)  # pacing scopes a ``deferred`` event slows
 
     def add(self, job: Job, task_id: str) -> None:
         self.tasks.add((job.tenant_id, job.id, task_id))
@@ -135,6 +142,9 @@ def process_event_batch(
         unresolved += apply_partition(ctx, by_contact, report, moves)
     settle_unresolved(storage, batch, unresolved, report, clock, retry_delay, max_attempts)
     apply_moves(storage, moves, clock)
+    record_unsubscribe_lags(storage, moves.suppressed, clock)
+    record_and_check(storage, settings, tally_events(moves.fresh), clock)
+    slow_deferring_domains(storage, settings, moves.deferred_scopes)
     log.info(
         "events batch applied=%d duplicates=%d changes=%d suppressed=%d retried=%d orphans=%d ignored=%d",
         report.applied, report.duplicates, report.status_changes, report.suppressed, report.retried,
@@ -200,8 +210,13 @@ def apply_partition(
         for event in events:
             if event.key in fresh and event.key not in seen:
                 seen.add(event.key)
+                moves.fresh.append(event)
+                sender = job.template.get("from_email", "")
+                if event.kind == "deferred" and sender and row.get("email"):
+                    moves.deferred_scopes.add(scope_of(job.tenant_id, sender, row["email"]))
                 if suppress_if_needed(ctx, job, event, row.get("email", "")):
                     report.suppressed += 1
+                    moves.suppressed.append(event)
     return unplaced
 
 
@@ -309,6 +324,15 @@ def merge_into_delivery(
     if written is None or merged is None or merged[0] == merged[1]:
         return None
     return merged
+
+
+def slow_deferring_domains(storage: Storage, settings: Settings, scopes: set[str]) -> None:
+    """A SendGrid ``deferred`` event is the receiving domain asking to slow down: pace it (AIMD)."""
+    config = PacingConfig.from_settings(settings)
+    for scope in sorted(scopes):
+        slow_down(storage, config, scope, time.time())
+    if scopes:
+        log.info("deferred events slowed scopes=%d", len(scopes))
 
 
 def apply_moves(storage: Storage, moves: _Moves, clock: Clock = utcnow) -> None:

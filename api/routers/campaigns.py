@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from api.auth import TenantDep
+from api.auth import PrincipalDep, TenantDep
 from api.campaign_records import (
     as_utc,
     campaign_public,
@@ -25,6 +25,7 @@ from api.campaign_records import (
     with_template,
 )
 from api.dependencies import SettingsDep, StorageDep
+from api.errors import forbidden
 from api.preview import render_preview
 from api.routers.conventions import (
     DEFAULT_PAGE_LIMIT,
@@ -48,6 +49,7 @@ from core.clock import utcnow
 from core.ids import new_id
 from core.job_state import open_campaign, write_campaign
 from core.models import Campaign
+from core.sender_checks import require_passing_sender
 from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, SCHEDULE
 from core.tenant_settings import require_allowed_sender
@@ -128,13 +130,24 @@ def update_campaign(
 @router.post("/campaigns/{campaign_id}/schedule", response_model=CampaignPublic,
              responses=STATE_RESPONSES)
 def schedule_campaign(
-    campaign_id: str, tenant: TenantDep, storage: StorageDep,
-    body: Annotated[ScheduleRequest | None, Body()] = None,
+    campaign_id: str, tenant: TenantDep, storage: StorageDep, settings: SettingsDep,
+    principal: PrincipalDep, body: Annotated[ScheduleRequest | None, Body()] = None,
 ) -> CampaignPublic:
+    """Schedule the campaign (now when ``send_at`` is omitted).
+
+    With ``SENDER_CHECKS`` on, a from_email domain failing SPF, DKIM or DMARC is 422 naming the
+    record; the operator (admin key) may override with ``override_sender_checks``.
+    """
+    override = body is not None and body.override_sender_checks
+    if override and principal.role != "admin":
+        raise forbidden("only the operator may override sender checks")
     campaign = load_campaign(storage, tenant.id, campaign_id)
     ensure_editable(campaign)
     was = campaign.status
-    require_allowed_sender(tenant, campaign.template.get("from_email", ""), "template.from_email")
+    from_email = campaign.template.get("from_email", "")
+    require_allowed_sender(tenant, from_email, "template.from_email")
+    if settings.sender_checks and not override:
+        require_passing_sender(from_email, settings, "template.from_email")
     send_at = body.send_at if body is not None and body.send_at is not None else utcnow()
     old_key = campaign.schedule_key
     set_send_at(campaign, as_utc(send_at))

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.auth import TenantDep
+from api.auth import Principal, PrincipalDep, TenantDep
 from api.campaign_records import campaign_public, job_summaries, load_campaign, with_template
 from api.dependencies import SettingsDep, StorageDep
-from api.errors import not_found
+from api.errors import forbidden, not_found
 from api.routers.conventions import ERROR_RESPONSES, STATE_RESPONSES
 from api.routers.jobs import job_public
 from api.schemas import CampaignPublic, JobPublic
 from core.models import Campaign, Job
-from core.storage import JOBS, Storage
+from core.storage import JOBS, Entity, Storage
 from job_manager import control
 from job_manager.retry_failed import start_retry_job
+from status_manager.reputation import BRAKE_REASON_PREFIX
 
 router = APIRouter(responses={**ERROR_RESPONSES, **STATE_RESPONSES})
 
@@ -43,10 +44,12 @@ def pause_campaign(campaign_id: str, tenant: TenantDep, storage: StorageDep) -> 
 
 @router.post("/campaigns/{campaign_id}/resume", response_model=CampaignPublic, tags=["campaigns"])
 def resume_campaign(
-    campaign_id: str, tenant: TenantDep, storage: StorageDep, settings: SettingsDep
+    campaign_id: str, tenant: TenantDep, storage: StorageDep, settings: SettingsDep, principal: PrincipalDep
 ) -> CampaignPublic:
-    """Continue the paused job where it stopped."""
-    load_campaign(storage, tenant.id, campaign_id)
+    """Continue the paused job where it stopped (one the reputation brake paused: the operator only)."""
+    campaign = load_campaign(storage, tenant.id, campaign_id)
+    if campaign.current_job_id:
+        _resumable_by(principal, storage.table(JOBS).find(tenant.id, campaign.current_job_id))
     return _campaign_view(storage, control.resume_campaign(storage, settings, tenant.id, campaign_id))
 
 
@@ -64,8 +67,12 @@ def pause_job(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPublic:
 
 
 @router.post("/jobs/{job_id}/resume", response_model=JobPublic, tags=["jobs"])
-def resume_job(job_id: str, tenant: TenantDep, storage: StorageDep, settings: SettingsDep) -> JobPublic:
+def resume_job(
+    job_id: str, tenant: TenantDep, storage: StorageDep, settings: SettingsDep, principal: PrincipalDep
+) -> JobPublic:
+    """Continue the paused job where it stopped (one the reputation brake paused: the operator only)."""
     _own_job(storage, tenant.id, job_id)
+    _resumable_by(principal, storage.table(JOBS).find(tenant.id, job_id))
     return job_public(_fresh(storage, control.resume_job(storage, settings, tenant.id, job_id)))
 
 
@@ -80,6 +87,13 @@ def retry_failed(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPubl
     """A new job for the recipients that ended ``failed``; asking again returns the same job."""
     _own_job(storage, tenant.id, job_id)
     return job_public(start_retry_job(storage, tenant.id, job_id))
+
+
+def _resumable_by(principal: Principal, job_row: Entity | None) -> None:
+    """A job the reputation brake paused is resumed by the operator, not by its own tenant."""
+    reason = (job_row or {}).get("failure_reason", "") or ""
+    if reason.startswith(BRAKE_REASON_PREFIX) and principal.role != "admin":
+        raise forbidden("the reputation brake paused this job; only the operator may resume it")
 
 
 def _fresh(storage: Storage, job: Job) -> Job:

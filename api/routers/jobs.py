@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from api.campaign_records import load_campaign
 from api.dependencies import StorageDep
 from api.errors import not_found
 from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, TenantPageCursor
-from api.schemas import DeliveryEvent, DeliveryPublic, JobPublic, Page
+from api.schemas import CompliancePublic, DeliveryEvent, DeliveryPublic, JobPublic, Page
 from core.clock import iso, parse_iso, utcnow
 from core.ids import normalize_email
 from core.models import Job
@@ -29,6 +30,7 @@ from core.provider_events import timeline
 from core.status import FINAL_JOB_STATUSES, TERMINAL_DELIVERY_STATUSES, DeliveryStatus, JobStatus
 from core.storage import DELIVERIES, JOBS, Entity, Storage
 from core.timing import time_to_send_seconds
+from status_manager.compliance import compliance_report
 from status_manager.delivery_logs import events_for_rows, find_delivery
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
@@ -112,7 +114,10 @@ def list_campaign_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPublic:
-    return job_public(_load_job(storage, tenant.id, job_id))
+    job = _load_job(storage, tenant.id, job_id)
+    public = job_public(job)
+    public.compliance = CompliancePublic(**asdict(compliance_report(storage, job)))
+    return public
 
 
 # -- deliveries ------------------------------------------------------------------------------
