@@ -239,6 +239,9 @@ class ScheduleRequest(RequestModel):
     """``send_at`` omitted (or ``{}``) means now."""
 
     send_at: datetime | None = None
+    dry_run: bool = Field(False, description=(
+        "Run the whole pipeline (roster, suppressions, rendering, routing, delivery log) but hand "
+        "nothing to a provider for delivery; the campaign's own status and schedule stay as they are."))
 
 
 class PreviewRequest(RequestModel):
@@ -268,6 +271,7 @@ class TestSendAccepted(BaseModel):
 class JobSummary(BaseModel):
     id: str
     status: str
+    dry_run: bool = False
     started_at: str | None = None
     completed_at: str | None = None
     time_to_send_seconds: float | None = Field(
@@ -289,6 +293,15 @@ class CampaignPublic(BaseModel):
     created_at: str | None = None
     updated_at: str | None = None
     completed_at: str | None = None
+    created_by: str | None = Field(None, description="Key id (never the key) that created the campaign.")
+    scheduled_by: str | None = None
+    paused_by: str | None = None
+    resumed_by: str | None = None
+    cancelled_by: str | None = None
+    estimate: dict[str, Any] | None = Field(
+        None, description="The last audience estimate (`POST /campaigns/{id}/estimate`), as cached.")
+    dry_run_job_id: str | None = Field(
+        None, description="Only in the answer to a dry-run schedule: the id of the dry run's job.")
 
 
 class PreviewPublic(BaseModel):
@@ -318,6 +331,11 @@ class JobPublic(BaseModel):
     created_at: str | None = None
     time_to_send_seconds: float | None = Field(None, description="Start to close, once the job finished.")
     retry_of: str | None = Field(None, description="For a retry-failed job: the job it retries.")
+    dry_run: bool = Field(False, description="Validated, never delivered: counts say what a real run would.")
+    created_by: str | None = Field(None, description="Key id (never the key) that created or scheduled it.")
+    paused_by: str | None = None
+    resumed_by: str | None = None
+    cancelled_by: str | None = None
 
 
 class DeliveryEvent(BaseModel):
@@ -339,6 +357,7 @@ class DeliveryPublic(BaseModel):
     attempts: int
     events: list[DeliveryEvent]
     updated_at: str | None = None
+    dry_run: bool = Field(False, description="A dry run's delivery: validated, delivered by nobody.")
 
 
 class WebhookAccepted(BaseModel):
@@ -359,6 +378,7 @@ class ContactDeliveryPublic(BaseModel):
     provider_message_id: str
     updated_at: str | None = None
     job_open: bool = Field(False, description="The job is still running: the status may change.")
+    dry_run: bool = Field(False, description="A dry run: what would have happened; nothing was delivered.")
 
 
 # -- suppressions ----------------------------------------------------------------------------

@@ -111,6 +111,17 @@ TENANT_COLUMNS = frozenset({
 })
 
 
+#: Who did it: the key id (never the key) behind each act on a campaign or a job, one column each.
+ACTOR_COLUMNS = ("created_by", "scheduled_by", "paused_by", "resumed_by", "cancelled_by")
+#: A campaign's last audience estimate (JSON), which the operator's volume forecast reads.
+ESTIMATE_COLUMN = "estimate"
+
+
+def actors_of(e: Entity) -> dict[str, str]:
+    """The ``*_by`` columns a row has (absent: nobody did that yet)."""
+    return {column: e[column] for column in ACTOR_COLUMNS if e.get(column)}
+
+
 @dataclass
 class Contact:
     id: str
@@ -155,10 +166,14 @@ class Campaign:
     updated_at: str = ""
     completed_at: str = ""
     template_ref: str = ""  # a template too large for its column: its blob (core.template_store)
+    actors: dict[str, str] = field(default_factory=dict)  # who did it: ``created_by`` → key id, …
+    estimate: dict[str, Any] = field(default_factory=dict)  # the last audience estimate (cached)
     etag: str = ""
 
     def to_entity(self) -> Entity:
         return {
+            **self.actors,
+            **({ESTIMATE_COLUMN: _json(self.estimate)} if self.estimate else {}),
             "PartitionKey": self.tenant_id,
             "RowKey": self.id,
             "name": self.name,
@@ -194,6 +209,8 @@ class Campaign:
             updated_at=e.get("updated_at", ""),
             completed_at=e.get("completed_at", ""),
             template_ref=e.get("template_ref", "") or "",
+            actors=actors_of(e),
+            estimate=_loads(e.get(ESTIMATE_COLUMN), {}),
             etag=etag_of(e),
         )
 
@@ -225,6 +242,8 @@ class Job:
     retry_of: str = ""  # a retry-failed job: the job whose failed recipients are its roster
     template_ref: str = ""  # a template too large for its column: its blob (core.template_store)
     test_of: str = ""  # a test send (``POST /campaigns/{id}/test``): the campaign it tests
+    dry_run: bool = False  # validated and accounted for like a real run, handed to nobody for delivery
+    actors: dict[str, str] = field(default_factory=dict)  # who did it: ``created_by`` → key id, …
     etag: str = ""
 
     def to_entity(self) -> Entity:
@@ -256,6 +275,9 @@ class Job:
         entity.update(count_columns(self.counts))
         if self.test_of:
             entity["test_of"] = self.test_of
+        if self.dry_run:
+            entity["dry_run"] = True
+        entity.update(self.actors)
         return entity
 
     @classmethod
@@ -287,6 +309,8 @@ class Job:
             retry_of=e.get("retry_of", "") or "",
             template_ref=e.get("template_ref", "") or "",
             test_of=e.get("test_of", "") or "",
+            dry_run=bool(e.get("dry_run", False)),
+            actors=actors_of(e),
             etag=etag_of(e),
         )
 
@@ -462,6 +486,10 @@ def delivery_entity(
 def schedule_key(send_at: str, tenant_id: str, campaign_id: str) -> str:
     """RowKey of a campaign's row in the Schedule index: sorts by due time."""
     return f"{send_at}|{tenant_id}|{campaign_id}"
+
+
+#: The Schedule RowKey suffix of a dry run (``{send_at}|{tenant}|{campaign}|dry-run``).
+DRY_RUN_SUFFIX = "|dry-run"
 
 
 def message_index_partition(message_id: str) -> str:

@@ -9,10 +9,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from api.auth import TenantDep
+from api.auth import PrincipalDep, TenantDep
 from api.campaign_records import (
     as_utc,
     campaign_public,
+    dry_run_schedule_entity,
     ensure_editable,
     job_summaries,
     load_campaign,
@@ -44,8 +45,8 @@ from api.schemas import (
     TestSendAccepted,
     TestSendRequest,
 )
-from core.clock import utcnow
-from core.ids import new_id
+from core.clock import parse_iso, utcnow
+from core.ids import job_id_for, new_id
 from core.job_state import open_campaign, write_campaign
 from core.models import Campaign
 from core.status import CampaignStatus, zero_counts
@@ -57,18 +58,22 @@ router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
 
 
 @router.post("/campaigns", status_code=201, response_model=CampaignPublic)
-def create_campaign(body: CampaignCreate, tenant: TenantDep, storage: StorageDep) -> CampaignPublic:
+def create_campaign(
+    body: CampaignCreate, tenant: TenantDep, storage: StorageDep, principal: PrincipalDep
+) -> CampaignPublic:
     criteria = validate_content(body.template, body.criteria, check_criteria=True) or {}
     require_allowed_sender(tenant, body.template.from_email, "template.from_email")
     campaign = Campaign(
         id=new_id(), tenant_id=tenant.id, name=body.name, template={},
         criteria=criteria, status=CampaignStatus.DRAFT.value, counts=zero_counts(),
+        actors={"created_by": principal.key_id},
     )
     set_template(storage, campaign, body.template)
     touch(campaign)
     campaign.created_at = campaign.updated_at
     if body.send_at is not None:
         set_send_at(campaign, body.send_at)
+        campaign.actors["scheduled_by"] = principal.key_id
     open_campaign(storage, campaign)
     if campaign.schedule_key:  # after the campaign: an index row never points at nothing
         storage.table(SCHEDULE).upsert(schedule_entity(campaign))
@@ -101,7 +106,7 @@ def get_campaign(campaign_id: str, tenant: TenantDep, storage: StorageDep) -> Ca
 @router.patch("/campaigns/{campaign_id}", response_model=CampaignPublic,
               responses=STATE_RESPONSES)
 def update_campaign(
-    campaign_id: str, body: CampaignUpdate, tenant: TenantDep, storage: StorageDep
+    campaign_id: str, body: CampaignUpdate, tenant: TenantDep, storage: StorageDep, principal: PrincipalDep
 ) -> CampaignPublic:
     campaign = load_campaign(storage, tenant.id, campaign_id)
     ensure_editable(campaign)
@@ -120,7 +125,7 @@ def update_campaign(
     if "send_at" in given:
         set_send_at(campaign, body.send_at)
     touch(campaign)
-    write_campaign(storage, campaign, was=was)
+    write_campaign(storage, campaign, was=was, actor=principal.key_id)
     sync_schedule(storage, campaign, old_key)
     return campaign_public(campaign, job_summaries(storage, tenant.id, [campaign.id])[campaign.id])
 
@@ -128,18 +133,32 @@ def update_campaign(
 @router.post("/campaigns/{campaign_id}/schedule", response_model=CampaignPublic,
              responses=STATE_RESPONSES)
 def schedule_campaign(
-    campaign_id: str, tenant: TenantDep, storage: StorageDep,
+    campaign_id: str, tenant: TenantDep, storage: StorageDep, principal: PrincipalDep,
     body: Annotated[ScheduleRequest | None, Body()] = None,
 ) -> CampaignPublic:
+    """Schedule the campaign's run, or with ``dry_run`` a dry run of it (any campaign status).
+
+    A dry run has its own Schedule row and its own job id (``core.ids.job_id_for``); the
+    campaign's status, ``send_at`` and counts do not change, so its real run is unaffected.
+    """
     campaign = load_campaign(storage, tenant.id, campaign_id)
-    ensure_editable(campaign)
+    dry_run = body is not None and body.dry_run
+    if not dry_run:
+        ensure_editable(campaign)
     was = campaign.status
     require_allowed_sender(tenant, campaign.template.get("from_email", ""), "template.from_email")
-    send_at = body.send_at if body is not None and body.send_at is not None else utcnow()
+    send_at = as_utc(body.send_at if body is not None and body.send_at is not None else utcnow())
+    if dry_run:
+        row = dry_run_schedule_entity(campaign, send_at, principal.key_id)
+        storage.table(SCHEDULE).upsert(row)
+        view = campaign_public(campaign, job_summaries(storage, tenant.id, [campaign.id])[campaign.id])
+        view.dry_run_job_id = job_id_for(campaign.id, parse_iso(row["send_at"]), dry_run=True)
+        return view
     old_key = campaign.schedule_key
-    set_send_at(campaign, as_utc(send_at))
+    set_send_at(campaign, send_at)
+    campaign.actors["scheduled_by"] = principal.key_id
     touch(campaign)
-    write_campaign(storage, campaign, was=was)
+    write_campaign(storage, campaign, was=was, actor=principal.key_id)
     sync_schedule(storage, campaign, old_key)
     return campaign_public(campaign, job_summaries(storage, tenant.id, [campaign.id])[campaign.id])
 
