@@ -244,6 +244,47 @@ class ScheduleRequest(RequestModel):
         "nothing to a provider for delivery; the campaign's own status and schedule stay as they are."))
 
 
+class EstimateRequest(RequestModel):
+    """An unsaved campaign's audience: its criteria (``{}`` or none: every active contact)."""
+
+    criteria: dict[str, Any] | None = None
+    send_at: datetime | None = None
+
+
+class CampaignEstimateRequest(RequestModel):
+    """``send_at`` omitted: the campaign's own, else now."""
+
+    send_at: datetime | None = None
+
+
+class SendForecastPublic(BaseModel):
+    recipients: int
+    start_at: str
+    finish_at: str
+    seconds: float
+    emails_per_second: float
+    bound: str = Field(description="Which limit decides the finish: tenant_rate_limit, provider_rate_limit, "
+                                   "measured_throughput or nominal.")
+    provider: str
+    limits: dict[str, float] = Field(description="Every bound known, in emails per second.")
+
+
+class EstimatePublic(BaseModel):
+    matching: int = Field(description="Contacts the criteria select: the roster a run would expand.")
+    suppressed: dict[str, int] = Field(description="Of those, suppressed, by reason.")
+    invalid: int = Field(description="Of those, addresses no provider would be handed (they end skipped).")
+    over_limit: int = Field(description="Matches beyond the tenant's max_roster (a run would be refused).")
+    recipients: int = Field(description="What a run would hand to a provider.")
+    sample: list[str] = Field(description="A few matching contact ids.")
+    exact: bool = Field(description="False: extrapolated past ESTIMATE_EXACT_LIMIT scanned contacts.")
+    scanned: int
+    bounds: dict[str, int] | None = Field(None, description="`{low, high}` of `matching` when not exact.")
+    max_roster: int | None = None
+    forecast: SendForecastPublic
+    estimated_at: str
+    criteria_hash: str
+
+
 class PreviewRequest(RequestModel):
     contact_id: str | None = Field(None, min_length=1, max_length=64)
     email: str | None = Field(None, min_length=3, max_length=254)

@@ -36,8 +36,11 @@ from api.routers.conventions import (
 )
 from api.schemas import (
     CampaignCreate,
+    CampaignEstimateRequest,
     CampaignPublic,
     CampaignUpdate,
+    EstimatePublic,
+    EstimateRequest,
     Page,
     PreviewPublic,
     PreviewRequest,
@@ -46,6 +49,7 @@ from api.schemas import (
     TestSendRequest,
 )
 from core.clock import parse_iso, utcnow
+from core.criteria import parse_criteria
 from core.ids import job_id_for, new_id
 from core.job_state import open_campaign, write_campaign
 from core.models import Campaign
@@ -53,6 +57,7 @@ from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, SCHEDULE
 from core.tenant_settings import require_allowed_sender
 from job_manager.campaign_test_send import send_test
+from job_manager.estimate import AudienceEstimate, estimate_audience, estimate_campaign
 
 router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
 
@@ -78,6 +83,45 @@ def create_campaign(
     if campaign.schedule_key:  # after the campaign: an index row never points at nothing
         storage.table(SCHEDULE).upsert(schedule_entity(campaign))
     return campaign_public(campaign, [])
+
+
+@router.post("/campaigns/estimate", response_model=EstimatePublic)
+def estimate_unsaved_campaign(
+    body: EstimateRequest, tenant: TenantDep, storage: StorageDep, settings: SettingsDep
+) -> EstimatePublic:
+    """Who an unsaved campaign's criteria would reach, and when a run would finish."""
+    criteria = validate_content(None, body.criteria, check_criteria=True) or {}
+    send_at = as_utc(body.send_at) if body.send_at is not None else None
+    return _estimate_public(estimate_audience(storage, settings, tenant, parse_criteria(criteria), criteria,
+                                              send_at))
+
+
+@router.post("/campaigns/{campaign_id}/estimate", response_model=EstimatePublic)
+def estimate_saved_campaign(
+    campaign_id: str, tenant: TenantDep, storage: StorageDep, settings: SettingsDep,
+    body: Annotated[CampaignEstimateRequest | None, Body()] = None,
+) -> EstimatePublic:
+    """Count the campaign's audience now (exact up to ESTIMATE_EXACT_LIMIT contacts) and forecast it.
+
+    Always 200 with the answer: past the limit the counts are extrapolated (``exact: false``,
+    with bounds), so the call stays about as long as scanning ESTIMATE_EXACT_LIMIT contacts.
+    """
+    campaign = load_campaign(storage, tenant.id, campaign_id)
+    send_at = as_utc(body.send_at) if body is not None and body.send_at is not None else None
+    return _estimate_public(estimate_campaign(storage, settings, tenant, campaign, send_at))
+
+
+@router.get("/campaigns/{campaign_id}/estimate", response_model=EstimatePublic)
+def get_campaign_estimate(
+    campaign_id: str, tenant: TenantDep, storage: StorageDep, settings: SettingsDep
+) -> EstimatePublic:
+    """The same as the POST, for readers (support keys, the console)."""
+    campaign = load_campaign(storage, tenant.id, campaign_id)
+    return _estimate_public(estimate_campaign(storage, settings, tenant, campaign))
+
+
+def _estimate_public(estimate: AudienceEstimate) -> EstimatePublic:
+    return EstimatePublic.model_validate(estimate.as_dict())
 
 
 @router.get("/campaigns", response_model=Page[CampaignPublic])

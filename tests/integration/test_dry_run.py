@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from core.status import CampaignStatus, JobStatus
 from core.models import TENANT_PARTITION, Tenant
+from core.status import CampaignStatus, JobStatus
 from core.storage import JOBS, PROVIDER_HEALTH, RATE_LIMITS, SUPPRESSIONS, TENANTS
 from devhost.sendgrid_sim import SendGridSimulator
 from providers.factory import build_sender
