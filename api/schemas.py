@@ -285,6 +285,31 @@ class EstimatePublic(BaseModel):
     criteria_hash: str
 
 
+class ForecastHour(BaseModel):
+    hour: str = Field(description="Start of the hour (UTC).")
+    emails: int
+    providers: dict[str, int] = Field(description="Of those, per provider the tenants send through first.")
+
+
+class ScheduledRunPublic(BaseModel):
+    tenant_id: str
+    campaign_id: str
+    send_at: str
+    recipients: int
+    exact: bool = Field(description="False: the campaign's audience was extrapolated (see the estimate).")
+    provider: str
+    emails_per_second: float
+
+
+class VolumeForecastPublic(BaseModel):
+    start: str
+    end: str
+    emails: int
+    providers: dict[str, int]
+    hours: list[ForecastHour]
+    runs: list[ScheduledRunPublic]
+
+
 class PreviewRequest(RequestModel):
     contact_id: str | None = Field(None, min_length=1, max_length=64)
     email: str | None = Field(None, min_length=3, max_length=254)

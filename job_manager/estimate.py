@@ -196,7 +196,9 @@ def forecast_send(
     measured = measured_throughput(storage, tenant.id)
     if measured:
         limits["measured_throughput"] = measured
-    bound, rate = min(limits.items(), key=lambda item: item[1]) if limits else ("nominal", NOMINAL_EMAILS_PER_SECOND)
+    bound, rate = ("nominal", NOMINAL_EMAILS_PER_SECOND)
+    if limits:
+        bound, rate = min(limits.items(), key=lambda item: item[1])
     seconds = round(recipients / rate, 1) if rate > 0 else 0.0
     return SendForecast(
         recipients=recipients, start_at=iso(start), finish_at=iso(start + timedelta(seconds=seconds)),
@@ -222,5 +224,6 @@ def measured_throughput(storage: Storage, tenant_id: str) -> float | None:
         key=lambda row: row["completed_at"],
     )[-MEASURED_RUNS:]
     recipients = sum(int(row["roster_size"]) for row in runs)
-    seconds = sum((parse_iso(row["completed_at"]) - parse_iso(row["started_at"])).total_seconds() for row in runs)
+    seconds = sum((parse_iso(row["completed_at"]) - parse_iso(row["started_at"])).total_seconds()
+                  for row in runs)
     return recipients / seconds if runs and seconds > 0 else None

@@ -34,13 +34,17 @@ def sim() -> Iterator[tuple[SendGridSimulator, str]]:
 
 @pytest.fixture
 def host(storage, settings, sim) -> InProcessHost:
-    return InProcessHost(storage, settings.model_copy(update={"task_size": 5}), SendGridProvider("SG.test", sim[1]))
+    sized = settings.model_copy(update={"task_size": 5})
+    return InProcessHost(storage, sized, SendGridProvider("SG.test", sim[1]))
 
 
-def make_campaign(client, tenant, campaign_body, contacts: list[dict[str, Any]], storage=None) -> dict[str, Any]:
+def make_campaign(
+    client, tenant, campaign_body, contacts: list[dict[str, Any]], storage=None
+) -> dict[str, Any]:
     """Contacts through the API, or (``storage``: addresses the import would refuse) written directly."""
     if storage is not None:
-        add_contacts(storage, Tenant.from_entity(storage.table(TENANTS).get(TENANT_PARTITION, tenant.id)), contacts)
+        row = storage.table(TENANTS).get(TENANT_PARTITION, tenant.id)
+        add_contacts(storage, Tenant.from_entity(row), contacts)
     else:
         imported = client.post(f"{V1}/contacts", json=contacts, headers=tenant.headers).json()
         assert imported["rejected"] == [], imported
@@ -77,7 +81,9 @@ def people(n: int, tag: str = "p") -> list[dict[str, Any]]:
     return [{"email": random_email(f"{tag}{i}"), "name": f"P{i}"} for i in range(n)]
 
 
-def test_a_dry_run_hands_nothing_to_the_provider_for_delivery(client, tenant, campaign_body, storage, host, sim):
+def test_a_dry_run_hands_nothing_to_the_provider_for_delivery(
+    client, tenant, campaign_body, storage, host, sim
+):
     simulator, _ = sim
     campaign = make_campaign(client, tenant, campaign_body, people(12))
 
@@ -96,7 +102,8 @@ def test_a_dry_runs_delivery_log_has_every_recipient_with_the_outcome_a_real_run
     suppressed, unsendable = roster[0]["email"], "nodot@localhost"
     roster.append({"email": unsendable, "name": "No dot"})
     campaign = make_campaign(client, tenant, campaign_body, roster, storage)
-    client.post(f"{V1}/suppressions", json={"email": suppressed, "reason": "unsubscribe"}, headers=tenant.headers)
+    client.post(f"{V1}/suppressions", json={"email": suppressed, "reason": "unsubscribe"},
+                headers=tenant.headers)
 
     job = dry_run(client, tenant, storage, host, campaign["id"])
 
@@ -111,7 +118,9 @@ def test_a_dry_runs_delivery_log_has_every_recipient_with_the_outcome_a_real_run
     assert len(csv.strip().splitlines()) == 1 + len(roster)
 
 
-def test_a_sendgrid_400_in_a_dry_run_lands_on_that_recipient_only(client, tenant, campaign_body, storage, host, sim):
+def test_a_sendgrid_400_in_a_dry_run_lands_on_that_recipient_only(
+    client, tenant, campaign_body, storage, host, sim
+):
     simulator, _ = sim
     roster = people(5)
     refused = "under_score@exa_mple.com"  # passes our loose check, SendGrid's validation refuses it
@@ -128,7 +137,9 @@ def test_a_sendgrid_400_in_a_dry_run_lands_on_that_recipient_only(client, tenant
     assert simulator.messages() == []
 
 
-def test_a_later_real_run_of_the_same_campaign_is_unaffected(client, tenant, campaign_body, storage, host, sim):
+def test_a_later_real_run_of_the_same_campaign_is_unaffected(
+    client, tenant, campaign_body, storage, host, sim
+):
     simulator, _ = sim
     campaign = make_campaign(client, tenant, campaign_body, people(7))
     at = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()  # the same instant for both runs
