@@ -11,7 +11,7 @@ address it would not hand over, ``core.ids.is_sendable_address``), so ``matching
 contacts. Contact ids are keyed hashes, so contacts in RowKey order are a uniform sample of
 the tenant's list, and the last id scanned says which share of the id space the scan
 covered: beyond the limit the counts are that share scaled up, marked ``exact: false``, with
-95% bounds for ``matching`` (a Poisson interval on the matches seen; never below them).
+±3σ bounds for ``matching`` (a Poisson interval on the matches seen; never below them).
 
 **The send-time forecast** divides the recipients by the slowest of what bounds a real run:
 the tenant's ``rate_limit_per_minute``, the ``PROVIDER_RATE_LIMITS`` of the provider its runs
@@ -177,8 +177,8 @@ def id_space_share(last_key: str) -> float | None:
 
 
 def poisson_bounds(seen: int) -> tuple[float, float]:
-    """A ~95% interval for the expected count behind ``seen`` events (normal approximation)."""
-    spread = 1.96 * math.sqrt(seen) if seen else 0.0
+    """A ±3σ interval (≈99.7%) for the expected count behind ``seen`` events (normal approximation)."""
+    spread = 3.0 * math.sqrt(seen) if seen else 0.0
     return max(0.0, seen - spread), seen + spread + 3.0
 
 
@@ -186,7 +186,8 @@ def forecast_send(
     storage: Storage, settings: Settings, tenant: Tenant, recipients: int, start: datetime
 ) -> SendForecast:
     """When ``recipients`` sends starting at ``start`` would be done, at the slowest known bound."""
-    provider = (tenant.providers or provider_order(settings))[0]
+    deployed = provider_order(settings)  # a tenant's provider the hosts do not run is skipped
+    provider = ([name for name in tenant.providers if name in deployed] or deployed)[0]
     limits: dict[str, float] = {}
     if tenant.rate_limit_per_minute:
         limits["tenant_rate_limit"] = tenant.rate_limit_per_minute / 60.0

@@ -49,8 +49,10 @@ class VolumeForecast:
     runs: list[ScheduledRun] = field(default_factory=list)
 
 
-def volume_forecast(storage: Storage, settings: Settings, clock: Clock = utcnow) -> VolumeForecast:
-    """Every scheduled run of the next 7 days, spread over its hours, summed across tenants."""
+def volume_forecast(
+    storage: Storage, settings: Settings, tenant_id: str | None = None, clock: Clock = utcnow
+) -> VolumeForecast:
+    """Every scheduled run of the next 7 days (of one tenant, if named), spread over its hours."""
     start = clock().replace(minute=0, second=0, microsecond=0)
     end = start + HORIZON
     hours = [start + HOUR * i for i in range(int(HORIZON / HOUR))]
@@ -62,6 +64,8 @@ def volume_forecast(storage: Storage, settings: Settings, clock: Clock = utcnow)
     for row in storage.table(SCHEDULE).query(
         "PartitionKey eq @pk and RowKey lt @end", {"pk": SCHEDULE_PARTITION, "end": iso(end)}
     ):
+        if tenant_id is not None and row.get("tenant_id") != tenant_id:
+            continue
         run = scheduled_run(storage, settings, row, tenants, clock)
         if run is None:
             continue

@@ -23,5 +23,7 @@ def get_forecast(
 
     From the Schedule index and each campaign's audience estimate (cached on the campaign, made
     when missing or stale), spread over the hours at each run's forecast rate; dry runs excluded.
+    A support key made for one tenant sees that tenant's runs only.
     """
-    return VolumeForecastPublic.model_validate(asdict(volume_forecast(storage, settings)))
+    only = None if principal.operator_wide else principal.tenant_id  # a tenant's support key: its own
+    return VolumeForecastPublic.model_validate(asdict(volume_forecast(storage, settings, only)))
