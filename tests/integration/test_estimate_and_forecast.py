@@ -147,7 +147,8 @@ def test_the_forecast_sums_scheduled_campaigns_per_hour_and_per_provider(
     campaign_id = scheduled(client, admin, campaign_body, storage, 10, later, ["sendgrid"])
     tenant_id = storage.table(CAMPAIGNS).query("RowKey eq @c", {"c": campaign_id}).__next__()["PartitionKey"]
     dry_run = {"dry_run": True, "send_at": first.isoformat()}  # a dry run is no volume
-    client.post(f"{V1}/campaigns/{campaign_id}/schedule", json=dry_run, headers={**admin, "X-Mailroom-Tenant": tenant_id})
+    as_tenant = {**admin, "X-Mailroom-Tenant": tenant_id}
+    client.post(f"{V1}/campaigns/{campaign_id}/schedule", json=dry_run, headers=as_tenant)
 
     answer = client.get(f"{V1}/forecast", headers=admin)
 
