@@ -16,7 +16,7 @@ from api.console import router as console_router
 from api.dependencies import ResourceGate
 from api.errors import install_error_handling
 from api.rate_limit import KeyRateLimiter
-from api.routers import campaigns, contacts, control, health, jobs, suppressions, tenants
+from api.routers import campaigns, contacts, control, forecast, health, jobs, suppressions, tenants
 from api.routers import contact_history as contact_history_routes
 from api.routers import emails as email_routes
 from api.routers import unsubscribe as unsubscribe_routes
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     if configure_telemetry(settings) != "off":
         app.add_middleware(TracingMiddleware, prefix=API_PREFIX)  # a span per request, no URL in it
     app.add_middleware(SupportAuditMiddleware)  # outermost: no support read answered unaudited
-    for module in (health, tenants, contacts, campaigns, jobs, suppressions, control):
+    for module in (health, tenants, contacts, campaigns, jobs, suppressions, control, forecast):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(console_router)  # /api/console: the read-only support console
     for module in (webhook_routes, unsubscribe_routes, contact_history_routes):

@@ -18,7 +18,13 @@ from api.schemas import CampaignPublic, JobSummary
 from core.clock import iso, utcnow
 from core.criteria import parse_criteria
 from core.errors import FieldProblem, InvalidInput, MailroomError, StateConflict
-from core.models import SCHEDULE_PARTITION, Campaign, ScheduleEntry, schedule_key
+from core.models import (
+    ACTOR_COLUMNS,
+    SCHEDULE_PARTITION,
+    Campaign,
+    ScheduleEntry,
+    schedule_key,
+)
 from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, JOBS, SCHEDULE, Entity, Storage
 from core.telemetry import current_traceparent
@@ -120,6 +126,18 @@ def schedule_entity(campaign: Campaign) -> Entity:
     ).to_entity()
 
 
+def dry_run_schedule_entity(campaign: Campaign, send_at: datetime, actor: str) -> Entity:
+    """A dry run's own Schedule row: the campaign (its status, ``schedule_key``) is left alone.
+
+    Its RowKey sorts with the due time like any other, with a ``|dry-run`` suffix so it never
+    replaces (or is mistaken for) the campaign's real run at the same instant.
+    """
+    return ScheduleEntry(
+        campaign.tenant_id, campaign.id, iso(as_utc(send_at)), traceparent=current_traceparent() or "",
+        dry_run=True, scheduled_by=actor,
+    ).to_entity()
+
+
 def job_summaries(
     storage: Storage, tenant_id: str, campaign_ids: Iterable[str]
 ) -> dict[str, list[JobSummary]]:
@@ -133,7 +151,8 @@ def job_summaries(
         clauses = " or ".join(f"campaign_id eq @c{i}" for i in range(len(chunk)))
         # The SDK substitutes only space-separated "@name" words: keep spaces inside the parentheses.
         for row in table.query(f"PartitionKey eq @t and ( {clauses} )", params,
-                               select=["RowKey", "status", "campaign_id", "started_at", "completed_at"]):
+                               select=["RowKey", "status", "campaign_id", "started_at", "completed_at",
+                                       "dry_run"]):
             found[row["campaign_id"]].append(job_summary(row))
     return {cid: jobs[-MAX_JOBS_IN_SUMMARY:] for cid, jobs in found.items()}
 
@@ -143,6 +162,7 @@ def job_summary(row: Entity) -> JobSummary:
     status, started, completed = row.get("status", ""), row.get("started_at", ""), row.get("completed_at", "")
     return JobSummary(
         id=row["RowKey"], status=status, started_at=started or None, completed_at=completed or None,
+        dry_run=bool(row.get("dry_run", False)),
         time_to_send_seconds=time_to_send_seconds(started, completed) if status == "completed" else None,
     )
 
@@ -155,5 +175,6 @@ def campaign_public(campaign: Campaign, jobs: list[JobSummary]) -> CampaignPubli
         criteria=campaign.criteria, send_at=campaign.send_at or None, counts=counts, jobs=jobs,
         current_job_id=campaign.current_job_id or None, job_count=campaign.job_count,
         created_at=campaign.created_at or None, updated_at=campaign.updated_at or None,
-        completed_at=campaign.completed_at or None,
+        completed_at=campaign.completed_at or None, estimate=campaign.estimate or None,
+        **{column: campaign.actors.get(column) for column in ACTOR_COLUMNS},
     )

@@ -242,6 +242,75 @@ class ScheduleRequest(RequestModel):
     override_sender_checks: bool = Field(
         False, description="Operator (admin key) only: schedule although the from_email domain fails "
         "the SPF/DKIM/DMARC checks.")
+    dry_run: bool = Field(False, description=(
+        "Run the whole pipeline (roster, suppressions, rendering, routing, delivery log) but hand "
+        "nothing to a provider for delivery; the campaign's own status and schedule stay as they are."))
+
+
+class EstimateRequest(RequestModel):
+    """An unsaved campaign's audience: its criteria (``{}`` or none: every active contact)."""
+
+    criteria: dict[str, Any] | None = None
+    send_at: datetime | None = None
+
+
+class CampaignEstimateRequest(RequestModel):
+    """``send_at`` omitted: the campaign's own, else now."""
+
+    send_at: datetime | None = None
+
+
+class SendForecastPublic(BaseModel):
+    recipients: int
+    start_at: str
+    finish_at: str
+    seconds: float
+    emails_per_second: float
+    bound: str = Field(description="Which limit decides the finish: tenant_rate_limit, provider_rate_limit, "
+                                   "measured_throughput or nominal.")
+    provider: str
+    limits: dict[str, float] = Field(description="Every bound known, in emails per second.")
+
+
+class EstimatePublic(BaseModel):
+    matching: int = Field(description="Contacts the criteria select: the roster a run would expand.")
+    suppressed: dict[str, int] = Field(description="Of those, suppressed, by reason.")
+    invalid: int = Field(description="Of those, addresses no provider would be handed (they end skipped).")
+    over_limit: int = Field(description="Matches beyond the tenant's max_roster (a run would be refused).")
+    recipients: int = Field(description="What a run would hand to a provider.")
+    sample: list[str] = Field(description="A few matching contact ids.")
+    exact: bool = Field(description="False: extrapolated past ESTIMATE_EXACT_LIMIT scanned contacts.")
+    scanned: int
+    bounds: dict[str, int] | None = Field(None, description="`{low, high}` of `matching` when not exact.")
+    max_roster: int | None = None
+    forecast: SendForecastPublic
+    estimated_at: str
+    criteria_hash: str
+
+
+class ForecastHour(BaseModel):
+    hour: str = Field(description="Start of the hour (UTC).")
+    emails: int
+    providers: dict[str, int] = Field(description="Of those, per provider the tenants send through first.")
+
+
+class ScheduledRunPublic(BaseModel):
+    tenant_id: str
+    campaign_id: str
+    send_at: str
+    recipients: int
+    exact: bool = Field(description="False: the campaign's audience was extrapolated (see the estimate).")
+    provider: str
+    emails_per_second: float
+
+
+class VolumeForecastPublic(BaseModel):
+    start: str
+    end: str
+    emails: int
+    providers: dict[str, int]
+    hours: list[ForecastHour]
+    runs: list[ScheduledRunPublic]
 
 
 class PreviewRequest(RequestModel):
@@ -271,6 +340,7 @@ class TestSendAccepted(BaseModel):
 class JobSummary(BaseModel):
     id: str
     status: str
+    dry_run: bool = False
     started_at: str | None = None
     completed_at: str | None = None
     time_to_send_seconds: float | None = Field(
@@ -292,6 +362,15 @@ class CampaignPublic(BaseModel):
     created_at: str | None = None
     updated_at: str | None = None
     completed_at: str | None = None
+    created_by: str | None = Field(None, description="Key id (never the key) that created the campaign.")
+    scheduled_by: str | None = None
+    paused_by: str | None = None
+    resumed_by: str | None = None
+    cancelled_by: str | None = None
+    estimate: dict[str, Any] | None = Field(
+        None, description="The last audience estimate (`POST /campaigns/{id}/estimate`), as cached.")
+    dry_run_job_id: str | None = Field(
+        None, description="Only in the answer to a dry-run schedule: the id of the dry run's job.")
 
 
 class PreviewPublic(BaseModel):
@@ -337,6 +416,11 @@ class JobPublic(BaseModel):
     retry_of: str | None = Field(None, description="For a retry-failed job: the job it retries.")
     compliance: CompliancePublic | None = Field(
         None, description="Bulk-sender compliance (GET /jobs/{id} only).")
+    dry_run: bool = Field(False, description="Validated, never delivered: counts say what a real run would.")
+    created_by: str | None = Field(None, description="Key id (never the key) that created or scheduled it.")
+    paused_by: str | None = None
+    resumed_by: str | None = None
+    cancelled_by: str | None = None
 
 
 class DeliveryEvent(BaseModel):
@@ -358,6 +442,7 @@ class DeliveryPublic(BaseModel):
     attempts: int
     events: list[DeliveryEvent]
     updated_at: str | None = None
+    dry_run: bool = Field(False, description="A dry run's delivery: validated, delivered by nobody.")
 
 
 class WebhookAccepted(BaseModel):
@@ -378,6 +463,7 @@ class ContactDeliveryPublic(BaseModel):
     provider_message_id: str
     updated_at: str | None = None
     job_open: bool = Field(False, description="The job is still running: the status may change.")
+    dry_run: bool = Field(False, description="A dry run: what would have happened; nothing was delivered.")
 
 
 # -- suppressions ----------------------------------------------------------------------------

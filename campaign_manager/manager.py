@@ -68,12 +68,16 @@ def start_campaign_run(storage: Storage, row: Entity, clock: Clock) -> bool:
     except NotFound:
         campaign = None
     send_at = parse_iso(row["send_at"])
-    job_id = job_id_for(campaign_id, send_at)
-    if campaign is None or campaign.schedule_key != row["RowKey"]:
+    dry_run = bool(row.get("dry_run", False))
+    job_id = job_id_for(campaign_id, send_at, dry_run=dry_run)
+    if campaign is not None and dry_run:
+        # A dry run leaves the campaign as it is: no status move, not its current job.
+        create_job(storage, campaign, job_id, clock, dry_run=True, created_by=row.get("scheduled_by", ""))
+    elif campaign is None or campaign.schedule_key != row["RowKey"]:
         storage.table(SCHEDULE).delete(SCHEDULE_PARTITION, row["RowKey"])
         return False
-    if campaign.status == CampaignStatus.SCHEDULED:
-        create_job(storage, campaign, job_id, clock)
+    elif campaign.status == CampaignStatus.SCHEDULED:
+        create_job(storage, campaign, job_id, clock, created_by=campaign.actors.get("scheduled_by", ""))
         if not begin_campaign_run(storage, campaign, job_id, clock):
             return False
     elif campaign.current_job_id != job_id:
@@ -88,8 +92,14 @@ def start_campaign_run(storage: Storage, row: Entity, clock: Clock) -> bool:
     return True
 
 
-def create_job(storage: Storage, campaign: Campaign, job_id: str, clock: Clock) -> None:
-    """Open the run's job: a snapshot of template and criteria, indexed as active."""
+def create_job(
+    storage: Storage, campaign: Campaign, job_id: str, clock: Clock, dry_run: bool = False,
+    created_by: str = "",
+) -> None:
+    """Open the run's job: a snapshot of template and criteria, indexed as active.
+
+    ``created_by``: the key id that scheduled the run (the job's creator, for "who did it").
+    """
     now = iso(clock())
     open_job(storage, Job(
         id=job_id,
@@ -102,4 +112,6 @@ def create_job(storage: Storage, campaign: Campaign, job_id: str, clock: Clock) 
         status=JobStatus.QUEUED.value,
         created_at=now,
         progress_at=now,
+        dry_run=dry_run,
+        actors={"created_by": created_by} if created_by else {},
     ))

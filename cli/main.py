@@ -147,13 +147,62 @@ def _campaign_action(action: str, campaign_id: str, tenant: str | None) -> None:
 
 
 @campaigns_app.command("schedule")
-def schedule_campaign(campaign_id: str, tenant: TenantOption = None) -> None:
-    """Send now."""
+def schedule_campaign(
+    campaign_id: str,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Run the pipeline, deliver nothing.")] = False,
+    tenant: TenantOption = None,
+) -> None:
+    """Send now (or, with --dry-run, validate every message now and deliver none)."""
+    body = {"dry_run": True} if dry_run else {}
     try:
-        campaign = connect(tenant).post(f"/campaigns/{campaign_id}/schedule", json={})
+        campaign = connect(tenant).post(f"/campaigns/{campaign_id}/schedule", json=body)
     except ApiFailure as err:
         fail(err)
+    if dry_run:
+        console.print(f"dry run {campaign['dry_run_job_id']} of campaign {campaign['id']} scheduled "
+                      f"(mailroom jobs watch {campaign['dry_run_job_id']})")
+        return
     console.print(f"campaign {campaign['id']} {campaign['status']}")
+
+
+def estimate_lines(estimate: dict[str, Any]) -> list[str]:
+    """An audience estimate as a person reads it (the CLI and ``make demo`` print these lines)."""
+    how = "exactly" if estimate["exact"] else (
+        f"estimated from {estimate['scanned']:,} contacts scanned, "
+        f"between {estimate['bounds']['low']:,} and {estimate['bounds']['high']:,}")
+    by_reason = sorted(estimate["suppressed"].items())
+    suppressed = ", ".join(f"{n:,} {reason}" for reason, n in by_reason) or "none"
+    forecast = estimate["forecast"]
+    lines = [
+        f"matching contacts: {estimate['matching']:,} ({how})",
+        f"suppressed: {suppressed}",
+        f"invalid addresses: {estimate['invalid']:,}",
+        f"over max_roster: {estimate['over_limit']:,}"
+        + (" (a run would be refused)" if estimate["over_limit"] else ""),
+        f"would be sent: {estimate['recipients']:,}",
+        f"finish: {forecast['finish_at']} ({forecast['seconds']:,} s at {forecast['emails_per_second']:,}/s "
+        f"via {forecast['provider']}, bound: {forecast['bound']})",
+        f"sample contact ids: {', '.join(estimate['sample'][:5]) or '-'}",
+    ]
+    return lines
+
+
+@campaigns_app.command("estimate")
+def estimate_campaign(
+    campaign_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's answer as JSON.")] = False,
+    tenant: TenantOption = None,
+) -> None:
+    """Who the campaign would reach (matching, suppressed by reason, invalid) and when it would finish."""
+    try:
+        estimate = connect(tenant).post(f"/campaigns/{campaign_id}/estimate", json={})
+    except ApiFailure as err:
+        fail(err)
+    if as_json:
+        show(estimate)
+        return
+    for line in estimate_lines(estimate):
+        console.print(line)
 
 
 @campaigns_app.command("pause")
@@ -305,6 +354,28 @@ def update_tenant(
         show(connect().patch(f"/tenants/{tenant_id}", json=body))
     except ApiFailure as err:
         fail(err)
+
+
+@app.command("forecast")
+def forecast(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's answer as JSON.")] = False,
+) -> None:
+    """Emails scheduled per hour for the next 7 days, per provider (operator or support key)."""
+    try:
+        answer = connect().get("/forecast")
+    except ApiFailure as err:
+        fail(err)
+    if as_json:
+        show(answer)
+        return
+    table = Table("hour (UTC)", "emails", *sorted(answer["providers"]))
+    for hour in answer["hours"]:
+        if hour["emails"]:
+            table.add_row(hour["hour"], f"{hour['emails']:,}",
+                          *(f"{hour['providers'].get(p, 0):,}" for p in sorted(answer["providers"])))
+    console.print(table)
+    console.print(f"{answer['emails']:,} emails in {len(answer['runs'])} scheduled runs, "
+                  f"{answer['start']} to {answer['end']}")
 
 
 @tenants_app.command("list")

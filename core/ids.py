@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import datetime
 
@@ -15,14 +16,16 @@ def new_id() -> str:
     return str(ULID())
 
 
-def job_id_for(campaign_id: str, send_at: datetime) -> str:
+def job_id_for(campaign_id: str, send_at: datetime, dry_run: bool = False) -> str:
     """The job id of one run of a campaign, the same on every host.
 
     Deterministic so overlapping Campaign Manager runs (or two hosts) create the job
     once: the second insert meets the first. It is a valid ULID whose time part is the
-    run's ``send_at``.
+    run's ``send_at``. A dry run has its own id, so a real run at the same ``send_at`` never
+    meets the dry run's job (and its counts) instead of making its own.
     """
-    digest = hashlib.sha256(f"{campaign_id}|{send_at.isoformat()}".encode()).digest()
+    name = f"{campaign_id}|{send_at.isoformat()}" + ("|dry-run" if dry_run else "")
+    digest = hashlib.sha256(name.encode()).digest()
     return str(ULID.from_bytes(int(send_at.timestamp() * 1000).to_bytes(6, "big") + digest[:10]))
 
 
@@ -49,6 +52,18 @@ def contact_id_for(salt: str, normalized_email: str) -> str:
 def email_hash(normalized_email: str) -> str:
     """Suppressions are keyed by the sha256 of the normalized email (DESIGN §3)."""
     return hashlib.sha256(normalized_email.encode()).hexdigest()
+
+
+_SENDABLE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def is_sendable_address(email: str) -> bool:
+    """Whether the Task Manager hands this address to a provider at all (else ``skipped``).
+
+    Loose on purpose (the provider's own check is stricter and its 400 lands on the one
+    recipient); the audience estimate counts ``invalid`` with this same test.
+    """
+    return bool(_SENDABLE.match(email))
 
 
 def normalize_email(raw: str) -> str:

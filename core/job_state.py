@@ -20,6 +20,7 @@ then the job's final status) and its counts, so ``GET /campaigns/{id}`` moves wi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from core.clock import Clock, iso, utcnow
 from core.counts import counts_from_json, counts_json
 from core.errors import AlreadyExists, Conflict, NotFound, StateConflict
-from core.models import ActiveJob, Campaign, Job
+from core.models import ACTOR_COLUMNS, ESTIMATE_COLUMN, ActiveJob, Campaign, Job
 from core.status import CampaignStatus, JobStatus, zero_counts
 from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOBS, Entity, Storage
 
@@ -88,6 +89,26 @@ class IllegalTransition(StateConflict):
         self.kind, self.current, self.target = kind, current, target
 
 
+def actor_columns(current: str, target: str, actor: str) -> Entity:
+    """Who made a status move (key id, never the key): the ``*_by`` column the move names.
+
+    Paused → ``paused_by``, cancelled → ``cancelled_by``, paused back to running (any of the
+    running statuses) → ``resumed_by``, scheduled → ``scheduled_by``. Moves the system makes on
+    its own (no ``actor``), and moves no person makes, leave the columns as they are.
+    """
+    if not actor or current == target:
+        return {}
+    if target in (_J.PAUSED, _C.PAUSED):
+        return {"paused_by": actor}
+    if target in (_J.CANCELLED, _C.CANCELLED):
+        return {"cancelled_by": actor}
+    if target == _C.SCHEDULED:
+        return {"scheduled_by": actor}
+    if current in (_J.PAUSED, _C.PAUSED):
+        return {"resumed_by": actor}
+    return {}
+
+
 def check_job_move(current: str, target: str) -> None:
     """Raise ``IllegalTransition`` unless a job may go from ``current`` to ``target``."""
     if current != target and JobStatus(target) not in JOB_TRANSITIONS[JobStatus(current)]:
@@ -125,14 +146,16 @@ def open_job(storage: Storage, job: Job) -> Job:
     return job
 
 
-def write_job(storage: Storage, job: Job, changes: Entity) -> Job:
+def write_job(storage: Storage, job: Job, changes: Entity, actor: str = "") -> Job:
     """One ETag-guarded write of ``changes`` to ``job`` (as the caller read it).
 
     ``Conflict`` when the row moved since; ``IllegalTransition`` when ``changes`` carries a
-    status the job may not take. On success ``job`` holds the new values and ETag.
+    status the job may not take. On success ``job`` holds the new values and ETag. ``actor``:
+    the key id of the person behind a status move, recorded in its ``*_by`` column.
     """
     if "status" in changes:
         check_job_move(job.status, changes["status"])
+        changes = {**changes, **actor_columns(job.status, changes["status"], actor)}
     job.etag = storage.table(JOBS).update(Job.changes((job.tenant_id, job.id), **changes), etag=job.etag)
     _apply(job, changes)
     return job
@@ -140,7 +163,7 @@ def write_job(storage: Storage, job: Job, changes: Entity) -> Job:
 
 def change_job(
     storage: Storage, tenant_id: str, job_id: str, decide: Callable[[Job], Entity | None],
-    tries: int = _WRITE_TRIES,
+    tries: int = _WRITE_TRIES, actor: str = "",
 ) -> Job:
     """Read the job, ``decide`` the changes, write them under the ETag; on 412 read and decide again.
 
@@ -154,7 +177,7 @@ def change_job(
         if not changes:
             return job
         try:
-            return write_job(storage, job, changes)
+            return write_job(storage, job, changes, actor)
         except Conflict:
             continue
     raise StateConflict("the job kept changing while we tried to update it; try again")
@@ -218,20 +241,23 @@ def open_campaign(storage: Storage, campaign: Campaign) -> Campaign:
 
 
 def write_campaign(
-    storage: Storage, campaign: Campaign, changes: Entity | None = None, *, was: str = ""
+    storage: Storage, campaign: Campaign, changes: Entity | None = None, *, was: str = "", actor: str = ""
 ) -> Campaign:
     """One ETag-guarded write: ``changes``, or with none the whole record as the caller edited it.
 
     A whole-record write names the status the caller read (``was``); the ETag proves the row
     still holds it, and the move from it to ``campaign.status`` is checked like any other.
+    ``actor``: the key id behind a status move, recorded in its ``*_by`` column.
     """
     table = storage.table(CAMPAIGNS)
     if changes is None:
         check_campaign_move(was or campaign.status, campaign.status)
+        campaign.actors.update(actor_columns(was or campaign.status, campaign.status, actor))
         campaign.etag = table.update(campaign.to_entity(), etag=campaign.etag)
         return campaign
     if "status" in changes:
         check_campaign_move(campaign.status, changes["status"])
+        changes = {**changes, **actor_columns(campaign.status, changes["status"], actor)}
     campaign.etag = table.update(
         Campaign.changes((campaign.tenant_id, campaign.id), **changes), etag=campaign.etag
     )
@@ -241,7 +267,7 @@ def write_campaign(
 
 def change_campaign(
     storage: Storage, tenant_id: str, campaign_id: str, decide: Callable[[Campaign], Entity | None],
-    tries: int = _WRITE_TRIES,
+    tries: int = _WRITE_TRIES, actor: str = "",
 ) -> Campaign:
     """Read, decide, write under the ETag; on 412 read and decide again (like ``change_job``)."""
     for _ in range(tries):
@@ -250,18 +276,21 @@ def change_campaign(
         if not changes:
             return campaign
         try:
-            return write_campaign(storage, campaign, changes)
+            return write_campaign(storage, campaign, changes, actor=actor)
         except Conflict:
             continue
     raise StateConflict("the campaign kept changing while we tried to update it; try again")
 
 
-def campaign_follows_job(storage: Storage, job: Job, clock: Clock = utcnow) -> Campaign | None:
+def campaign_follows_job(
+    storage: Storage, job: Job, clock: Clock = utcnow, actor: str = ""
+) -> Campaign | None:
     """Give the job's campaign the job's status and counts, if this job is its current run.
 
     The status follows only while the campaign runs (running or paused); the counts follow
     whenever the job is the campaign's current run, so a closed campaign's counts keep up
     with provider events. Returns the campaign as written (``None``: not this job's to follow).
+    ``actor``: the key id whose pause, resume or cancel of the job the campaign follows.
     """
     if not job.campaign_id:
         return None
@@ -283,7 +312,7 @@ def campaign_follows_job(storage: Storage, job: Job, clock: Clock = utcnow) -> C
         return changes or None
 
     try:
-        return change_campaign(storage, job.tenant_id, job.campaign_id, decide)
+        return change_campaign(storage, job.tenant_id, job.campaign_id, decide, actor=actor)
     except NotFound:
         return None
     except StateConflict:
@@ -309,6 +338,11 @@ def begin_campaign_run(storage: Storage, campaign: Campaign, job_id: str, clock:
 
 def _apply(record: Any, changes: Mapping[str, Any]) -> None:
     for name, value in changes.items():
+        if name in ACTOR_COLUMNS and isinstance(getattr(record, "actors", None), dict):
+            record.actors[name] = value
+            continue
+        if name == ESTIMATE_COLUMN and isinstance(value, str):
+            value = json.loads(value) if value else {}
         if name.startswith("count_") and isinstance(getattr(record, "counts", None), dict):
             record.counts[name.removeprefix("count_")] = value
             continue

@@ -233,6 +233,17 @@ TENANT_COLUMNS = frozenset({
 })
 
 
+#: Who did it: the key id (never the key) behind each act on a campaign or a job, one column each.
+ACTOR_COLUMNS = ("created_by", "scheduled_by", "paused_by", "resumed_by", "cancelled_by")
+#: A campaign's last audience estimate (JSON), which the operator's volume forecast reads.
+ESTIMATE_COLUMN = "estimate"
+
+
+def actors_of(e: Entity) -> dict[str, str]:
+    """The ``*_by`` columns a row has (absent: nobody did that yet)."""
+    return {column: e[column] for column in ACTOR_COLUMNS if e.get(column)}
+
+
 @dataclass
 class Contact(Row):
     """A Contacts row (PartitionKey tenant, RowKey the contact id)."""
@@ -268,10 +279,14 @@ class Campaign(Keyed):
     updated_at: str = ""
     completed_at: str = ""
     template_ref: str = ""  # a template too large for its column: its blob (core.template_store)
+    actors: dict[str, str] = field(default_factory=dict)  # who did it: ``created_by`` → key id, …
+    estimate: dict[str, Any] = field(default_factory=dict)  # the last audience estimate (cached)
     etag: str = ""
 
     def to_entity(self) -> Entity:
         return {
+            **self.actors,
+            **({ESTIMATE_COLUMN: _json(self.estimate)} if self.estimate else {}),
             "PartitionKey": self.tenant_id,
             "RowKey": self.id,
             "name": self.name,
@@ -307,6 +322,8 @@ class Campaign(Keyed):
             updated_at=e.get("updated_at", ""),
             completed_at=e.get("completed_at", ""),
             template_ref=e.get("template_ref", "") or "",
+            actors=actors_of(e),
+            estimate=_loads(e.get(ESTIMATE_COLUMN), {}),
             etag=etag_of(e),
         )
 
@@ -338,6 +355,8 @@ class Job(Keyed):
     retry_of: str = ""  # a retry-failed job: the job whose failed recipients are its roster
     template_ref: str = ""  # a template too large for its column: its blob (core.template_store)
     test_of: str = ""  # a test send (``POST /campaigns/{id}/test``): the campaign it tests
+    dry_run: bool = False  # validated and accounted for like a real run, handed to nobody for delivery
+    actors: dict[str, str] = field(default_factory=dict)  # who did it: ``created_by`` → key id, …
     etag: str = ""
 
     def to_entity(self) -> Entity:
@@ -369,6 +388,9 @@ class Job(Keyed):
         entity.update(count_columns(self.counts))
         if self.test_of:
             entity["test_of"] = self.test_of
+        if self.dry_run:
+            entity["dry_run"] = True
+        entity.update(self.actors)
         return entity
 
     @classmethod
@@ -400,6 +422,8 @@ class Job(Keyed):
             retry_of=e.get("retry_of", "") or "",
             template_ref=e.get("template_ref", "") or "",
             test_of=e.get("test_of", "") or "",
+            dry_run=bool(e.get("dry_run", False)),
+            actors=actors_of(e),
             etag=etag_of(e),
         )
 
@@ -577,6 +601,10 @@ def schedule_key(send_at: str, tenant_id: str, campaign_id: str) -> str:
     return f"{send_at}|{tenant_id}|{campaign_id}"
 
 
+#: The Schedule RowKey suffix of a dry run (``{send_at}|{tenant}|{campaign}|dry-run``).
+DRY_RUN_SUFFIX = "|dry-run"
+
+
 def message_index_partition(message_id: str) -> str:
     """MessageIndex: 256 partitions spread the index; the id alone names the partition (a point read)."""
     return hashlib.sha256(message_id.encode()).hexdigest()[:2]
@@ -684,9 +712,12 @@ class ScheduleEntry(Row):
     campaign_id: str
     send_at: str
     traceparent: str = ""  # the run's trace continues from the call that scheduled it
+    dry_run: bool | None = None  # a dry run's own row (its RowKey ends ``|dry-run``)
+    scheduled_by: str | None = None  # the key id that scheduled a dry run
 
     def keys(self) -> RowKeys:
-        return SCHEDULE_PARTITION, schedule_key(self.send_at, self.tenant_id, self.campaign_id)
+        key = schedule_key(self.send_at, self.tenant_id, self.campaign_id)
+        return SCHEDULE_PARTITION, key + DRY_RUN_SUFFIX if self.dry_run else key
 
 
 @dataclass
@@ -729,6 +760,7 @@ class ContactHistory(Row):
     provider_message_id: str = ""
     updated_at: str = ""
     job_completed_at: str = ""
+    dry_run: bool | None = None  # what a dry run would have done, not a delivery
 
     key_fields = ("tenant_id", "contact_id", "job_id")
 
@@ -844,6 +876,7 @@ class SupportAuditEntry(Row):
     resource: str = ""
     resource_ids: str = "{}"  # JSON of the path's ids, keys sorted
     at: str = ""
+    reason: str | None = None  # a system action's why (the reputation brake)
 
     def keys(self) -> RowKeys:
         return self.tenant_id, self.id
@@ -863,3 +896,72 @@ class ApiKey(Row):
 
     def keys(self) -> RowKeys:
         return KEY_PARTITION, self.key_hash
+
+
+@dataclass
+class ReputationBucket(Row):
+    """A Reputation row: a tenant's delivered, hard-bounce and complaint events in one time bucket."""
+
+    tenant_id: str = partition_key_field()
+    bucket: str = row_key_field()  # ISO start of the bucket
+    delivered: int = 0
+    bounced: int = 0
+    complained: int = 0
+
+    def keys(self) -> RowKeys:
+        return self.tenant_id, self.bucket
+
+
+@dataclass
+class ReputationBrake(Row):
+    """The Reputation row ``brake`` of a tenant: its last trip (the window counts from there)."""
+
+    tenant_id: str = partition_key_field()
+    tripped_at: str = ""
+    reason: str = ""
+    sample: int = 0
+    bounced: int = 0
+    complained: int = 0
+    jobs_paused: str = ""  # comma-separated job ids
+    bucket: str = ""
+    base_delivered: int = 0  # the bucket's counters at the trip: only later events count
+    base_bounced: int = 0
+    base_complained: int = 0
+
+    ROW: ClassVar[str] = "brake"
+
+    def keys(self) -> RowKeys:
+        return self.tenant_id, self.ROW
+
+
+@dataclass
+class ComplianceTally(Row):
+    """A Compliance row: one job's unsubscribes and the longest event-to-suppression lag."""
+
+    tenant_id: str = partition_key_field()
+    job_id: str = row_key_field()
+    unsubscribes: int = 0
+    unsubscribe_max_lag_seconds: float = 0.0
+
+    def keys(self) -> RowKeys:
+        return self.tenant_id, self.job_id
+
+
+@dataclass
+class PacingRow(Row):
+    """A Pacing row: the send rate in force for one (tenant, sending domain, recipient group) scope."""
+
+    scope: str = partition_key_field()
+    rate: float | None = None  # 0: unpaced
+    ceiling: float | None = None
+    changed_at: float | None = None  # epoch seconds of the last change
+    deferrals: int | None = None
+
+    ROW: ClassVar[str] = "rate"
+
+    def keys(self) -> RowKeys:
+        return self.key(self.scope)
+
+    @classmethod
+    def key(cls, scope: str) -> RowKeys:
+        return scope, cls.ROW

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         ge=5,
         description="Work one invocation does before it re-enqueues a continuation.",
     )
+    estimate_exact_limit: int = Field(
+        50_000,
+        alias="ESTIMATE_EXACT_LIMIT",
+        ge=1,
+        description="Contacts an audience estimate scans before it extrapolates (exact: false, with bounds).",
+    )
     retry_budget_seconds: float = Field(
         30.0,
         alias="RETRY_BUDGET_SECONDS",

@@ -55,6 +55,17 @@ def remove_suppression(storage: Storage, tenant_id: str, email: str, clock: Cloc
     return True
 
 
+def active_suppression_reasons(storage: Storage, tenant_id: str) -> dict[str, str]:
+    """The tenant's active suppressions as ``{sha256 of the address: reason}`` (one query).
+
+    The audience estimate counts suppressed recipients by reason with the same key the Task
+    Manager checks (``email_hash`` of the normalized address).
+    """
+    rows = storage.table(SUPPRESSIONS).query("PartitionKey eq @t", {"t": tenant_id},
+                                             select=["RowKey", "active", "reason"])
+    return {row["RowKey"]: row.get("reason") or "manual" for row in rows if row.get("active", True)}
+
+
 @dataclass
 class _TenantSet:
     hashes: set[str] = field(default_factory=set)

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.main import estimate_lines
 from devhost.stack import Stack, stop_on_sigterm, wait_for
 
 CONTACTS = 5_000
@@ -122,6 +123,14 @@ def drive(stack: Stack) -> int:
 
     t_send = time.monotonic()
     campaign = check(api.post("/campaigns", json=CAMPAIGN, headers=auth))
+    estimate = check(api.post(f"/campaigns/{campaign['id']}/estimate", json={}, headers=auth))
+    console.print(f"Before pressing send (POST /campaigns/{campaign['id']}/estimate):")
+    for line in estimate_lines(estimate):
+        console.print(f"  {line}")
+    if estimate["matching"] != len(roster):
+        console.print(f"[red]✗ the estimate says {estimate['matching']} contacts, "
+                      f"the criteria select {len(roster)}[/]")
+        return 1
     check(api.post(f"/campaigns/{campaign['id']}/schedule", json={}, headers=auth))
     console.print(
         f"[green]✓[/] campaign {campaign['id']} scheduled now; criteria select {len(roster)} contacts"

@@ -8,7 +8,10 @@ ones), answers 202 with an ``X-Message-Id``, and records one entry per recipient
 Test-only endpoints live under ``/__sim``:
 
 - ``GET /__sim/messages`` (optional ``?to=``), ``DELETE /__sim/messages``
-- ``GET /__sim/stats``: how many send requests arrived and how many were accepted
+- ``GET /__sim/stats``: how many send requests arrived, how many were accepted, and how many
+  were validated in sandbox mode (``mail_settings.sandbox_mode.enable``: like SendGrid, the
+  request is validated and answered 200 with no message id; nothing is recorded or delivered
+  and no event webhook follows)
 - ``POST /__sim/reset``: forget messages, counters and faults
 - ``GET|POST|DELETE /__sim/faults``: fault injection, e.g. ``{"latency_ms": 500}``,
   ``{"fail_addresses": {"a@example.com": 400}}``, ``{"status": 503, "count": 2}``,
@@ -201,11 +204,30 @@ def validate_mail_send(body: Any) -> list[dict[str, Any]]:
         errors.append(_error(MSG_SUBJECT_REQUIRED, "subject", "message.subject"))
 
     errors += _check_content(body.get("content"), has_template)
+    errors += _check_mail_settings(body.get("mail_settings"))
     if "custom_args" in body:
         errors += _check_string_map(body["custom_args"], "custom_args", "custom_args")
     if "headers" in body:
         errors += _check_string_map(body["headers"], "headers", "headers")
     return errors
+
+
+def _check_mail_settings(settings: Any) -> list[dict[str, Any]]:
+    """``mail_settings``: an object; ``sandbox_mode.enable`` a boolean."""
+    if settings is None:
+        return []
+    sandbox = settings.get("sandbox_mode") if isinstance(settings, dict) else None
+    if not isinstance(settings, dict) or (sandbox is not None and not (
+            isinstance(sandbox, dict) and isinstance(sandbox.get("enable", False), bool))):
+        return [_error("The mail_settings.sandbox_mode.enable must be a boolean.",
+                       "mail_settings.sandbox_mode.enable", "message.mail_settings.sandbox_mode.enable")]
+    return []
+
+
+def in_sandbox_mode(body: dict[str, Any]) -> bool:
+    """SendGrid's sandbox mode: validate the request, deliver nothing."""
+    settings = body.get("mail_settings") or {}
+    return bool(((settings.get("sandbox_mode") or {}) if isinstance(settings, dict) else {}).get("enable"))
 
 
 def _check_content(content: Any, has_template: bool) -> list[dict[str, Any]]:
@@ -335,6 +357,7 @@ class SendGridSimulator:
         self._messages: list[dict[str, Any]] = []
         self._requests = 0
         self._accepted = 0
+        self._sandboxed = 0
         self._faults = Faults()
         self._request_log: list[dict[str, Any]] = []
         # Called with each accepted request's records (outside the lock); must not block or raise.
@@ -360,7 +383,7 @@ class SendGridSimulator:
         """Requests received on ``/v3/mail/send`` (any outcome) and how many were accepted."""
         with self._lock:
             return {"requests": self._requests, "accepted": self._accepted,
-                    "messages": len(self._messages)}
+                    "messages": len(self._messages), "sandboxed": self._sandboxed}
 
     def set_faults(self, faults: FaultsIn | dict[str, Any]) -> dict[str, Any]:
         """Merge ``faults`` into the active ones (same shape as the HTTP body); returns them."""
@@ -383,7 +406,7 @@ class SendGridSimulator:
         """Forget messages, counters and faults: a fresh simulator without a restart."""
         with self._lock:
             self._messages.clear()
-            self._requests = self._accepted = 0
+            self._requests = self._accepted = self._sandboxed = 0
             self._faults = Faults()
             self._request_log.clear()
 
@@ -502,6 +525,11 @@ class SendGridSimulator:
             if failing is not None:
                 fail_status, fail_field = failing
                 return _errors_response(fail_status, _fault_errors(fail_status, fail_field))
+            if in_sandbox_mode(body):
+                with self._lock:
+                    self._sandboxed += 1
+                self._log_answer(arrived, 200)
+                return Response(status_code=200)  # valid; nothing recorded, delivered or posted back
             message_id = secrets.token_urlsafe(16)  # 22 characters, like SendGrid's ids
             self._record(body, message_id)
             if connection_fault == "hang":

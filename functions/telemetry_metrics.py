@@ -15,6 +15,8 @@ def record_status_metrics(storage: Storage, report: StatusReport) -> None:
         return
     telemetry.observe_queue_depths(lambda: [(name, storage.queue(name).depth()) for name in ALL_QUEUES])
     for job in report.closed_jobs:
+        if job.dry_run:
+            continue  # nothing was delivered: emails and time-to-send count real runs only
         duration = None
         if job.created_at and job.completed_at:
             duration = (parse_iso(job.completed_at) - parse_iso(job.created_at)).total_seconds()

@@ -44,22 +44,22 @@ RUNNING_JOB_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.EXPANDING, JobStat
 # -- jobs ------------------------------------------------------------------------------------------
 
 
-def pause_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock = utcnow) -> Job:
-    """Pause a queued, expanding or sending job; ``StateConflict`` otherwise."""
+def pause_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock = utcnow, actor: str = "") -> Job:
+    """Pause a queued, expanding or sending job; ``StateConflict`` otherwise. ``actor``: who (key id)."""
 
     def decide(job: Job) -> Entity:
         if job.status not in RUNNING_JOB_STATUSES:
             raise StateConflict(f"a {job.status} job cannot be paused")
         return {"status": JobStatus.PAUSED.value}
 
-    job = change_job(storage, tenant_id, job_id, decide)
-    campaign_follows_job(storage, job, clock)
+    job = change_job(storage, tenant_id, job_id, decide, actor=actor)
+    campaign_follows_job(storage, job, clock, actor)
     log.info("job paused job=%s", job.id)
     return job
 
 
 def resume_job(
-    storage: Storage, settings: Settings, tenant_id: str, job_id: str, clock: Clock = utcnow
+    storage: Storage, settings: Settings, tenant_id: str, job_id: str, clock: Clock = utcnow, actor: str = ""
 ) -> Job:
     """Continue a paused job where it stopped; ``StateConflict`` if it is not paused."""
 
@@ -73,16 +73,16 @@ def resume_job(
             changes.update(lease_owner="", lease_until=later(clock, settings.lease_seconds))
         return changes
 
-    job = change_job(storage, tenant_id, job_id, decide)
+    job = change_job(storage, tenant_id, job_id, decide, actor=actor)
     if not job.expanded:
         storage.queue(JOB_QUEUE).send(JobTicket(tenant_id=job.tenant_id, job_id=job.id).to_text())
     requeued = requeue_unfinished_tasks(storage, job, settings.task_window, clock)
-    campaign_follows_job(storage, job, clock)
+    campaign_follows_job(storage, job, clock, actor)
     log.info("job resumed job=%s tasks_requeued=%d", job.id, requeued)
     return job
 
 
-def cancel_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock = utcnow) -> Job:
+def cancel_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock = utcnow, actor: str = "") -> Job:
     """Cancel a job that has not ended; the Status Manager accounts for the rest."""
 
     def decide(job: Job) -> Entity:
@@ -90,8 +90,8 @@ def cancel_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock = utc
             raise StateConflict(f"a {job.status} job cannot be cancelled")
         return {"status": JobStatus.CANCELLED.value, "failure_reason": "cancelled"}
 
-    job = change_job(storage, tenant_id, job_id, decide)
-    campaign_follows_job(storage, job, clock)
+    job = change_job(storage, tenant_id, job_id, decide, actor=actor)
+    campaign_follows_job(storage, job, clock, actor)
     log.info("job cancelled job=%s", job.id)
     return job
 
@@ -141,46 +141,53 @@ def current_job(storage: Storage, campaign: Campaign) -> Job | None:
         return None
 
 
-def pause_campaign(storage: Storage, tenant_id: str, campaign_id: str, clock: Clock = utcnow) -> Campaign:
+def pause_campaign(
+    storage: Storage, tenant_id: str, campaign_id: str, clock: Clock = utcnow, actor: str = ""
+) -> Campaign:
     """Pause the campaign's running job."""
     campaign = load_campaign(storage, tenant_id, campaign_id)
     job = current_job(storage, campaign)
     if job is None or campaign.status != CampaignStatus.RUNNING:
         raise StateConflict(f"a {campaign.status} campaign has no running job to pause")
-    pause_job(storage, tenant_id, job.id, clock)
+    pause_job(storage, tenant_id, job.id, clock, actor)
     return load_campaign(storage, tenant_id, campaign_id)
 
 
 def resume_campaign(
-    storage: Storage, settings: Settings, tenant_id: str, campaign_id: str, clock: Clock = utcnow
+    storage: Storage, settings: Settings, tenant_id: str, campaign_id: str, clock: Clock = utcnow,
+    actor: str = "",
 ) -> Campaign:
     """Resume the campaign's paused job (paused by a person or by the provider)."""
     campaign = load_campaign(storage, tenant_id, campaign_id)
     job = current_job(storage, campaign)
     if job is None or campaign.status not in (CampaignStatus.RUNNING, CampaignStatus.PAUSED):
         raise StateConflict(f"a {campaign.status} campaign has no paused job to resume")
-    resume_job(storage, settings, tenant_id, job.id, clock)
+    resume_job(storage, settings, tenant_id, job.id, clock, actor)
     return load_campaign(storage, tenant_id, campaign_id)
 
 
-def cancel_campaign(storage: Storage, tenant_id: str, campaign_id: str, clock: Clock = utcnow) -> Campaign:
+def cancel_campaign(
+    storage: Storage, tenant_id: str, campaign_id: str, clock: Clock = utcnow, actor: str = ""
+) -> Campaign:
     """Cancel the running job, or a campaign that is scheduled but not started yet."""
     campaign = load_campaign(storage, tenant_id, campaign_id)
     if campaign.status == CampaignStatus.SCHEDULED:
-        return cancel_scheduled_campaign(storage, campaign, clock)
+        return cancel_scheduled_campaign(storage, campaign, clock, actor)
     job = current_job(storage, campaign)
     if job is None or campaign.status not in (CampaignStatus.RUNNING, CampaignStatus.PAUSED):
         raise StateConflict(f"a {campaign.status} campaign cannot be cancelled")
-    cancel_job(storage, tenant_id, job.id, clock)
+    cancel_job(storage, tenant_id, job.id, clock, actor)
     return load_campaign(storage, tenant_id, campaign_id)
 
 
-def cancel_scheduled_campaign(storage: Storage, campaign: Campaign, clock: Clock) -> Campaign:
+def cancel_scheduled_campaign(
+    storage: Storage, campaign: Campaign, clock: Clock, actor: str = ""
+) -> Campaign:
     """Unschedule a campaign whose run has not started: campaign first, then its index row."""
     old_key = campaign.schedule_key
     try:
         write_campaign(storage, campaign, {"status": CampaignStatus.CANCELLED.value, "schedule_key": "",
-                                           "updated_at": iso(clock())})
+                                           "updated_at": iso(clock())}, actor=actor)
     except Conflict as err:
         raise StateConflict("the campaign changed (it may have just started); try again") from err
     if old_key:

@@ -36,11 +36,13 @@ def retry_job_id(job: Job) -> str:
     return job_id_for(f"{job.id}|retry-failed", parse_iso(job.completed_at))
 
 
-def start_retry_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock = utcnow) -> Job:
+def start_retry_job(
+    storage: Storage, tenant_id: str, job_id: str, clock: Clock = utcnow, actor: str = ""
+) -> Job:
     """Create (or find) the job that retries ``job_id``'s failed recipients and queue it.
 
     ``NotFound`` for an unknown job; ``StateConflict`` while the job still runs or when
-    nothing in it failed.
+    nothing in it failed. A dry run's retry is a dry run too; ``actor`` (key id) created it.
     """
     old = Job.from_entity(storage.table(JOBS).get(tenant_id, job_id))
     if not JobStatus(old.status).is_final or not old.completed_at:
@@ -53,6 +55,7 @@ def start_retry_job(storage: Storage, tenant_id: str, job_id: str, clock: Clock 
         campaign_name=old.campaign_name, template=old.template, template_ref=old.template_ref,
         criteria=old.criteria,
         status=JobStatus.QUEUED.value, created_at=now, progress_at=now, retry_of=old.id,
+        dry_run=old.dry_run, actors={"created_by": actor} if actor else {},
     )
     job = open_job(storage, job)
     if JobStatus(job.status).is_final:

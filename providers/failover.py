@@ -27,7 +27,7 @@ from core.errors import (
     TransientSendError,
 )
 from providers.base import EmailProvider, OutboundEmail, SendResult
-from providers.health import HealthBoard, Permit
+from providers.health import BreakerState, HealthBoard, Permit
 from providers.rate_limits import RateLimiter
 
 
@@ -71,6 +71,27 @@ class FailoverSender:
                 waits.append(self.health.reopens_in(name) if self.health else 1.0)
                 continue
             return self._send_one(name, permit, email)
+        raise ProviderHeld(
+            "every provider is unhealthy or asked to wait", provider=names[0] if names else "",
+            code="held", retry_after=max(0.05, min(waits, default=1.0)),
+        )
+
+    def would_route(self, order: Sequence[str] | None) -> str:
+        """The provider ``send_via`` would pick now, decided without writing anything.
+
+        For dry runs: health and holds are read as this host last saw them, no probe is
+        claimed and no rate-limit token taken. ``ProviderHeld`` when every provider waits.
+        """
+        names = [n for n in (order or self.order) if n in self.providers] or self.order
+        waits: list[float] = []
+        for name in names:
+            held = self._held_for(name)
+            if held <= 0 and self.health is not None and self.health.state(name) != BreakerState.CLOSED:
+                held = self.health.reopens_in(name)  # past the cool-down a real send would probe it
+            if held > 0:
+                waits.append(held)
+                continue
+            return name
         raise ProviderHeld(
             "every provider is unhealthy or asked to wait", provider=names[0] if names else "",
             code="held", retry_after=max(0.05, min(waits, default=1.0)),

@@ -37,9 +37,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from core.errors import AlreadyExists, Conflict, DomainDeferred, StorageError, Throttled, TransientSendError
+from core.errors import Conflict, DomainDeferred, StorageError, Throttled, TransientSendError
+from core.models import PacingRow
 from core.settings import Settings
-from core.storage import PACING, Entity, Storage, etag_of
+from core.storage import PACING, Entity, Storage
 from providers.base import EmailProvider, OutboundEmail, SendResult
 from providers.rate_limits import RateLimiter, parse_rates
 
@@ -141,21 +142,22 @@ def speed_up(storage: Storage, config: PacingConfig, scope: str, now: float) -> 
 
 def _change_row(storage: Storage, scope: str, change: Callable[[Entity], Entity | None]) -> float:
     table = storage.table(PACING)
-    for _ in range(_WRITE_TRIES):
-        row = table.find(scope, ROW)
+    decided: list[Entity] = []
+
+    def write(row: Entity | None) -> Entity | None:
+        decided.clear()
         changes = change(row or {})
         if changes is None:
-            return float((row or {}).get("rate", 0) or 0)
-        entity = {"PartitionKey": scope, "RowKey": ROW, **changes}
-        try:
-            if row is None:
-                table.insert(entity)
-            else:
-                table.update(entity, etag=etag_of(row))
-            return float(changes["rate"])
-        except (Conflict, AlreadyExists):
-            continue
-    return float((table.find(scope, ROW) or {}).get("rate", 0) or 0)
+            decided.append(row or {})
+            return None
+        return PacingRow.changes(PacingRow.key(scope), **changes)
+
+    try:
+        written = table.modify(scope, ROW, write, tries=_WRITE_TRIES)
+    except Conflict:
+        written = table.find(scope, ROW)  # busy: the rate someone else just wrote is in force
+    in_force = written if written is not None else (decided[0] if decided else {})
+    return float((in_force or {}).get("rate", 0) or 0)
 
 
 # -- one host's view -----------------------------------------------------------------------------

@@ -107,10 +107,24 @@ class SendGridProvider:
 
     def send(self, email: OutboundEmail) -> SendResult:
         """POST one message; return SendGrid's ``X-Message-Id`` or raise a ``SendError``."""
+        return self._post(email, build_payload(email))
+
+    def validate(self, email: OutboundEmail) -> SendResult:
+        """Have SendGrid validate the message without delivering it (``mail_settings.sandbox_mode``).
+
+        SendGrid answers 200 with no message id and sends nothing; a request it would refuse
+        gets the same 400 (and the same error mapping) as a real send, so a dry run shows the
+        provider's own per-recipient rejections.
+        """
+        payload = build_payload(email)
+        payload["mail_settings"] = {"sandbox_mode": {"enable": True}}
+        return self._post(email, payload)
+
+    def _post(self, email: OutboundEmail, payload: dict[str, Any]) -> SendResult:
         if not self._api_key:
             raise ProviderUnavailable("no SendGrid API key configured", provider=NAME, code="no_key")
         try:
-            body = json.dumps(build_payload(email)).encode()
+            body = json.dumps(payload).encode()
             request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
             response = Response(self.transport.open(request, timeout=self._timeout))
         except HTTPError as err:

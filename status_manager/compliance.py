@@ -22,11 +22,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.clock import Clock, parse_iso, utcnow
-from core.errors import AlreadyExists, Conflict
-from core.models import Job
+from core.errors import Conflict
+from core.models import ComplianceTally, Job
 from core.provider_events import ProviderEvent, suppression_reason
 from core.status import DeliveryStatus
-from core.storage import COMPLIANCE, Storage, etag_of
+from core.storage import COMPLIANCE, Entity, Storage
 
 log = logging.getLogger("mailroom.compliance")
 
@@ -69,27 +69,14 @@ def record_unsubscribe_lags(storage: Storage, events: Iterable[ProviderEvent], c
 
 
 def add_unsubscribes(storage: Storage, tenant_id: str, job_id: str, lags: list[float]) -> None:
-    table = storage.table(COMPLIANCE)
-    for _ in range(_WRITE_TRIES):
-        row = table.find(tenant_id, job_id)
-        if row is None:
-            try:
-                table.insert({"PartitionKey": tenant_id, "RowKey": job_id, "unsubscribes": len(lags),
-                              "unsubscribe_max_lag_seconds": max(lags)})
-                return
-            except AlreadyExists:
-                continue
-        update = {
-            "PartitionKey": tenant_id, "RowKey": job_id,
-            "unsubscribes": int(row.get("unsubscribes", 0) or 0) + len(lags),
-            "unsubscribe_max_lag_seconds": max(float(row.get("unsubscribe_max_lag_seconds", 0) or 0), *lags),
-        }
-        try:
-            table.update(update, etag=etag_of(row))
-            return
-        except Conflict:
-            continue
-    raise Conflict(f"compliance row of job {job_id} kept changing")
+
+    def add(row: Entity | None) -> Entity:
+        tally = ComplianceTally.from_entity(row) if row else ComplianceTally(tenant_id, job_id)
+        tally.unsubscribes += len(lags)
+        tally.unsubscribe_max_lag_seconds = max(float(tally.unsubscribe_max_lag_seconds), *lags)
+        return tally.to_entity()
+
+    storage.table(COMPLIANCE).modify(tenant_id, job_id, add, tries=_WRITE_TRIES)
 
 
 def compliance_report(storage: Storage, job: Job) -> ComplianceReport:

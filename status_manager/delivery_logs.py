@@ -100,6 +100,7 @@ class _Pass:
             campaign_name=job.campaign_name, status=status, reason=row.get("reason", ""),
             provider=row.get("provider", ""), provider_message_id=row.get("provider_message_id", ""),
             updated_at=row.get("updated_at", ""), job_completed_at=job.completed_at,
+            dry_run=True if job.dry_run else None,  # what would have happened, not a delivery
         ).to_entity())
         message_id = row.get("provider_message_id", "")
         if message_id:
@@ -152,7 +153,7 @@ def write_delivery_log(
         "job_id": job.id, "tenant_id": job.tenant_id, "campaign_id": job.campaign_id,
         "campaign_name": job.campaign_name, "status": job.status, "roster_size": job.roster_size,
         "started_at": job.started_at, "completed_at": job.completed_at, "recipients": report.rows,
-        "counts": report.counts, "written_at": iso(clock()),
+        "counts": report.counts, "written_at": iso(clock()), "dry_run": job.dry_run,
     }
     blobs.put(summary_blob_name(tenant_id, job_id), json.dumps(summary, indent=2).encode(),
               "application/json")

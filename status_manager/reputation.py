@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from core.clock import Clock, iso, parse_iso, utcnow
-from core.errors import AlreadyExists, Conflict, NotFound
+from core.errors import Conflict, NotFound
 from core.ids import new_id
 from core.job_state import pause_job_for
-from core.models import ACTIVE_PARTITION
+from core.models import ACTIVE_PARTITION, ReputationBrake, ReputationBucket, SupportAuditEntry
 from core.provider_events import ProviderEvent
 from core.settings import Settings
 from core.status import JobStatus
-from core.storage import ACTIVE_JOBS, REPUTATION, SUPPORT_AUDIT, Entity, Storage, etag_of
+from core.storage import ACTIVE_JOBS, REPUTATION, SUPPORT_AUDIT, Entity, Storage
 
 log = logging.getLogger("mailroom.reputation")
 
@@ -136,25 +136,14 @@ def bucket_key(moment: datetime, settings: Settings) -> str:
 
 def add_to_bucket(storage: Storage, tenant_id: str, key: str, tally: Tally) -> None:
     """Counters of one bucket += the tally (ETag-guarded; a lost race reads and adds again)."""
-    table = storage.table(REPUTATION)
-    for _ in range(_WRITE_TRIES):
-        row = table.find(tenant_id, key)
-        if row is None:
-            try:
-                table.insert({"PartitionKey": tenant_id, "RowKey": key, "delivered": tally.delivered,
-                              "bounced": tally.bounced, "complained": tally.complained})
-                return
-            except AlreadyExists:
-                continue
-        update: Entity = {"PartitionKey": tenant_id, "RowKey": key}
+
+    def add(row: Entity | None) -> Entity:
+        bucket = ReputationBucket.from_entity(row) if row else ReputationBucket(tenant_id, key)
         for name in _COUNTERS:
-            update[name] = int(row.get(name, 0) or 0) + getattr(tally, name)
-        try:
-            table.update(update, etag=etag_of(row))
-            return
-        except Conflict:
-            continue
-    raise Conflict(f"reputation bucket of tenant {tenant_id} kept changing")
+            setattr(bucket, name, getattr(bucket, name) + getattr(tally, name))
+        return bucket.to_entity()
+
+    storage.table(REPUTATION).modify(tenant_id, key, add, tries=_WRITE_TRIES)
 
 
 def standing_of(
@@ -185,11 +174,6 @@ def standing_of(
     return Standing(sample=sample, bounced=totals["bounced"], complained=totals["complained"]), since
 
 
-def bucket_counters(storage: Storage, tenant_id: str, key: str) -> Entity:
-    row = storage.table(REPUTATION).find(tenant_id, key) or {}
-    return {f"base_{name}": int(row.get(name, 0) or 0) for name in _COUNTERS}
-
-
 def trip_brake(
     storage: Storage, settings: Settings, tenant_id: str, standing: Standing, why: str, since: datetime,
     clock: Clock = utcnow,
@@ -206,11 +190,14 @@ def trip_brake(
         return []  # nothing running: the next job's first events trip it (the window stays as it is)
     moment = clock()
     now, bucket = iso(moment), bucket_key(moment, settings)
-    storage.table(REPUTATION).upsert({
-        "PartitionKey": tenant_id, "RowKey": BRAKE_ROW, "tripped_at": now, "reason": why,
-        "sample": standing.sample, "bounced": standing.bounced, "complained": standing.complained,
-        "jobs_paused": ",".join(paused), "bucket": bucket, **bucket_counters(storage, tenant_id, bucket),
-    })
+    base = ReputationBucket.from_entity(
+        storage.table(REPUTATION).find(tenant_id, bucket) or ReputationBucket(tenant_id, bucket).to_entity()
+    )
+    storage.table(REPUTATION).upsert(ReputationBrake(
+        tenant_id, tripped_at=now, reason=why, sample=standing.sample, bounced=standing.bounced,
+        complained=standing.complained, jobs_paused=",".join(paused), bucket=bucket,
+        base_delivered=base.delivered, base_bounced=base.bounced, base_complained=base.complained,
+    ).to_entity())
     storage.table(SUPPORT_AUDIT).insert(brake_audit_entity(tenant_id, paused, why, now))
     log.warning("reputation brake tripped tenant=%s sample=%d bounced=%d complained=%d jobs_paused=%d",
                 tenant_id, standing.sample, standing.bounced, standing.complained, len(paused))
@@ -228,11 +215,10 @@ def running_jobs(storage: Storage, tenant_id: str) -> list[str]:
 
 def brake_audit_entity(tenant_id: str, job_ids: list[str], why: str, at: str) -> Entity:
     """The audit row of a trip, in the ``SupportAudit`` shape (``api/audit.py``), by the system."""
-    return {
-        "PartitionKey": tenant_id, "RowKey": new_id(), "key_id": "system:reputation-brake",
-        "tenant_id": tenant_id, "method": "PAUSE", "resource": "reputation_brake",
-        "resource_ids": json.dumps({"jobs": job_ids}, separators=(",", ":")), "reason": why, "at": at,
-    }
+    return SupportAuditEntry(
+        tenant_id, new_id(), key_id="system:reputation-brake", method="PAUSE", resource="reputation_brake",
+        resource_ids=json.dumps({"jobs": job_ids}, separators=(",", ":")), at=at, reason=why,
+    ).to_entity()
 
 
 def brake_state(storage: Storage, tenant_id: str) -> Entity | None:

@@ -26,6 +26,7 @@ from core.errors import (
 from core.retry import Attempts, RetryPolicy, call_with_retries
 from core.status import DeliveryStatus
 from providers.base import EmailProvider, OutboundEmail, SendResult
+from providers.dry_run import DryRunSender
 from providers.rate_limits import RateLimiter
 from task_manager.send_pool import FairSendPool
 
@@ -68,11 +69,23 @@ class Dispatcher:
         policy: RetryPolicy,
         concurrency: int = 8,
         limiter: RateLimiter | None = None,
+        pool: FairSendPool | None = None,
     ) -> None:
         self.provider = provider
         self.policy = policy
         self.limiter = limiter
-        self._pool = FairSendPool(concurrency, name="send")
+        self._pool = pool or FairSendPool(concurrency, name="send")
+        self._dry_run: Dispatcher | None = None
+        self._dry_run_lock = threading.Lock()
+
+    def dry_run(self) -> Dispatcher:
+        """This dispatcher for dry-run jobs: the same provider routing, retry policy and sending
+        threads (tenants still take turns), but each message is validated instead of delivered
+        (``providers/dry_run.py``) and no tenant rate-limit token is spent."""
+        with self._dry_run_lock:
+            if self._dry_run is None:
+                self._dry_run = Dispatcher(DryRunSender(self.provider), self.policy, pool=self._pool)
+            return self._dry_run
 
     def send_all(
         self, emails: list[OutboundEmail], route: Route | None = None, prior: Sequence[int] | None = None

@@ -33,7 +33,6 @@ bounds it across re-queues, after which it is ``failed`` with the last reason.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -45,7 +44,7 @@ from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.counts import count_delivery_rows, mark_for_recount, tally
 from core.erasures import ERASED_REASON, erased_contacts_of_job
 from core.errors import Conflict, NotFound, RenderError
-from core.ids import task_id
+from core.ids import is_sendable_address, task_id
 from core.job_state import pause_job_for
 from core.messages import TaskTicket
 from core.models import Job, Recipient, Task, Tenant, delivery_entity, unpack_recipients
@@ -66,7 +65,6 @@ log = logging.getLogger("mailroom.task_manager")
 # Recipients per ``in_flight`` write: two table batches of outcomes. Larger chunks cost fewer
 # task writes per email; a crash mid-chunk leaves at most this many recipients ``unknown``.
 CHUNK = 200
-_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class TaskOutcome(StrEnum):
@@ -138,6 +136,8 @@ def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: Suppressio
 
     template = jobs.template(storage, job)
     route = route_for(job, settings, jobs.tenant(storage, job.tenant_id))
+    if job.dry_run:  # validated by the provider a real run would use, delivered by none
+        dispatcher = dispatcher.dry_run()
     prior = prior_attempts(run)
     pending = task.leftover + list(range(task.cursor, task.size))
     suppressed = suppressions.suppressed(job.tenant_id, [run.recipients[i].email for i in pending])
@@ -392,7 +392,7 @@ def send_chunk(
         if recipient.email in suppressed:
             outcomes.append(Outcome(DeliveryStatus.SUPPRESSED, "address is on the suppression list"))
             continue
-        if not _ADDRESS.match(recipient.email):
+        if not is_sendable_address(recipient.email):
             outcomes.append(Outcome(DeliveryStatus.SKIPPED, "invalid address"))
             continue
         try:

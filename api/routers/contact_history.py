@@ -27,7 +27,7 @@ def history_public(entity: Entity) -> ContactDeliveryPublic:
         job_id=entity.get("job_id", ""), campaign_id=entity.get("campaign_id", ""),
         campaign_name=entity.get("campaign_name", ""), status=entity.get("status", ""),
         reason=entity.get("reason", ""), provider_message_id=entity.get("provider_message_id", ""),
-        updated_at=entity.get("updated_at") or None,
+        updated_at=entity.get("updated_at") or None, dry_run=bool(entity.get("dry_run", False)),
     )
 
 
@@ -49,7 +49,7 @@ def running_deliveries(storage: Storage, tenant_id: str, contact_id: str) -> lis
             job_id=job.id, campaign_id=job.campaign_id, campaign_name=job.campaign_name,
             status=row.get("status", ""), reason=row.get("reason", ""),
             provider_message_id=row.get("provider_message_id", ""), updated_at=row.get("updated_at") or None,
-            job_open=True,
+            job_open=True, dry_run=job.dry_run,
         ))
     return found
 

@@ -36,10 +36,13 @@ def _own_job(storage: Storage, tenant_id: str, job_id: str) -> None:
 
 
 @router.post("/campaigns/{campaign_id}/pause", response_model=CampaignPublic, tags=["campaigns"])
-def pause_campaign(campaign_id: str, tenant: TenantDep, storage: StorageDep) -> CampaignPublic:
+def pause_campaign(
+    campaign_id: str, tenant: TenantDep, storage: StorageDep, principal: PrincipalDep
+) -> CampaignPublic:
     """Pause the running job at its next chunk boundary; nothing queued is lost."""
     load_campaign(storage, tenant.id, campaign_id)
-    return _campaign_view(storage, control.pause_campaign(storage, tenant.id, campaign_id))
+    return _campaign_view(storage, control.pause_campaign(storage, tenant.id, campaign_id,
+                                                          actor=principal.key_id))
 
 
 @router.post("/campaigns/{campaign_id}/resume", response_model=CampaignPublic, tags=["campaigns"])
@@ -50,20 +53,24 @@ def resume_campaign(
     campaign = load_campaign(storage, tenant.id, campaign_id)
     if campaign.current_job_id:
         _resumable_by(principal, storage.table(JOBS).find(tenant.id, campaign.current_job_id))
-    return _campaign_view(storage, control.resume_campaign(storage, settings, tenant.id, campaign_id))
+    return _campaign_view(storage, control.resume_campaign(storage, settings, tenant.id, campaign_id,
+                                                           actor=principal.key_id))
 
 
 @router.post("/campaigns/{campaign_id}/cancel", response_model=CampaignPublic, tags=["campaigns"])
-def cancel_campaign(campaign_id: str, tenant: TenantDep, storage: StorageDep) -> CampaignPublic:
+def cancel_campaign(
+    campaign_id: str, tenant: TenantDep, storage: StorageDep, principal: PrincipalDep
+) -> CampaignPublic:
     """End the running job (or a scheduled run); never-attempted recipients end ``cancelled``."""
     load_campaign(storage, tenant.id, campaign_id)
-    return _campaign_view(storage, control.cancel_campaign(storage, tenant.id, campaign_id))
+    return _campaign_view(storage, control.cancel_campaign(storage, tenant.id, campaign_id,
+                                                           actor=principal.key_id))
 
 
 @router.post("/jobs/{job_id}/pause", response_model=JobPublic, tags=["jobs"])
-def pause_job(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPublic:
+def pause_job(job_id: str, tenant: TenantDep, storage: StorageDep, principal: PrincipalDep) -> JobPublic:
     _own_job(storage, tenant.id, job_id)
-    return job_public(_fresh(storage, control.pause_job(storage, tenant.id, job_id)))
+    return job_public(_fresh(storage, control.pause_job(storage, tenant.id, job_id, actor=principal.key_id)))
 
 
 @router.post("/jobs/{job_id}/resume", response_model=JobPublic, tags=["jobs"])
@@ -73,20 +80,21 @@ def resume_job(
     """Continue the paused job where it stopped (one the reputation brake paused: the operator only)."""
     _own_job(storage, tenant.id, job_id)
     _resumable_by(principal, storage.table(JOBS).find(tenant.id, job_id))
-    return job_public(_fresh(storage, control.resume_job(storage, settings, tenant.id, job_id)))
+    return job_public(_fresh(storage, control.resume_job(storage, settings, tenant.id, job_id,
+                                                         actor=principal.key_id)))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, tags=["jobs"])
-def cancel_job(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPublic:
+def cancel_job(job_id: str, tenant: TenantDep, storage: StorageDep, principal: PrincipalDep) -> JobPublic:
     _own_job(storage, tenant.id, job_id)
-    return job_public(_fresh(storage, control.cancel_job(storage, tenant.id, job_id)))
+    return job_public(_fresh(storage, control.cancel_job(storage, tenant.id, job_id, actor=principal.key_id)))
 
 
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=JobPublic, tags=["jobs"])
-def retry_failed(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPublic:
+def retry_failed(job_id: str, tenant: TenantDep, storage: StorageDep, principal: PrincipalDep) -> JobPublic:
     """A new job for the recipients that ended ``failed``; asking again returns the same job."""
     _own_job(storage, tenant.id, job_id)
-    return job_public(start_retry_job(storage, tenant.id, job_id))
+    return job_public(start_retry_job(storage, tenant.id, job_id, actor=principal.key_id))
 
 
 def _resumable_by(principal: Principal, job_row: Entity | None) -> None:

@@ -57,7 +57,9 @@ def job_public(job: Job, now: datetime | None = None) -> JobPublic:
         tasks_total=job.tasks_total, tasks_done=job.tasks_done, created_at=job.created_at or None,
         time_to_send_seconds=time_to_send_seconds(job.started_at, job.completed_at) if job.completed_at
         and job.status == JobStatus.COMPLETED.value else None,
-        retry_of=job.retry_of or None,
+        retry_of=job.retry_of or None, dry_run=job.dry_run, created_by=job.actors.get("created_by"),
+        paused_by=job.actors.get("paused_by"), resumed_by=job.actors.get("resumed_by"),
+        cancelled_by=job.actors.get("cancelled_by"),
     )
 
 
@@ -135,13 +137,15 @@ def delivery_query(job_id: str, status: str | None, email: str | None) -> tuple[
     return query, params
 
 
-def delivery_public(entity: Entity, events: list[DeliveryEvent] | None = None) -> DeliveryPublic:
+def delivery_public(
+    entity: Entity, events: list[DeliveryEvent] | None = None, dry_run: bool = False
+) -> DeliveryPublic:
     return DeliveryPublic(
         contact_id=entity["RowKey"], email=entity.get("email", ""), status=entity.get("status", ""),
         reason=entity.get("reason", ""), provider=entity.get("provider", ""),
         provider_message_id=entity.get("provider_message_id", ""),
         attempts=int(entity.get("attempts", 0) or 0), events=events or [],
-        updated_at=entity.get("updated_at") or None,
+        updated_at=entity.get("updated_at") or None, dry_run=dry_run,
     )
 
 
@@ -152,7 +156,7 @@ def with_timelines(storage: Storage, job: Job, rows: list[Entity]) -> list[Deliv
     out = []
     for row in rows:
         steps = timeline(row, provider_events.get((row["PartitionKey"], row["RowKey"]), []), queued_at)
-        out.append(delivery_public(row, [DeliveryEvent(**step.as_dict()) for step in steps]))
+        out.append(delivery_public(row, [DeliveryEvent(**step.as_dict()) for step in steps], job.dry_run))
     return out
 
 

@@ -134,3 +134,19 @@ def test_campaigns_test_sends_to_the_given_addresses(url, tmp_path):
     email_id = queued.split()[2]
     shown = MailroomApi(httpx.Client(base_url=api_base(url), timeout=30), key).get(f"/emails/{email_id}")
     assert (shown["kind"], shown["campaign_id"]) == ("test", campaign_id)
+
+
+def test_campaigns_estimate_prints_the_audience_and_the_forecast_before_anything_is_sent(url, tmp_path):
+    _, key = new_tenant(url)
+    mailroom(url, key, "contacts", "import", str(write_contacts(tmp_path / "contacts.csv", 12)))
+    (tmp_path / "campaign.json").write_text(json.dumps({
+        "name": "Estimated", "criteria": {"all": [{"field": "attributes.year", "op": "eq", "value": 2001}]},
+        "template": {"subject": "Hi", "text": "Hello", "from_email": "a@example.org"},
+    }))
+    campaign_id = mailroom(url, key, "campaigns", "create", str(tmp_path / "campaign.json")).split()[1]
+
+    printed = mailroom(url, key, "campaigns", "estimate", campaign_id)
+
+    assert "matching contacts: 4 (exactly)" in printed and "would be sent: 4" in printed
+    assert "bound: nominal" in printed
+    assert "0 emails in 0 scheduled runs" in mailroom(url, ADMIN_KEY, "forecast")  # a draft is no volume

@@ -137,7 +137,7 @@ def test_503_fault_is_transient_then_clears(
     assert caught.value.code == "503"
 
     assert provider.send(email()).message_id
-    assert sim[0].stats() == {"requests": 2, "accepted": 1, "messages": 1}
+    assert sim[0].stats() == {"requests": 2, "accepted": 1, "messages": 1, "sandboxed": 0}
 
 
 def test_429_carries_retry_after(
