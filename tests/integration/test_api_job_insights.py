@@ -8,7 +8,13 @@ import pytest
 
 from core.suppressions import add_suppression
 from tests.integration.conftest import bearer
-from tests.integration.delivery_helpers import apply_events, drain_events_queue, events_of, people, run_campaign
+from tests.integration.delivery_helpers import (
+    apply_events,
+    drain_events_queue,
+    events_of,
+    people,
+    run_campaign,
+)
 from tests.pipeline import add_contacts, make_tenant, sendgrid_host
 from tests.sim_fixtures import running_sendgrid_simulator
 
@@ -30,8 +36,8 @@ def finished(storage, settings, client, admin) -> Iterator[tuple[object, object,
         job = run_campaign(storage, sendgrid_host(storage, settings, url, task_size=3, task_window=2), tenant)
         apply_events(storage, settings, events_of(records))
         drain_events_queue(storage, settings)
-    key = client.post(f"/api/v1/tenants/{tenant.id}/keys", json={"role": "tenant"}, headers=admin).json()["key"]
-    yield tenant, job, rows, bearer(key)
+    made = client.post(f"/api/v1/tenants/{tenant.id}/keys", json={"role": "tenant"}, headers=admin)
+    yield tenant, job, rows, bearer(made.json()["key"])
 
 
 def test_the_timeline_accounts_for_every_recipient_in_minute_buckets(client, finished):
@@ -55,7 +61,9 @@ def test_failures_are_grouped_by_status_and_reason_largest_first(client, finishe
     assert failed["count"] == 1 and failed["reason"]
 
 
-def test_compliance_shows_the_jobs_bounces_complaints_and_its_campaigns_unsubscribes(storage, client, finished):
+def test_compliance_shows_the_jobs_bounces_complaints_and_its_campaigns_unsubscribes(
+    storage, client, finished
+):
     tenant, job, rows, auth = finished
     add_suppression(storage, tenant.id, rows[0]["email"], reason="unsubscribed", source="one_click",
                     campaign_id=job.campaign_id)
