@@ -31,7 +31,7 @@ from core.storage import ACTIVE_JOBS, ALL_QUEUES, JOBS, POISON_SUFFIX, SUPPORT_A
 from providers.factory import breaker_config, provider_order
 from providers.health import read_breakers
 
-router = APIRouter(prefix="/operator", tags=["operator views"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/operator", tags=["operator"], responses=ERROR_RESPONSES)
 
 # Statuses of recipients the provider accepted: what "sent per minute" counts.
 HANDED_OVER = frozenset({DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED,
