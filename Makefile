@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: setup demo serve test test-fast lint bench clean browser
+.PHONY: setup demo serve test test-fast lint bench clean browser screenshots
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
@@ -32,6 +32,9 @@ test: setup browser  ## Unit, function, integration and end-to-end tests (starts
 browser:  ## Debian's chromium for the console's browser test (Playwright's own download is not used)
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "chromium could not be installed: the console's browser test will be skipped"
+
+screenshots: setup browser  ## Regenerate docs/screenshots/*.png (campaign, job and operator pages) from the console's browser tests
+	MAILROOM_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/e2e/test_console.py -k "chart_and_status_bars or replays_a_poison"
 
 test-fast: setup  ## Everything but the end-to-end runs
 	$(PY) -m pytest -q -m "not e2e"

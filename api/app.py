@@ -19,6 +19,8 @@ from api.rate_limit import KeyRateLimiter
 from api.routers import campaigns, contacts, control, forecast, health, jobs, suppressions, tenants
 from api.routers import contact_history as contact_history_routes
 from api.routers import emails as email_routes
+from api.routers import job_insights as job_insight_routes
+from api.routers import operator as operator_routes
 from api.routers import unsubscribe as unsubscribe_routes
 from api.routers import webhooks as webhook_routes
 from api.tracing import TracingMiddleware
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     for module in (webhook_routes, unsubscribe_routes, contact_history_routes):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(email_routes.router, prefix=API_PREFIX)
+    for module in (job_insight_routes, operator_routes):  # the console's charts and operator views
+        app.include_router(module.router, prefix=API_PREFIX)
     return app
 
 

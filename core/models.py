@@ -839,6 +839,8 @@ class ProviderHealthRow(Row):
     probe_owner: str = ""
     probe_until: str = ""
     probe_until_epoch: float = 0.0
+    last_probe_at: str | None = None  # when the last half-open probe ended, and how (ok/failed)
+    last_probe: str | None = None
     updated_at: str = ""
 
     key_fields = ("provider",)

@@ -523,6 +523,22 @@ class Queue:
         except AzureError as err:
             raise _translate(err) from err
 
+    def peek_messages(self, max_messages: int = 32) -> list[Any]:
+        """Peek up to 32 visible messages with their id, ``inserted_on`` and ``dequeue_count``."""
+        try:
+            return list(self._client.peek_messages(max_messages=min(max_messages, 32)))
+        except AzureError as err:
+            raise _translate(err) from err
+
+    def release(self, message: Any) -> None:
+        """Make a received message visible again now (its receiver gives it back untouched)."""
+        try:
+            self._client.update_message(message, visibility_timeout=0)
+        except ResourceNotFoundError:
+            return
+        except AzureError as err:
+            raise _translate(err) from err
+
     def clear(self) -> None:
         try:
             self._client.clear_messages()

@@ -3,7 +3,8 @@
 One row per provider in ``ProviderHealth`` (PartitionKey the provider, RowKey ``health``)
 holds what a person reads in the portal: ``state`` (``closed`` / ``open`` / ``half-open``),
 ``until`` (when an open breaker may be probed), the window as per-bucket counts
-(``window``: ``{bucket start: [ok, failed]}``), the probe's owner and deadline.
+(``window``: ``{bucket start: [ok, failed]}``), the probe's owner and deadline, and the
+last probe's time and result (``last_probe_at``, ``last_probe``: ``ok`` / ``failed``).
 
 Why it holds across hosts without a write per email: each host counts outcomes locally
 and merges them into the row every ``sync_seconds`` with an ETag-guarded update (a lost
@@ -76,6 +77,8 @@ class _View:
     probe_owner: str = ""
     probe_until: float = 0.0
     window: dict[str, list[int]] = field(default_factory=dict)
+    last_probe_at: str = ""
+    last_probe: str = ""
     etag: str = ""
     exists: bool = False
     read_at: float = float("-inf")
@@ -207,7 +210,7 @@ class HealthBoard:
             state, until = BreakerState.OPEN.value, now + self.config.cooldown_seconds
             log.warning("provider breaker opened provider=%s failed=%d total=%d",
                         provider, failed_total, total)
-        entity = self._entity(provider, state, until, window, view.probe_owner, view.probe_until)
+        entity = self._entity(provider, state, until, window, view.probe_owner, view.probe_until, view)
         self._write(view, entity)
         view.state, view.until, view.window = state, until, window
 
@@ -226,7 +229,7 @@ class HealthBoard:
                     return False
                 until = now + self.config.probe_timeout_seconds
                 entity = self._entity(
-                    provider, BreakerState.HALF_OPEN, view.until, view.window, self.owner, until
+                    provider, BreakerState.HALF_OPEN, view.until, view.window, self.owner, until, view
                 )
                 self._write(view, entity)
             except (Conflict, StorageError):
@@ -245,11 +248,12 @@ class HealthBoard:
                         view.unsynced.clear()
                 if view.state != BreakerState.HALF_OPEN or view.probe_owner != self.owner:
                     return  # our probe timed out and another host owns the decision now
+                probed = (iso(utcnow()), "ok" if ok else "failed")
                 if ok:
-                    entity = self._entity(provider, BreakerState.CLOSED, 0.0, {}, "", 0.0)
+                    entity = self._entity(provider, BreakerState.CLOSED, 0.0, {}, "", 0.0, view, probed)
                 else:
                     entity = self._entity(provider, BreakerState.OPEN, now + self.config.cooldown_seconds,
-                                          view.window, "", 0.0)
+                                          view.window, "", 0.0, view, probed)
                 self._write(view, entity)
             except Conflict:
                 continue
@@ -261,6 +265,7 @@ class HealthBoard:
                 view.state, view.until = entity["state"], entity["until_epoch"]
                 view.window = {} if ok else view.window
                 view.probe_owner, view.probe_until = "", 0.0
+                view.last_probe_at, view.last_probe = probed
             log.info("provider probe decided provider=%s ok=%s", provider, ok)
             return
 
@@ -273,6 +278,7 @@ class HealthBoard:
             view.exists, view.etag, view.read_at = False, "", self.clock()
             view.state, view.until, view.window = BreakerState.CLOSED.value, 0.0, {}
             view.probe_owner, view.probe_until = "", 0.0
+            view.last_probe_at, view.last_probe = "", ""
             if vanished:
                 log.info("provider health row reset provider=%s; unsynced counts dropped", provider)
             return vanished
@@ -282,6 +288,7 @@ class HealthBoard:
         view.window = json.loads(entity.get("window") or "{}")
         view.probe_owner = entity.get("probe_owner", "")
         view.probe_until = float(entity.get("probe_until_epoch", 0.0) or 0.0)
+        view.last_probe_at, view.last_probe = entity.get("last_probe_at", ""), entity.get("last_probe", "")
         return False
 
     def _write(self, view: _View, entity: Entity) -> None:
@@ -297,19 +304,23 @@ class HealthBoard:
 
     def _entity(
         self, provider: str, state: str, until: float, window: dict[str, list[int]], probe_owner: str,
-        probe_until: float,
+        probe_until: float, view: _View, probed: tuple[str, str] | None = None,
     ) -> Entity:
-        """The row as people read it: ISO times next to the epoch seconds the code compares."""
+        """The row as people read it: ISO times next to the epoch seconds the code compares.
+
+        Rows are replaced whole, so the last probe's time and result are carried over from
+        ``view`` unless this write records a new probe (``probed``).
+        """
+        last_probe_at, last_probe = probed or (view.last_probe_at, view.last_probe)
         return ProviderHealthRow(
             provider, state=str(state), until=_iso_epoch(until), until_epoch=float(until),
             window=json.dumps(window, separators=(",", ":"), sort_keys=True), probe_owner=probe_owner,
             probe_until=_iso_epoch(probe_until), probe_until_epoch=float(probe_until),
-            updated_at=iso(utcnow()),
+            last_probe_at=last_probe_at, last_probe=last_probe, updated_at=iso(utcnow()),
         ).to_entity()
 
     def _bucket(self, moment: float) -> str:
-        step = self.config.window_seconds / self.config.buckets
-        return f"{int(moment // step * step):012d}"
+        return _bucket_of(self.config, moment)
 
     def _view(self, provider: str) -> _View:
         with self._lock:
@@ -319,7 +330,53 @@ class HealthBoard:
             return view
 
 
+def _bucket_of(config: BreakerConfig, moment: float) -> str:
+    """The window bucket ``moment`` falls in: its start, zero-padded so keys sort by time."""
+    step = config.window_seconds / config.buckets
+    return f"{int(moment // step * step):012d}"
+
+
 def _iso_epoch(value: float) -> str:
     if not value:
         return ""
     return iso(datetime.fromtimestamp(value, UTC))
+
+
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    """One provider's breaker as the operator sees it (``GET /operator/providers``)."""
+
+    provider: str
+    state: str
+    until: str
+    window_ok: int
+    window_failed: int
+    probe_owner: str
+    probe_until: str
+    last_probe_at: str
+    last_probe: str
+    updated_at: str
+
+
+def read_breakers(
+    storage: Storage, config: BreakerConfig, providers: list[str], now: float
+) -> list[BreakerSnapshot]:
+    """Every provider's breaker: ``providers`` (the deployment's, closed when they have no row
+    yet) plus any other provider with a row. Counts are those inside the window at ``now``."""
+    oldest = _bucket_of(config, now - config.window_seconds)
+    _, row_key = ProviderHealthRow.key("")  # every provider's row has the same RowKey
+    found = storage.table(PROVIDER_HEALTH).query("RowKey eq @r", {"r": row_key})
+    rows = {row["PartitionKey"]: row for row in found}
+    snapshots = []
+    for name in [*providers, *sorted(set(rows) - set(providers))]:
+        row = rows.get(name, {})
+        window = json.loads(row.get("window") or "{}")
+        recent = [counts for bucket, counts in window.items() if bucket >= oldest]
+        snapshots.append(BreakerSnapshot(
+            provider=name, state=row.get("state", BreakerState.CLOSED.value), until=row.get("until", ""),
+            window_ok=sum(c[0] for c in recent), window_failed=sum(c[1] for c in recent),
+            probe_owner=row.get("probe_owner", ""), probe_until=row.get("probe_until", ""),
+            last_probe_at=row.get("last_probe_at", ""), last_probe=row.get("last_probe", ""),
+            updated_at=row.get("updated_at", ""),
+        ))
+    return snapshots

@@ -1,9 +1,12 @@
 """The support console: one static page at ``/api/console`` that reads the REST API with the user's key.
 
-No frontend build: plain HTML, CSS and JavaScript in ``index.html``. The page is read-only (it
-only sends GETs), so what a key sees there is exactly what the API lets it read: a support key
-reads its tenant (an operator-wide one, any tenant), a tenant key its own tenant, another
-tenant's ids answer 404. The key lives in the tab's ``sessionStorage``, never in a URL.
+No frontend build: plain HTML, CSS and JavaScript in ``index.html`` (its charts are SVG drawn
+by that script; nothing is loaded from elsewhere, so it works offline). It reads with GETs, so
+what a key sees there is exactly what the API lets it read: a support key reads its tenant (an
+operator-wide one, any tenant and the operator views), a tenant key its own tenant, another
+tenant's ids answer 404. Its one write is a dead letter's replay or discard, which the API
+allows the admin key alone and audits. The key lives in the tab's ``sessionStorage``, never in
+a URL.
 
 The Functions host forwards only its ``api`` route prefix to the app, so the console's address
 is ``/api/console``; ``/console`` redirects there where the app is served directly (devhost).
