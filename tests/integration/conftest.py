@@ -14,6 +14,7 @@ from api.app import create_app
 from core.settings import Settings
 from core.storage import Storage
 from tests.conftest import ADMIN_KEY
+from tests.sim_fixtures import running_sendgrid_simulator
 
 
 @dataclass(frozen=True)
@@ -94,3 +95,15 @@ def campaign_body(template: dict[str, str]) -> Callable[..., dict[str, Any]]:
 
 def random_email(tag: str = "") -> str:
     return f"{tag or 'p'}-{secrets.token_hex(5)}@example.com"
+
+
+@pytest.fixture
+def simulator() -> Iterator[tuple[object, str, list[dict]]]:
+    """The SendGrid simulator with every event it posts recorded: ``(sim, url, records)``.
+
+    A test module that wants the plain simulator overrides this fixture with its own.
+    """
+    with running_sendgrid_simulator() as (sim, url):
+        records: list[dict] = []
+        sim.listeners.append(records.extend)
+        yield sim, url, records

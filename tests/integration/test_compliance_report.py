@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -11,17 +10,9 @@ from tests.conftest import ADMIN_KEY
 from tests.integration.conftest import bearer
 from tests.integration.delivery_helpers import apply_events, events_of, people, run_campaign
 from tests.pipeline import InProcessHost, add_contacts, make_tenant, sendgrid_host
-from tests.sim_fixtures import running_sendgrid_simulator
 
 V1 = "/api/v1"
 
-
-@pytest.fixture
-def simulator() -> Iterator[tuple[object, str, list[dict]]]:
-    with running_sendgrid_simulator() as (sim, url):
-        records: list[dict] = []
-        sim.listeners.append(records.extend)
-        yield sim, url, records
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from urllib.parse import urlparse
 
@@ -29,17 +28,9 @@ from tests.integration.delivery_helpers import (
     run_campaign,
 )
 from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign, sendgrid_host
-from tests.sim_fixtures import running_sendgrid_simulator
 
 MIXED = ("ok1", "ok2", "bounce-a", "complain-b", "slow-c")
 
-
-@pytest.fixture
-def simulator() -> Iterator[tuple[object, str, list[dict]]]:
-    with running_sendgrid_simulator() as (sim, url):
-        records: list[dict] = []
-        sim.listeners.append(records.extend)
-        yield sim, url, records
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -26,17 +25,9 @@ from tests.integration.delivery_helpers import (
     statuses_by_email,
 )
 from tests.pipeline import InProcessHost, add_contacts, make_tenant, schedule_campaign, sendgrid_host
-from tests.sim_fixtures import running_sendgrid_simulator
 
 MIXED = ("ok1", "ok2", "ok3", "bounce-a", "complain-b", "slow-c", "blocked-d", "ok4")
 
-
-@pytest.fixture
-def simulator() -> Iterator[tuple[object, str, list[dict]]]:
-    with running_sendgrid_simulator() as (sim, url):
-        records: list[dict] = []
-        sim.listeners.append(records.extend)
-        yield sim, url, records
 
 
 @pytest.fixture

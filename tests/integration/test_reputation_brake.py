@@ -7,7 +7,6 @@ processor, on Azurite; the operator resumes through the API.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,7 +18,6 @@ from tests.conftest import ADMIN_KEY
 from tests.integration.conftest import bearer
 from tests.integration.delivery_helpers import apply_events, events_of, people, run_campaign
 from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign, sendgrid_host
-from tests.sim_fixtures import running_sendgrid_simulator
 
 V1 = "/api/v1"
 
@@ -32,13 +30,6 @@ def settings(azurite: object) -> Settings:
         REPUTATION_MIN_SAMPLE=10,
     )
 
-
-@pytest.fixture
-def simulator() -> Iterator[tuple[object, str, list[dict]]]:
-    with running_sendgrid_simulator() as (sim, url):
-        records: list[dict] = []
-        sim.listeners.append(records.extend)
-        yield sim, url, records
 
 
 @pytest.fixture
