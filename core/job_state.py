@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from core.clock import Clock, iso, utcnow
 from core.counts import counts_from_json, counts_json
@@ -33,6 +33,7 @@ from core.status import CampaignStatus, JobStatus, zero_counts
 from core.storage import ACTIVE_JOBS, CAMPAIGNS, JOBS, Entity, Storage
 
 log = logging.getLogger("mailroom.job_state")
+R = TypeVar("R", Job, Campaign)
 
 _J, _C = JobStatus, CampaignStatus
 
@@ -171,16 +172,10 @@ def change_job(
     ``StateConflict`` to refuse. Raises ``NotFound`` for a missing job and ``StateConflict``
     when the row kept changing ``tries`` times.
     """
-    for _ in range(tries):
-        job = load_job(storage, tenant_id, job_id)
-        changes = decide(job)
-        if not changes:
-            return job
-        try:
-            return write_job(storage, job, changes, actor)
-        except Conflict:
-            continue
-    raise StateConflict("the job kept changing while we tried to update it; try again")
+    return _read_decide_write(
+        "job", lambda: load_job(storage, tenant_id, job_id), decide,
+        lambda job, changes: write_job(storage, job, changes, actor), tries,
+    )
 
 
 def fail_job(
@@ -270,16 +265,10 @@ def change_campaign(
     tries: int = _WRITE_TRIES, actor: str = "",
 ) -> Campaign:
     """Read, decide, write under the ETag; on 412 read and decide again (like ``change_job``)."""
-    for _ in range(tries):
-        campaign = load_campaign(storage, tenant_id, campaign_id)
-        changes = decide(campaign)
-        if not changes:
-            return campaign
-        try:
-            return write_campaign(storage, campaign, changes, actor=actor)
-        except Conflict:
-            continue
-    raise StateConflict("the campaign kept changing while we tried to update it; try again")
+    return _read_decide_write(
+        "campaign", lambda: load_campaign(storage, tenant_id, campaign_id), decide,
+        lambda campaign, changes: write_campaign(storage, campaign, changes, actor=actor), tries,
+    )
 
 
 def campaign_follows_job(
@@ -334,6 +323,23 @@ def begin_campaign_run(storage: Storage, campaign: Campaign, job_id: str, clock:
     except Conflict:
         return False
     return True
+
+
+def _read_decide_write(
+    kind: str, load: Callable[[], R], decide: Callable[[R], Entity | None],
+    write: Callable[[R, Entity], R], tries: int,
+) -> R:
+    """The one loop behind ``change_job`` and ``change_campaign``: decide on the row as it is now."""
+    for _ in range(tries):
+        record = load()
+        changes = decide(record)
+        if not changes:
+            return record
+        try:
+            return write(record, changes)
+        except Conflict:
+            continue
+    raise StateConflict(f"the {kind} kept changing while we tried to update it; try again")
 
 
 def _apply(record: Any, changes: Mapping[str, Any]) -> None:
