@@ -2,8 +2,13 @@
 
 A bad row never sinks the import: it is reported as ``{index, field, message}`` and the
 rest still land. Contact ids are a keyed hash of the normalized email
-(``ids.contact_id_for``), so an upsert needs no index lookup; the only extra read is one
-RowKey-filtered query per ``_IDS_PER_QUERY`` contacts, to tell ``created`` from ``updated``.
+(``ids.contact_id_for``), so an upsert needs no index lookup. ``created`` and ``updated`` are
+told apart without any query: each batch of ≤100 is first inserted as new contacts (one
+request; it lands whole or not at all), and only a batch the service refuses because one of
+its contacts exists is looked up by point reads (in parallel) and merged. Point reads cost
+the same at any table size, on Azure and on Azurite; the RowKey-OR queries used before were
+partition scans on Azure and whole-table filters on Azurite, so an import into a tenant of
+60k contacts ran at 260 contacts/s instead of 3,600 (README "Performance").
 """
 
 from __future__ import annotations
@@ -13,17 +18,17 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from api.errors import ApiError, invalid, too_large
 from core.clock import iso, utcnow
-from core.errors import FieldProblem
+from core.errors import AlreadyExists, FieldProblem
 from core.ids import contact_id_for, normalize_email
 from core.models import Contact, Tenant
-from core.storage import CONTACTS, Entity, Storage
+from core.storage import CONTACTS, Entity, Storage, Table
 from core.templates import is_email
 
 MAX_NAME_CHARS = 200
@@ -34,8 +39,7 @@ MAX_STRING_VALUE_CHARS = 2_000
 MAX_LIST_VALUE_ITEMS = 100
 # One string property holds 64 KiB (32K UTF-16 units); leave room for the envelope.
 MAX_ATTRIBUTES_JSON_CHARS = 30_000
-# Azure Tables allows at most 15 comparisons in a filter: PartitionKey plus 14 RowKeys.
-_IDS_PER_QUERY = 14
+# Point reads of one refused batch (≤100 contacts) run this many at a time.
 _LOOKUP_THREADS = 8
 
 _ATTRIBUTE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -309,15 +313,36 @@ def import_contacts(storage: Storage, tenant: Tenant, raw_rows: list[Any]) -> Im
         contact_id = contact_id_for(tenant.contact_salt, row.email)
         latest.pop(contact_id, None)  # re-insert so the dict keeps the winning row's order
         latest[contact_id] = row
-    existing = existing_ids(storage, tenant.id, list(latest))
     now = iso(utcnow())
-    entities = [
-        contact_entity(tenant.id, contact_id, row, now, is_new=contact_id not in existing)
-        for contact_id, row in latest.items()
-    ]
-    storage.table(CONTACTS).batch_upsert(entities)
-    created = sum(1 for contact_id in latest if contact_id not in existing)
+    table = storage.table(CONTACTS)
+    as_new = (contact_entity(tenant.id, cid, row, now, is_new=True) for cid, row in latest.items())
+    created = 0
+    for batch in table.legal_batches(as_new):
+        created += upsert_batch(table, tenant.id, batch, latest, now)
     return ImportOutcome(created=created, updated=len(latest) - created, rejected=rejected)
+
+
+def upsert_batch(
+    table: Table, tenant_id: str, batch: list[Entity], rows: Mapping[str, ContactRow], now: str
+) -> int:
+    """Write one batch of contacts; returns how many of them were new.
+
+    A batch of new contacts is one insert request. When the service refuses it (one of them
+    exists; a batch is atomic, so nothing of it landed) the batch's ids are point-read and the
+    batch is merged: new contacts get defaults, existing ones keep the fields a row left out.
+    """
+    try:
+        table.batch_insert(batch)
+        return len(batch)
+    except AlreadyExists:
+        pass
+    ids = [entity["RowKey"] for entity in batch]
+    existing = existing_ids(table, tenant_id, ids)
+    table.batch_upsert(
+        contact_entity(tenant_id, contact_id, rows[contact_id], now, is_new=contact_id not in existing)
+        for contact_id in ids
+    )
+    return len(ids) - len(existing)
 
 
 def contact_entity(tenant_id: str, contact_id: str, row: ContactRow, now: str, is_new: bool) -> Entity:
@@ -334,27 +359,10 @@ def contact_entity(tenant_id: str, contact_id: str, row: ContactRow, now: str, i
     return Contact.changes((tenant_id, contact_id), email=row.email, **given)
 
 
-def existing_ids(storage: Storage, tenant_id: str, contact_ids: list[str]) -> set[str]:
-    """Which of ``contact_ids`` already exist, with a few RowKey-filtered queries in parallel."""
-    chunks = [contact_ids[i:i + _IDS_PER_QUERY] for i in range(0, len(contact_ids), _IDS_PER_QUERY)]
-    if not chunks:
-        return set()
-    if len(chunks) == 1:
-        return set(_existing_in(storage, tenant_id, chunks[0]))
+def existing_ids(table: Table, tenant_id: str, contact_ids: list[str]) -> set[str]:
+    """Which of ``contact_ids`` already exist: one point read each, a few at a time."""
+    def exists(contact_id: str) -> bool:
+        return table.find(tenant_id, contact_id, select=["RowKey"]) is not None
+
     with ThreadPoolExecutor(max_workers=_LOOKUP_THREADS) as pool:
-        found: set[str] = set()
-        for ids in pool.map(lambda chunk: list(_existing_in(storage, tenant_id, chunk)), chunks):
-            found.update(ids)
-        return found
-
-
-def _existing_in(storage: Storage, tenant_id: str, ids: list[str]) -> Iterator[str]:
-    params: dict[str, str] = {"t": tenant_id}
-    clauses = []
-    for i, contact_id in enumerate(ids):
-        params[f"r{i}"] = contact_id
-        clauses.append(f"RowKey eq @r{i}")
-    # The SDK substitutes only space-separated "@name" words: keep spaces inside the parentheses.
-    query = f"PartitionKey eq @t and ( {' or '.join(clauses)} )"
-    for entity in storage.table(CONTACTS).query(query, params, select=["RowKey"]):
-        yield entity["RowKey"]
+        return {cid for cid, found in zip(contact_ids, pool.map(exists, contact_ids), strict=True) if found}

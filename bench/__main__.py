@@ -8,7 +8,9 @@ shared and noisy. Phases (each on a fresh stack, so one cannot slow the next):
 2. Mailroom end to end at each ``--recipients`` size (1 host); the largest also measures fairness;
 3. the seed design (``bench.baseline``) at ``--baseline-recipients``;
 4. scale-out: 1, 2 and 3 hosts at ``--scale-recipients``;
-5. with ``--expansion-recipients N``: roster expansion only (``--expansion-on-disk``: Azurite on disk).
+5. with ``--expansion-recipients N``: roster expansion only (``--expansion-on-disk``: Azurite on disk);
+6. with ``--million-recipients N`` (e.g. 1000000): N contacts imported through the API, one campaign to
+   all of them, import and expansion rates per ``--million-slice`` (``bench.million``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from bench.ceiling import measure_ceiling
 from bench.cost import PRICES_AS_OF, usd_per_million_emails
 from bench.endtoend import run_mailroom
 from bench.expansion import run_expansion
+from bench.million import run_million
 from bench.report import render_table
 from bench.stack import BENCH_SETTINGS, BenchStack
 from core.settings import PROJECT_ROOT
@@ -62,6 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="Azurite keeps its data on disk for the expansion run (slow: it re-saves everything often)",
     )
+    parser.add_argument(
+        "--million-recipients",
+        type=int,
+        default=0,
+        help="also import this many contacts through the API and send one campaign to all (bench.million)",
+    )
+    parser.add_argument("--million-slice", type=int, default=100_000, help="rates are reported per slice")
     parser.add_argument("--no-fairness", action="store_true")
     parser.add_argument("--no-providers-latency", action="store_true", help="skip bench.providers_latency")
     parser.add_argument("--ceiling-entities", type=int, default=5000)
@@ -157,6 +167,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _log(f"roster expansion only, {args.expansion_recipients} recipients")
         _save(results, args.out)
         results["expansion"] = run_expansion(args.expansion_recipients, on_disk=args.expansion_on_disk)
+    if args.million_recipients:
+        _log(f"through the API, {args.million_recipients} recipients")
+        _save(results, args.out)
+        results["million"] = run_million(args.million_recipients, args.million_slice)
+        _save(results, args.out)
     if not args.no_providers_latency and (PROJECT_ROOT / "bench" / "providers_latency.py").exists():
         _log("provider latency (bench.providers_latency)")
         results["providers_latency"] = run_providers_latency()

@@ -84,6 +84,17 @@ def render_table(results: dict[str, Any]) -> str:
             f"{_f(expansion['cpu_us_per_recipient'])} µs CPU/recipient, "
             f"peak RSS {_f(expansion['peak_rss_mb'])} MB"
         )
+    million = results.get("million")
+    if million:
+        m = million
+        lines.append(
+            f"Through the API, {_f(m['recipients'])} recipients: import/s per {_f(m['slice_size'])} "
+            f"{m['import_contacts_per_second_by_slice']}, expansion/s per slice "
+            f"{m['expansion_recipients_per_second_by_slice']}, {_f(m['emails_per_second'])} emails/s, "
+            f"{m['storage_requests_per_email']:.4f} req/email, {_f(m['cpu_us_per_email'])} µs CPU/email, "
+            f"peak RSS {m['peak_rss_mb_per_host']} MB, counts add up: {m['counts_add_up']}, "
+            f"sent twice: {m['sent_twice']}"
+        )
     spy = (results.get("mailroom") or [{}])[-1].get("profile")
     if spy:
         lines += ["", "Where host 0's CPU went in the largest run (py-spy, share of busy samples):"]

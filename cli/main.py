@@ -10,14 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cli.api import ApiFailure, MailroomApi
@@ -37,6 +40,8 @@ app.add_typer(keys_app, name="keys")
 
 console = Console()
 IMPORT_BATCH_ROWS = 1000
+MAX_REJECTIONS_SHOWN = 50
+CSV_HEADERS = {"Content-Type": "text/csv"}
 TenantOption = Annotated[str | None, typer.Option("--tenant", help="Tenant to act on (operator-wide keys).")]
 
 
@@ -59,21 +64,38 @@ def show(value: Any) -> None:
 # -- contacts ----------------------------------------------------------------------------------
 
 
-def csv_batches(path: Path, rows_per_batch: int) -> Iterator[tuple[str, int]]:
-    """The file as CSV bodies of ``rows_per_batch`` data rows, each with the header row."""
+@dataclass
+class CsvPart:
+    """Some data rows of the file as one CSV body (with the header row), and where they came from."""
+
+    body: str
+    lines: list[int]  # the file line each data row starts on (the header is line 1)
+
+    @property
+    def last_line(self) -> int:
+        return self.lines[-1]
+
+
+def csv_parts(path: Path, rows_per_part: int, after_line: int = 0) -> Iterator[CsvPart]:
+    """The file's data rows that start after ``after_line``, ``rows_per_part`` to a body, streamed."""
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
             return
-        batch: list[list[str]] = []
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        line = reader.line_num + 1
         for row in reader:
-            batch.append(row)
-            if len(batch) >= rows_per_batch:
-                yield _csv_text(header, batch), len(batch)
-                batch = []
-        if batch:
-            yield _csv_text(header, batch), len(batch)
+            if line > after_line:
+                rows.append(row)
+                lines.append(line)
+            line = reader.line_num + 1  # a quoted cell may span several lines
+            if len(rows) >= rows_per_part:
+                yield CsvPart(_csv_text(header, rows), lines)
+                rows, lines = [], []
+        if rows:
+            yield CsvPart(_csv_text(header, rows), lines)
 
 
 def _csv_text(header: list[str], rows: list[list[str]]) -> str:
@@ -89,33 +111,101 @@ def count_rows(path: Path) -> int:
         return max(0, sum(1 for _ in csv.reader(handle)) - 1)
 
 
+@dataclass
+class ImportCheckpoint:
+    """How far an import of one file got: every data row up to ``line`` was acknowledged by the API.
+
+    Written (atomically) after each acknowledged part, next to the file, so an interrupted
+    import resumes after the last acknowledged line instead of sending those rows again.
+    """
+
+    path: Path
+    size: int
+    line: int = 0
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    rejected: int = 0
+
+    @classmethod
+    def beside(cls, file: Path) -> ImportCheckpoint:
+        return cls(path=file.with_name(file.name + ".import-checkpoint"), size=file.stat().st_size)
+
+    def load(self) -> bool:
+        """Take the saved progress; False when there is none. A changed file cannot resume."""
+        if not self.path.exists():
+            return False
+        saved = json.loads(self.path.read_text())
+        if saved.get("size") != self.size:
+            raise ApiFailure(f"{self.path.name} was written for another version of the file "
+                             "(its size changed): run again with --restart")
+        for name in ("line", "rows", "created", "updated", "rejected"):
+            setattr(self, name, int(saved.get(name, 0)))
+        return True
+
+    def save(self) -> None:
+        fields = {"size": self.size, "line": self.line, "rows": self.rows, "created": self.created,
+                  "updated": self.updated, "rejected": self.rejected}
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(fields))
+        os.replace(temporary, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 @contacts_app.command("import")
 def import_contacts(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV: email,name,<attribute>...")],
     batch: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per request.")] = IMPORT_BATCH_ROWS,
+    restart: Annotated[bool, typer.Option(help="Ignore a saved checkpoint; start at the first row.")] = False,
     tenant: TenantOption = None,
 ) -> None:
-    """Upsert contacts from a CSV file, with a progress bar; bad rows are listed, good rows land."""
+    """Upsert contacts from a CSV file of any size, streamed in parts with a progress bar.
+
+    Resumable: after each acknowledged part a checkpoint (``<file>.import-checkpoint``) records
+    the last line done, and a re-run continues after it. Bad rows are listed with their line.
+    """
     api = connect(tenant)
-    created = updated = 0
-    rejected: list[dict[str, Any]] = []
-    done = 0
-    columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn())
+    checkpoint = ImportCheckpoint.beside(file)
+    if restart:
+        checkpoint.remove()
     try:
-        with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("import", total=count_rows(file))
-            for body, rows in csv_batches(file, batch):
-                result = api.post("/contacts", content=body.encode(), headers={"Content-Type": "text/csv"})
-                created += result["created"]
-                updated += result["updated"]
-                rejected += [{**r, "index": r["index"] + done} for r in result["rejected"]]
-                done += rows
-                progress.update(bar, completed=done)
+        resumed = checkpoint.load()
     except ApiFailure as err:
         fail(err)
-    console.print(f"created {created}, updated {updated}, rejected {len(rejected)}")
-    for problem in rejected[:20]:
-        console.print(f"  row {problem['index']}: {problem['field']}: {problem['message']}")
+    if resumed:
+        console.print(f"resuming after line {checkpoint.line} ({checkpoint.rows} rows already imported)")
+    rejected: list[tuple[int, dict[str, Any]]] = []
+    columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("import", total=count_rows(file), completed=checkpoint.rows, rate="")
+            started, sent = time.monotonic(), 0
+            for part in csv_parts(file, batch, after_line=checkpoint.line):
+                result = api.post("/contacts", content=part.body.encode(), headers=CSV_HEADERS)
+                rejected += [(part.lines[r["index"]], r) for r in result["rejected"]]
+                checkpoint.line, checkpoint.rows = part.last_line, checkpoint.rows + len(part.lines)
+                checkpoint.created += result["created"]
+                checkpoint.updated += result["updated"]
+                checkpoint.rejected += len(result["rejected"])
+                checkpoint.save()
+                sent += len(part.lines)
+                rate = f"{sent / max(time.monotonic() - started, 1e-6):,.0f} rows/s"
+                progress.update(bar, completed=checkpoint.rows, rate=rate)
+    except ApiFailure as err:
+        for line, problem in rejected[:MAX_REJECTIONS_SHOWN]:
+            console.print(f"  line {line}: {problem['field']}: {problem['message']}")
+        Console(stderr=True).print(f"stopped after line {checkpoint.line}; the same command resumes there")
+        fail(err)
+    checkpoint.remove()
+    done = checkpoint
+    console.print(f"created {done.created}, updated {done.updated}, rejected {done.rejected}")
+    for line, problem in rejected[:MAX_REJECTIONS_SHOWN]:
+        console.print(f"  line {line}: {problem['field']}: {problem['message']}")
+    if len(rejected) > MAX_REJECTIONS_SHOWN:
+        console.print(f"  … and {len(rejected) - MAX_REJECTIONS_SHOWN} more")
 
 
 # -- campaigns ---------------------------------------------------------------------------------

@@ -350,6 +350,11 @@ class Table:
             if batch:
                 yield batch
 
+    def legal_batches(self, entities: Iterable[Entity]) -> Iterator[list[Entity]]:
+        """The batches ``batch_insert``/``batch_upsert`` would send, for callers that act per batch
+        (an import inserts a batch first and decides created/updated only when it is refused)."""
+        return self._batches(entities)
+
     def batch_upsert(self, entities: Iterable[Entity], replace: bool = False) -> int:
         """Upsert many entities with as few requests as the service allows."""
         op = TransactionOperation.UPSERT

@@ -150,3 +150,36 @@ def test_campaigns_estimate_prints_the_audience_and_the_forecast_before_anything
     assert "matching contacts: 4 (exactly)" in printed and "would be sent: 4" in printed
     assert "bound: nominal" in printed
     assert "0 emails in 0 scheduled runs" in mailroom(url, ADMIN_KEY, "forecast")  # a draft is no volume
+
+
+def test_contacts_import_lists_bad_rows_by_their_line_in_the_file(url, tmp_path):
+    _, key = new_tenant(url)
+    lines = ["email,name,year"] + [f"ok{i}@example.com,Person {i},2001" for i in range(30)]
+    lines[12] = "not-an-address,Bad Row,2001"  # line 13 of the file
+    lines[25] = 'quoted@example.com,"Two\nLines",2001'  # spans lines 26-27; a name has no line breaks
+    lines[26] = "also-bad,After The Quote,2001"  # starts on line 28
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+
+    output = mailroom(url, key, "contacts", "import", str(tmp_path / "bad.csv"), "--batch", "7")
+
+    assert "created 27, updated 0, rejected 3" in output
+    assert "line 13: email:" in output and "line 26: name:" in output and "line 28: email:" in output
+
+
+def test_an_interrupted_import_resumes_after_the_last_acknowledged_line_and_sends_nothing_twice(
+    settings, storage, tmp_path
+):
+    limited = settings.model_copy(update={"api_rate_limit_per_minute": 4})  # its 5th part: 429
+    contacts = write_contacts(tmp_path / "contacts.csv", 50)
+    with serve_in_thread(create_app(limited, storage)) as served:
+        tenant_id, first_key = new_tenant(served)
+        stopped = runner.invoke(app, ["contacts", "import", str(contacts), "--batch", "10"],
+                                env={"MAILROOM_URL": served, "MAILROOM_KEY": first_key, "COLUMNS": "200"})
+        second_key = json.loads(mailroom(served, ADMIN_KEY, "keys", "create", "--tenant", tenant_id))["key"]
+
+        resumed = mailroom(served, second_key, "contacts", "import", str(contacts), "--batch", "10")
+
+    assert stopped.exit_code == 1 and "stopped after line 41" in stopped.output
+    assert "resuming after line 41 (40 rows already imported)" in resumed
+    assert "created 50, updated 0, rejected 0" in resumed  # nothing was sent twice
+    assert not (tmp_path / "contacts.csv.import-checkpoint").exists()
