@@ -13,7 +13,7 @@ chunks finish faster than that (their own ``in_flight`` writes renew the lease).
 
 Why one ETag. The owner writes the task row with the ETag of its own last write; the heartbeat
 writes it too, so both go through this object's lock and the heartbeat hands its new ETag to
-the task the owner writes with next. The heartbeat only runs while ``send_chunk`` runs, when the
+the task the owner writes with next. The heartbeat only runs while ``send_chunk_in_groups`` runs, when the
 owner itself writes nothing.
 
 Fencing (DESIGN §4, invariant 2). Every task-row write is ETag-guarded, so a stale owner's

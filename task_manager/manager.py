@@ -6,12 +6,16 @@ The at-most-once argument (DESIGN §4, invariant 2) in three writes per chunk:
    message, or a second host, finds the lease held (or the task done) and stops.
 2. Before a chunk (≤200 recipients) goes to the provider, its indexes are written to the
    task as ``in_flight`` with the same ETag guard, which also proves we still own it.
-3. Outcomes are written in table batches (≤100 rows each) to the task's Deliveries
-   partition; the next ``in_flight`` write moves the cursor past the chunk.
+3. Inside the chunk, recipients go to the provider in groups of about the sends a host
+   has outstanding (``SEND_CONCURRENCY``, at most 50). One table batch per group writes
+   the previous group's outcomes *and* marks this group's rows ``sending``; only then is
+   the group handed over. Suppressed, erased, invalid and unrenderable recipients are
+   decided before any mark and written with the next batch: they are never ``sending``.
 
-A host that dies between 2 and 3 leaves ``in_flight`` behind. Whoever claims the task
-after the lease expired marks those recipients ``unknown`` unless a delivery row
-already records their outcome: they are never handed to the provider again.
+A host that dies mid-chunk leaves ``in_flight`` behind. Whoever claims the task after the
+lease expired keeps the outcomes recorded, marks ``unknown`` only the rows that say
+``sending`` (handed over, answer not recorded: at most two groups), and puts the rest of
+the chunk (never handed over) back into ``leftover`` to be sent normally.
 
 While a chunk's sends are in flight a heartbeat keeps the lease alive, and before its
 outcomes are written the owner shows it still holds the lease; a host that lost it writes
@@ -47,7 +51,7 @@ from core.errors import Conflict, NotFound, RenderError
 from core.ids import is_sendable_address, task_id
 from core.job_state import pause_job_for
 from core.messages import TaskTicket
-from core.models import Job, Recipient, Task, Tenant, delivery_entity, unpack_recipients
+from core.models import Job, Recipient, Task, Tenant, delivery_entity, delivery_mark_entity, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import DELIVERIES, JOBS, TASKS, Storage
@@ -62,9 +66,11 @@ from task_manager.lease import TaskLease
 
 log = logging.getLogger("mailroom.task_manager")
 
-# Recipients per ``in_flight`` write: two table batches of outcomes. Larger chunks cost fewer
-# task writes per email; a crash mid-chunk leaves at most this many recipients ``unknown``.
+# Recipients per ``in_flight`` write (and erasure check). Larger chunks cost fewer task writes
+# per email; what a crash leaves ``unknown`` is bounded by the send groups inside it instead.
 CHUNK = 200
+# A send group's outcomes and the next group's ``sending`` marks share one table batch (≤100).
+MAX_SEND_GROUP = 50
 
 
 class TaskOutcome(StrEnum):
@@ -156,10 +162,14 @@ def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: Suppressio
             return TaskOutcome.LOST
         refresh_erasures(run)
         with run.lease.kept_alive() if run.lease is not None else nullcontext():
-            outcomes = send_chunk(run, chunk, template, dispatcher, suppressed, route, prior)
-        outcomes = fail_past_throttle_horizon(run, chunk, outcomes)
+            sends = send_chunk_in_groups(run, chunk, template, dispatcher, suppressed, route, prior)
+        if sends.lost:
+            log.warning("task lease lost mid-chunk job=%s task=%d", task.job_id, task.index)
+            return TaskOutcome.LOST
+        outcomes = sends.outcomes
         halted = [i for i, o in zip(chunk, outcomes, strict=True) if o.status == HALTED]
-        observed = [(i, o) for i, o in zip(chunk, outcomes, strict=True) if o.status != HALTED]
+        observed = [(i, o) for i, o in zip(chunk, outcomes, strict=True)
+                    if o.status != HALTED and i not in sends.recorded]
         if not owns_task_for(run, observed):
             record_as_stale_owner(run, observed)
             log.warning("task lease lost mid-chunk job=%s task=%d", task.job_id, task.index)
@@ -225,7 +235,13 @@ def claim_task(
 
 
 def recover_in_flight(run: _Run) -> None:
-    """A previous owner died mid-chunk: keep outcomes it recorded, the rest is ``unknown``."""
+    """A previous owner died mid-chunk: keep outcomes it recorded; what it handed over is ``unknown``.
+
+    A row that says ``sending`` was handed to the provider and its answer never recorded, so it
+    may have been sent: ``unknown``, never resent. A recipient of the chunk with no row (or still
+    its earlier ``retrying`` one) never reached the provider: it goes back to ``leftover`` and is
+    sent like any other. A chunk an older host wrote without ``send_marks`` is all ``unknown``.
+    """
     task = run.task
     recorded = {
         row["RowKey"]: row["status"]
@@ -234,26 +250,29 @@ def recover_in_flight(run: _Run) -> None:
         )
     }
     unknown: list[tuple[int, Outcome]] = []
+    never_handed: list[int] = []
     for index in task.in_flight:
         status = recorded.get(run.recipients[index].contact_id)
-        if status is None or not DeliveryStatus(status).is_terminal:
+        if status is not None and DeliveryStatus(status).is_terminal:
+            tally(task.counts, status)
+        elif task.send_marks and status != DeliveryStatus.SENDING:
+            never_handed.append(index)
+        else:
             reason = "the host sending this chunk stopped; it may have been sent, so it is not resent"
             unknown.append((index, Outcome(DeliveryStatus.UNKNOWN, reason)))
     record_outcomes(run, unknown)
-    unknown_indexes = {index for index, _ in unknown}
-    for index in task.in_flight:
-        if index not in unknown_indexes:
-            tally(task.counts, recorded[run.recipients[index].contact_id])
+    in_flight = set(task.in_flight)
     task.cursor = max([task.cursor] + [i + 1 for i in task.in_flight])
-    task.leftover = [i for i in task.leftover if i not in set(task.in_flight)]
+    task.leftover = never_handed + [i for i in task.leftover if i not in in_flight]
     task.in_flight = []
-    log.warning("recovered task job=%s task=%d unknown=%d", task.job_id, task.index, len(unknown))
+    log.warning("recovered task job=%s task=%d unknown=%d unsent=%d",
+                task.job_id, task.index, len(unknown), len(never_handed))
 
 
 def mark_in_flight(run: _Run, chunk: list[int]) -> bool:
     """Record the chunk before the provider sees it (and renew the lease). False: lost it."""
     task = run.task
-    task.in_flight = chunk
+    task.in_flight, task.send_marks = chunk, True
     task.lease_until = later(run.clock, run.settings.lease_seconds)
     task.updated_at = iso(run.clock())
     try:
@@ -371,7 +390,43 @@ def requeue_for_retry(run: _Run, indexes: list[int], delay: int) -> TaskOutcome:
     return TaskOutcome.RETRYING
 
 
-def send_chunk(
+@dataclass
+class _ChunkSends:
+    """A chunk's outcomes in chunk order; ``recorded``: those already written by a group batch."""
+
+    outcomes: list[Outcome]
+    recorded: set[int]
+    lost: bool = False
+
+
+def send_group_size(settings: Settings) -> int:
+    """Recipients handed over per ``sending`` mark: about what one host has in flight at once."""
+    return max(1, min(settings.send_concurrency, MAX_SEND_GROUP))
+
+
+def decide_unsendable(
+    run: _Run, chunk: list[int], template: CompiledTemplate, suppressed: set[str]
+) -> tuple[dict[int, Outcome], list[tuple[int, OutboundEmail]]]:
+    """Split a chunk: outcomes known without the provider, and the rendered messages to hand over."""
+    decided: dict[int, Outcome] = {}
+    emails: list[tuple[int, OutboundEmail]] = []
+    for index in chunk:
+        recipient = run.recipients[index]
+        if recipient.contact_id in run.erased:
+            decided[index] = Outcome(DeliveryStatus.SKIPPED, ERASED_REASON)
+        elif recipient.email in suppressed:
+            decided[index] = Outcome(DeliveryStatus.SUPPRESSED, "address is on the suppression list")
+        elif not is_sendable_address(recipient.email):
+            decided[index] = Outcome(DeliveryStatus.SKIPPED, "invalid address")
+        else:
+            try:
+                emails.append((index, render_email(run, recipient, template)))
+            except RenderError as err:
+                decided[index] = Outcome(DeliveryStatus.SKIPPED, f"template error: {err}")
+    return decided, emails
+
+
+def send_chunk_in_groups(
     run: _Run,
     chunk: list[int],
     template: CompiledTemplate,
@@ -379,31 +434,52 @@ def send_chunk(
     suppressed: set[str],
     route: Route | None = None,
     prior: dict[int, int] | None = None,
-) -> list[Outcome]:
-    """Outcomes for a chunk: suppressed and unrenderable recipients never reach the provider."""
-    outcomes: list[Outcome | None] = []
-    emails: list[OutboundEmail] = []
-    tries: list[int] = []
-    for index in chunk:
-        recipient = run.recipients[index]
-        if recipient.contact_id in run.erased:
-            outcomes.append(Outcome(DeliveryStatus.SKIPPED, ERASED_REASON))
+) -> _ChunkSends:
+    """Hand a chunk to the provider one group at a time, each group marked ``sending`` first.
+
+    Each group's mark rides in one table batch with the previous group's outcomes (and, in the
+    first, the recipients decided without the provider), so the rows that say ``sending`` at any
+    moment are the group in the provider's hands: that, not the whole chunk, is what a crash
+    leaves ``unknown``. The last group's outcomes are left to the caller, which writes them with
+    the owner's proof like any chunk's. After a refusal as a whole the rest is not attempted.
+    """
+    decided, emails = decide_unsendable(run, chunk, template, suppressed)
+    outcomes: dict[int, Outcome] = dict(decided)
+    unwritten: list[tuple[int, Outcome]] = list(decided.items())
+    recorded: set[int] = set()
+    size = send_group_size(run.settings)
+    halted = False
+    for start in range(0, len(emails), size):
+        group = emails[start : start + size]
+        indexes = [index for index, _ in group]
+        if halted:
+            outcomes.update((index, Outcome(HALTED, NOT_ATTEMPTED)) for index in indexes)
             continue
-        if recipient.email in suppressed:
-            outcomes.append(Outcome(DeliveryStatus.SUPPRESSED, "address is on the suppression list"))
-            continue
-        if not is_sendable_address(recipient.email):
-            outcomes.append(Outcome(DeliveryStatus.SKIPPED, "invalid address"))
-            continue
-        try:
-            emails.append(render_email(run, recipient, template))
-        except RenderError as err:
-            outcomes.append(Outcome(DeliveryStatus.SKIPPED, f"template error: {err}"))
-            continue
-        outcomes.append(None)
-        tries.append((prior or {}).get(index, 0))
-    sent = iter(dispatcher.send_all(emails, route, tries))
-    return [o if o is not None else next(sent) for o in outcomes]
+        if not mark_group_sending(run, unwritten, indexes):
+            return _ChunkSends([outcomes[i] for i in chunk if i in outcomes], recorded, lost=True)
+        recorded.update(index for index, _ in unwritten)
+        answers = dispatcher.send_all([email for _, email in group], route,
+                                      [(prior or {}).get(index, 0) for index in indexes])
+        answers = fail_past_throttle_horizon(run, indexes, answers)
+        outcomes.update(zip(indexes, answers, strict=True))
+        unwritten = [(i, o) for i, o in zip(indexes, answers, strict=True) if o.status != HALTED]
+        halted = any(o.status == HALTED for o in answers)
+    return _ChunkSends([outcomes[i] for i in chunk], recorded)
+
+
+def mark_group_sending(run: _Run, outcomes: list[tuple[int, Outcome]], group: list[int]) -> bool:
+    """One batch: earlier outcomes plus this group's ``sending`` marks. False: the task is not ours.
+
+    Before it, the owner shows it may write these outcomes (``owns_task_for``); after it, that the
+    lease was still fresh when the marks landed (``still_ours``: renewed less than a third of a
+    lease ago, so no other host can have claimed the task and recovered before them). Only then
+    is the group handed over. A host that lost the task keeps the terminal facts it observed.
+    """
+    if not owns_task_for(run, outcomes):
+        record_as_stale_owner(run, outcomes)
+        return False
+    record_outcomes(run, outcomes, sending=group)
+    return run.lease is None or run.lease.still_ours()
 
 
 def render_email(run: _Run, recipient: Recipient, template: CompiledTemplate) -> OutboundEmail:
@@ -434,10 +510,14 @@ def render_email(run: _Run, recipient: Recipient, template: CompiledTemplate) ->
     )
 
 
-def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]]) -> None:
-    """The delivery rows of (at most) one chunk, in table batches of ≤100, and the task's counts."""
+def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]], sending: Iterable[int] = ()) -> None:
+    """The delivery rows of (at most) one chunk, in table batches of ≤100, and the task's counts.
+
+    ``sending``: recipients about to be handed over, marked in the same batch (not counted:
+    the outcome that replaces the mark is).
+    """
     now = iso(run.clock())
-    rows = []
+    rows = [delivery_mark_entity(run.task, run.recipients[index], now) for index in sending]
     for index, outcome in outcomes:
         recipient = run.recipients[index]
         if recipient.contact_id in run.erased:  # the row keeps the outcome, not the address
