@@ -131,6 +131,15 @@ class Settings(BaseSettings):
         description="Provider calls in flight per host process (shared by its tasks). At 100 ms of "
         "provider latency 32 keeps a host above 10x one-at-a-time (8 would cap it near 80 emails/s).",
     )
+    send_group_size: int = Field(
+        50,
+        alias="SEND_GROUP_SIZE",
+        ge=1,
+        le=50,
+        description="Recipients a task marks `sending` in one table batch before handing them to the "
+        "provider (with the previous group's outcomes, so at most 50): what a crash can leave `unknown` "
+        "per running task. Smaller leaves fewer unknowns and costs one storage request per group.",
+    )
     lease_seconds: int = Field(
         15,
         alias="TASK_LEASE_SECONDS",
@@ -198,6 +207,14 @@ class Settings(BaseSettings):
         alias="DELIVERY_SEMANTICS",
         description="Whether an ambiguous send (may have been accepted) is ever resent; "
         "a tenant may opt into at-least-once (Tenants.delivery_semantics).",
+    )
+    reconcile_after_seconds: int = Field(
+        900,
+        alias="RECONCILE_AFTER_SECONDS",
+        ge=1,
+        description="For a provider with an event feed (SendGrid): an `unknown` recipient with no "
+        "event this long after its send was not accepted; a tenant with delivery_semantics "
+        "`reconcile` has it sent once more (same ids).",
     )
     health_window_seconds: float = Field(
         60.0, alias="HEALTH_WINDOW_SECONDS", gt=0, description="Sliding window of provider health."

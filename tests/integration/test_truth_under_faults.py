@@ -191,7 +191,7 @@ def test_a_host_dying_mid_chunk_leaves_unknown_only_its_send_group_and_never_the
     storage, settings, sim
 ):
     group_size = 8
-    small = settings.model_copy(update={"task_size": 200, "task_window": 1, "send_concurrency": group_size})
+    small = settings.model_copy(update={"task_size": 200, "task_window": 1, "send_group_size": group_size})
     assert send_group_size(small) == group_size
     runner = host(storage, small, SendGridProvider("SG.test", sim.url), "host-b")
     job, ticket = expanded_job(storage, runner, 200)
