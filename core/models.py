@@ -471,12 +471,11 @@ def packed_size(columns: dict[str, bytes]) -> int:
 class Task(Keyed):
     """One chunk of a job's roster, claimed by one host at a time.
 
-    Progress is ``cursor`` (recipients before it have an outcome in Deliveries, except
-    those listed in ``leftover``) and ``in_flight`` (the chunk being sent under the current
-    lease, written *before* the provider is called). With ``send_marks`` each recipient's
-    delivery row also says ``sending`` just before its own hand-over, so a crash leaves
-    ``unknown`` only those really handed over; without it (a task a host of an older version
-    was sending) the whole ``in_flight`` chunk is treated as handed over.
+    Progress is ``cursor`` and ``leftover`` as of the task's last write (claim, finish, pause,
+    re-queue); while it runs, its delivery rows are the progress: each send group's rows say
+    ``sending`` just before their hand-over (``send_marks``), so a crash leaves ``unknown`` only
+    those really handed over. ``in_flight`` is only ever non-empty on a row a host of an older
+    version was sending: without ``send_marks`` that whole chunk is treated as handed over.
     """
 
     job_id: str

@@ -208,14 +208,6 @@ class Settings(BaseSettings):
         description="Whether an ambiguous send (may have been accepted) is ever resent; "
         "a tenant may opt into at-least-once (Tenants.delivery_semantics).",
     )
-    reconcile_after_seconds: int = Field(
-        900,
-        alias="RECONCILE_AFTER_SECONDS",
-        ge=1,
-        description="For a provider with an event feed (SendGrid): an `unknown` recipient with no "
-        "event this long after its send was not accepted; a tenant with delivery_semantics "
-        "`reconcile` has it sent once more (same ids).",
-    )
     health_window_seconds: float = Field(
         60.0, alias="HEALTH_WINDOW_SECONDS", gt=0, description="Sliding window of provider health."
     )
