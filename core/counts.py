@@ -67,6 +67,11 @@ def count_delivery_rows(storage: Storage, delivery_partition: str) -> dict[str, 
     return dict(Counter(row["status"] for row in rows))
 
 
+def counts_of_statuses(statuses: Iterable[str]) -> dict[str, int]:
+    """A running task's counts from its rows' statuses; a ``sending`` mark is not counted (its outcome is)."""
+    return dict(Counter(s for s in statuses if s != DeliveryStatus.SENDING))
+
+
 def tally(counts: dict[str, int], status: str, replaces: str | None = None) -> None:
     """A running task's counts after one more outcome row (``replaces``: the row's old status)."""
     counts[status] = counts.get(status, 0) + 1

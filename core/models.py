@@ -471,9 +471,11 @@ def packed_size(columns: dict[str, bytes]) -> int:
 class Task(Keyed):
     """One chunk of a job's roster, claimed by one host at a time.
 
-    Progress is ``cursor`` (recipients before it have an outcome in Deliveries, except
-    those listed in ``leftover``) and ``in_flight`` (indexes handed to the provider
-    under the current lease, written *before* the provider is called).
+    Progress is ``cursor`` and ``leftover`` as of the task's last write (claim, finish, pause,
+    re-queue); while it runs, its delivery rows are the progress: each send group's rows say
+    ``sending`` just before their hand-over (``send_marks``), so a crash leaves ``unknown`` only
+    those really handed over. ``in_flight`` is only ever non-empty on a row a host of an older
+    version was sending: without ``send_marks`` that whole chunk is treated as handed over.
     """
 
     job_id: str
@@ -486,6 +488,7 @@ class Task(Keyed):
     leftover: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     roster_cursor: str = ""
+    send_marks: bool = False
     lease_owner: str = ""
     lease_until: str = ""
     attempt: int = 0
@@ -511,6 +514,7 @@ class Task(Keyed):
             "status": self.status,
             "cursor": self.cursor,
             "in_flight": _json(self.in_flight),
+            "send_marks": self.send_marks,
             "leftover": _json(self.leftover),
             "counts": _json(self.counts),
             "lease_owner": self.lease_owner,
@@ -542,6 +546,7 @@ class Task(Keyed):
             status=e.get("status", "pending"),
             cursor=e.get("cursor", 0) or 0,
             in_flight=_loads(e.get("in_flight"), []),
+            send_marks=bool(e.get("send_marks", False)),
             leftover=_loads(e.get("leftover"), []),
             counts=_loads(e.get("counts"), {}),
             roster_cursor=e.get("roster_cursor", ""),
@@ -592,6 +597,24 @@ def delivery_entity(
         "provider": provider,
         "provider_message_id": message_id,
         "attempts": attempts,
+        "updated_at": at,
+    }
+
+
+def delivery_mark_entity(task: Task, recipient: Recipient, at: str) -> Entity:
+    """A recipient's row just before its hand-over to the provider: ``sending``.
+
+    Merged over what is there, so a ``retrying`` row keeps its ``attempts`` and
+    ``throttled_since``; the outcome replaces it once the provider answers.
+    """
+    return {
+        "PartitionKey": task.delivery_partition,
+        "RowKey": recipient.contact_id,
+        "job_id": task.job_id,
+        "tenant_id": task.tenant_id,
+        "email": recipient.email,
+        "status": DeliveryStatus.SENDING.value,
+        "reason": "handed to the provider; no answer recorded yet",
         "updated_at": at,
     }
 

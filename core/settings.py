@@ -131,6 +131,15 @@ class Settings(BaseSettings):
         description="Provider calls in flight per host process (shared by its tasks). At 100 ms of "
         "provider latency 32 keeps a host above 10x one-at-a-time (8 would cap it near 80 emails/s).",
     )
+    send_group_size: int = Field(
+        50,
+        alias="SEND_GROUP_SIZE",
+        ge=1,
+        le=50,
+        description="Recipients a task marks `sending` in one table batch before handing them to the "
+        "provider (with the previous group's outcomes, so at most 50): what a crash can leave `unknown` "
+        "per running task. Smaller leaves fewer unknowns and costs one storage request per group.",
+    )
     lease_seconds: int = Field(
         15,
         alias="TASK_LEASE_SECONDS",

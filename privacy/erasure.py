@@ -2,18 +2,25 @@
 
 First an erasure marker (``core/erasures.py``): from then on no Task Manager check misses the
 contact, so it is not handed to a provider and its delivery row ends ``skipped`` ("contact
-deleted") without an address. Then the contact's unfinished tasks are settled: if one is sending
-the contact's chunk right now, the erasure waits until that chunk is over (that check ran before
-the marker existed); an idle task (pending, paused, retrying, or its lease expired) has the
-contact's address, name and attributes blanked in its compressed recipients under its ETag; a
+deleted") without an address. Then the contact's unfinished tasks are settled: while a live
+owner is sending a task that has not recorded the contact's outcome yet, the erasure waits for
+that outcome (the owner's last check may have run before the marker existed); an idle task
+(pending, paused, retrying, or its lease expired) has the contact's address, name and
+attributes blanked in its compressed recipients under its ETag; a
 task another host is sending keeps its copy until the job's delivery log is written, which blanks
 what a racing writer left behind (``status_manager/delivery_logs.py``).
 
-The ordering argument, for one chunk: the Task Manager writes ``in_flight`` (W), reads the
-markers (Q), then sends (S). The erasure writes its marker (M), then reads the task (R). If Q
-came after M, Q finds the contact and S skips it. If Q came before M, then W came before M and so
-before R: R sees the contact ``in_flight`` and the erasure waits until S is over. Either way
-nothing is handed over once the DELETE has returned.
+The ordering argument. The Task Manager marks a send group's delivery rows ``sending`` (W), reads
+the markers (Q, after W and before the hand-over; at most once a second, so not before every
+group), then sends (S) and records the outcome (O, replacing ``sending``). The erasure writes
+its marker (M), then reads the task row and the contact's delivery row (R), and returns only
+when the task is terminal or idle (no live lease: whoever claims it next claims it after M, and
+its first group's Q is later still), or the contact's row holds an outcome (O came before R; a
+recorded outcome is never handed over again). Otherwise it waits. So a send the owner's Q could
+not stop (Q before M) has its O before the DELETE returns, and any Q after M skips the contact:
+nothing is handed over once the DELETE has returned. The wait is bounded by how far the owner
+is from the contact (a task is seconds at normal provider latency); past ``wait_seconds`` it is
+409 and the marker stays, so a repeated DELETE finishes.
 
 Then the delivery *facts* stay (statuses, counts, timelines), the address goes:
 
@@ -53,7 +60,7 @@ from core.models import (
     pack_recipients,
     unpack_recipients,
 )
-from core.status import TaskStatus
+from core.status import DeliveryStatus, TaskStatus
 from core.storage import (
     CONTACT_HISTORY,
     DELIVERIES,
@@ -150,10 +157,11 @@ def settle_unfinished_task(
     storage: Storage, job_id: str, task_id: str, contact_id: str, report: ErasureReport, clock: Clock,
     wait_seconds: float,
 ) -> None:
-    """Wait out a chunk sending the contact; blank the contact in the task if nobody holds it.
+    """Wait while a live owner has not recorded the contact's outcome; blank the contact if nobody holds it.
 
-    A task sent under a live lease is left as it is (its owner's next check finds the marker);
-    one whose lease expired is idle: its next owner never re-sends what was ``in_flight``.
+    A task sent under a live lease is left as it is once the contact's row holds an outcome (its
+    copy of the address is blanked with the job's delivery log); one whose lease expired is idle:
+    its next owner never re-sends what was handed over, and its first check finds the marker.
     """
     tasks = storage.table(TASKS)
     deadline = time.monotonic() + wait_seconds
@@ -169,7 +177,7 @@ def settle_unfinished_task(
             return  # a terminal task is redacted with the contact's delivery rows
         leased = (task.status == TaskStatus.SENDING and bool(task.lease_until)
                   and parse_iso(task.lease_until) > clock())
-        if leased and index in task.in_flight:
+        if leased and not outcome_recorded(storage, job_id, task_id, contact_id):
             if time.monotonic() > deadline:
                 raise SendInProgress("a message to this contact is being sent; retry the delete shortly")
             waited = True
@@ -182,6 +190,12 @@ def settle_unfinished_task(
         if blank_contact_in_task(tasks, entity, recipients, contact_id):
             report.unfinished_tasks += 1
             return
+
+
+def outcome_recorded(storage: Storage, job_id: str, task_id: str, contact_id: str) -> bool:
+    """Whether the contact's delivery row in the task holds an outcome (a terminal status)."""
+    row = storage.table(DELIVERIES).find(f"{job_id}-{task_id}", contact_id, select=["status"])
+    return row is not None and DeliveryStatus(row.get("status", "pending")).is_terminal
 
 
 def blank_contact_in_task(tasks: Table, entity: Entity, recipients: list[Recipient], contact_id: str) -> bool:

@@ -1,7 +1,7 @@
 """A running task's lease: kept alive while its sends are in flight, and proven before it writes.
 
 Why a heartbeat. A task's lease (``TASK_LEASE_SECONDS``) used to be renewed only by the
-``in_flight`` write at each chunk boundary, so a chunk whose provider calls took longer than
+task-row write at each chunk boundary, so a chunk whose provider calls took longer than
 the lease (a slow provider, a long ``Retry-After``) let another host take the task over while
 its first owner was still sending: recipients ended ``unknown`` and the first owner's late
 writes landed on a task someone else had finished. While a chunk's sends are in flight a
@@ -9,15 +9,15 @@ background thread now renews ``lease_until`` every third of the lease (an ETag-g
 of that one column on the task row, and only when no other write renewed it meanwhile), so the
 lease can be short (a dead host's task is taken over within it) and a send may take as long as
 it takes. Cost: at most one task write per ``lease/3`` seconds per running task, and none when
-chunks finish faster than that (their own ``in_flight`` writes renew the lease).
+the task finishes faster than that (the claim's write set the lease).
 
 Why one ETag. The owner writes the task row with the ETag of its own last write; the heartbeat
 writes it too, so both go through this object's lock and the heartbeat hands its new ETag to
-the task the owner writes with next. The heartbeat only runs while ``send_chunk`` runs, when the
-owner itself writes nothing.
+the task the owner writes with next. The heartbeat only runs while a chunk's send groups run
+(``_GroupSender.send_chunk``), when the owner itself writes nothing to the task row.
 
 Fencing (DESIGN §4, invariant 2). Every task-row write is ETag-guarded, so a stale owner's
-``in_flight``, counts and finish writes fail. Outcome rows live in the Deliveries table, which
+counts, re-queue and finish writes fail. Outcome rows live in the Deliveries table, which
 no task-row ETag can guard in the same batch, so before a chunk's outcomes are written the owner
 shows it still holds the lease (``still_ours``): the lease it last wrote is at least two thirds
 of ``TASK_LEASE_SECONDS`` from running out, so nobody can have claimed it (a claim needs an

@@ -1,17 +1,22 @@
 """Sends one task: claim → recover → drop suppressed → render → send → record.
 
-The at-most-once argument (DESIGN §4, invariant 2) in three writes per chunk:
+The at-most-once argument (DESIGN §4, invariant 2) in two kinds of write:
 
 1. ``claim_task`` takes the task with an ETag-guarded update and a lease. A duplicate
    message, or a second host, finds the lease held (or the task done) and stops.
-2. Before a chunk (≤200 recipients) goes to the provider, its indexes are written to the
-   task as ``in_flight`` with the same ETag guard, which also proves we still own it.
-3. Outcomes are written in table batches (≤100 rows each) to the task's Deliveries
-   partition; the next ``in_flight`` write moves the cursor past the chunk.
+2. Recipients go to the provider in send groups (``SEND_GROUP_SIZE``, at most 50). One table
+   batch per group writes the previous group's outcomes *and* marks this group's delivery
+   rows ``sending``; only then is the group handed over. Suppressed, erased, invalid and
+   unrenderable recipients are decided before any mark and written with the next batch:
+   they are never ``sending``. The task row itself is written again only when the task
+   finishes, pauses or is re-queued (and by the lease's heartbeat): the delivery rows are
+   the progress, so storage work per email is about one request per send group.
 
-A host that dies between 2 and 3 leaves ``in_flight`` behind. Whoever claims the task
-after the lease expired marks those recipients ``unknown`` unless a delivery row
-already records their outcome: they are never handed to the provider again.
+A host that dies mid-task leaves the task ``sending`` under a lease that runs out. Whoever
+claims it next reads the task's delivery rows: recorded outcomes stand, a row that says
+``sending`` (handed over, answer not recorded: at most one group) becomes ``unknown``, and
+every other recipient without an outcome (never handed over) goes back to ``leftover`` and
+is sent normally.
 
 While a chunk's sends are in flight a heartbeat keeps the lease alive, and before its
 outcomes are written the owner shows it still holds the lease; a host that lost it writes
@@ -41,13 +46,13 @@ from enum import StrEnum
 from typing import Any
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
-from core.counts import count_delivery_rows, mark_for_recount, tally
+from core.counts import count_delivery_rows, counts_of_statuses, mark_for_recount, tally
 from core.erasures import ERASED_REASON, erased_contacts_of_job
 from core.errors import Conflict, NotFound, RenderError
 from core.ids import is_sendable_address, task_id
 from core.job_state import pause_job_for
 from core.messages import TaskTicket
-from core.models import Job, Recipient, Task, Tenant, delivery_entity, unpack_recipients
+from core.models import Job, Recipient, Task, Tenant, delivery_entity, delivery_mark_entity, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import DELIVERIES, JOBS, TASKS, Storage
@@ -62,9 +67,10 @@ from task_manager.lease import TaskLease
 
 log = logging.getLogger("mailroom.task_manager")
 
-# Recipients per ``in_flight`` write: two table batches of outcomes. Larger chunks cost fewer
-# task writes per email; a crash mid-chunk leaves at most this many recipients ``unknown``.
+# Recipients rendered at once, and the step at which a pause or cancel of the job is noticed.
 CHUNK = 200
+# A send group's outcomes and the next group's ``sending`` marks share one table batch (≤100).
+MAX_SEND_GROUP = 50
 
 
 class TaskOutcome(StrEnum):
@@ -93,6 +99,7 @@ class _Run:
     erased: set[str] = field(default_factory=set)  # contacts deleted since the job started
     lease: TaskLease | None = None  # the owner's hold on the task row (None: no running owner)
     throttled_since: dict[int, str] = field(default_factory=dict)  # leftovers deferred by throttling
+    resumed: bool = False  # an earlier owner stopped mid-task: its delivery rows are recovered first
 
 
 def send_task(
@@ -115,8 +122,8 @@ def send_task(
     claimed = claim_task(storage, ticket, settings, owner, clock)
     if isinstance(claimed, TaskOutcome):
         return claimed
-    task, recipients = claimed
-    run = _Run(storage, settings, job, task, recipients, clock, jobs)
+    task, recipients, resumed = claimed
+    run = _Run(storage, settings, job, task, recipients, clock, jobs, resumed=resumed)
     run.lease = TaskLease(storage, task, settings.lease_seconds, clock)
     try:
         return run_claimed_task(run, dispatcher, suppressions)
@@ -127,9 +134,9 @@ def send_task(
 
 def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: SuppressionCache) -> TaskOutcome:
     storage, settings, job, task, jobs = run.storage, run.settings, run.job, run.task, run.jobs
-    if task.in_flight or job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
-        refresh_erasures(run)  # these paths write rows before any chunk is checked
-    if task.in_flight:
+    if run.resumed or job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+        refresh_erasures(run)  # these paths write rows before any group is checked
+    if run.resumed:
         recover_in_flight(run)
     if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
         return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
@@ -141,30 +148,22 @@ def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: Suppressio
     prior = prior_attempts(run)
     pending = task.leftover + list(range(task.cursor, task.size))
     suppressed = suppressions.suppressed(job.tenant_id, [run.recipients[i].email for i in pending])
-    waiting = list(task.leftover)  # earlier leftovers not yet in flight
+    sends = _GroupSender(run, template, dispatcher, suppressed, route, prior)
+    waiting = list(task.leftover)  # earlier leftovers not yet handed to a group
     retry_later: list[int] = []
     retry_after = 0
     chunks = _chunks(pending, CHUNK)
     for number, chunk in enumerate(chunks):
-        if number > 0 and (stopped := stop_if_job_halted(run, chunks[number:], waiting, retry_later)):
+        if number > 0 and (stopped := stop_if_job_halted(run, chunks[number:], waiting, retry_later, sends)):
             return stopped
         in_chunk = set(chunk)
         waiting = [i for i in waiting if i not in in_chunk]
-        task.leftover = waiting + retry_later
-        if not mark_in_flight(run, chunk):
-            log.warning("task lease lost job=%s task=%d", task.job_id, task.index)
-            return TaskOutcome.LOST
-        refresh_erasures(run)
         with run.lease.kept_alive() if run.lease is not None else nullcontext():
-            outcomes = send_chunk(run, chunk, template, dispatcher, suppressed, route, prior)
-        outcomes = fail_past_throttle_horizon(run, chunk, outcomes)
-        halted = [i for i, o in zip(chunk, outcomes, strict=True) if o.status == HALTED]
-        observed = [(i, o) for i, o in zip(chunk, outcomes, strict=True) if o.status != HALTED]
-        if not owns_task_for(run, observed):
-            record_as_stale_owner(run, observed)
-            log.warning("task lease lost mid-chunk job=%s task=%d", task.job_id, task.index)
+            outcomes = sends.send_chunk(chunk)
+        if sends.lost:
+            log.warning("task lease lost mid-task job=%s task=%d", task.job_id, task.index)
             return TaskOutcome.LOST
-        record_outcomes(run, observed)
+        halted = [i for i, o in zip(chunk, outcomes, strict=True) if o.status == HALTED]
         for index, outcome in zip(chunk, outcomes, strict=True):
             if outcome.status == DeliveryStatus.RETRYING:
                 retry_later.append(index)
@@ -172,10 +171,15 @@ def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: Suppressio
         task.leftover = waiting + retry_later
         task.cursor = max(task.cursor, chunk[-1] + 1)
         if halted:
+            if not sends.flush():
+                return TaskOutcome.LOST
             return pause_for_provider(run, halted, chunk, outcomes)
+    if not sends.flush():
+        log.warning("task lease lost before its last outcomes job=%s task=%d", task.job_id, task.index)
+        return TaskOutcome.LOST
     if retry_later:
         return requeue_for_retry(run, retry_later, retry_after)
-    finish_task(run)
+    finish_task(run, recount=False)
     enqueue_next_in_window(storage, job.tenant_id, job.id, task.index, settings.task_window)
     log.info("task done job=%s task=%d recipients=%d", task.job_id, task.index, task.size)
     return TaskOutcome.DONE
@@ -184,8 +188,8 @@ def run_claimed_task(run: _Run, dispatcher: Dispatcher, suppressions: Suppressio
 def release_after_error(run: _Run, err: Exception) -> None:
     """Let the host's retry claim the task at once instead of waiting out our lease.
 
-    ``in_flight`` stays as it is: whatever was handed over may have been sent, so the
-    next owner records it ``unknown`` rather than sending it again.
+    The task stays ``sending``: the next owner recovers its delivery rows, and whatever says
+    ``sending`` may have been sent, so it is recorded ``unknown`` rather than sent again.
     """
     task = run.task
     task.lease_owner, task.lease_until = "", iso(run.clock())
@@ -198,8 +202,12 @@ def release_after_error(run: _Run, err: Exception) -> None:
 
 def claim_task(
     storage: Storage, ticket: TaskTicket, settings: Settings, owner: str, clock: Clock
-) -> tuple[Task, list[Recipient]] | TaskOutcome:
-    """Take the task under a lease (and its recipients, from the same read), or say why not."""
+) -> tuple[Task, list[Recipient], bool] | TaskOutcome:
+    """Take the task under a lease (and its recipients, from the same read), or say why not.
+
+    The flag says whether an earlier owner stopped mid-task (the row still says ``sending``, or
+    an older host left a chunk ``in_flight``): its delivery rows must be recovered first.
+    """
     tasks = storage.table(TASKS)
     try:
         entity = tasks.get(ticket.job_id, task_id(ticket.task_index), select=None)
@@ -213,6 +221,9 @@ def claim_task(
         return TaskOutcome.BUSY
     if task.status == TaskStatus.RETRYING and task.lease_until and parse_iso(task.lease_until) > now:
         return TaskOutcome.BUSY  # an early duplicate; the delayed ticket is still on its way
+    resumed = task.status == TaskStatus.SENDING or bool(task.in_flight)
+    if not task.in_flight:  # an older host's chunk keeps its meaning until it is recovered
+        task.send_marks = True
     task.status, task.lease_owner = TaskStatus.SENDING.value, owner
     task.lease_until = later(clock, settings.lease_seconds)
     task.attempt += 1
@@ -221,11 +232,18 @@ def claim_task(
         task.etag = tasks.update(task.progress_entity(), etag=task.etag)
     except Conflict:
         return TaskOutcome.BUSY
-    return task, unpack_recipients(entity)
+    return task, unpack_recipients(entity), resumed
 
 
 def recover_in_flight(run: _Run) -> None:
-    """A previous owner died mid-chunk: keep outcomes it recorded, the rest is ``unknown``."""
+    """A previous owner stopped mid-task: keep outcomes it recorded; what it handed over is ``unknown``.
+
+    Its delivery rows say how far it got. A row that says ``sending`` was handed to the provider
+    and its answer never recorded, so it may have been sent: ``unknown``, never resent. A
+    recipient without an outcome (no row, or still its earlier ``retrying`` one) never reached
+    the provider: it goes back to ``leftover`` and is sent like any other. A chunk an older host
+    left ``in_flight`` without ``send_marks`` is all ``unknown``, as that host recorded it.
+    """
     task = run.task
     recorded = {
         row["RowKey"]: row["status"]
@@ -233,47 +251,33 @@ def recover_in_flight(run: _Run) -> None:
             task.delivery_partition, select=["RowKey", "status"]
         )
     }
+    handed_over_unmarked = set() if task.send_marks else set(task.in_flight)
     unknown: list[tuple[int, Outcome]] = []
-    for index in task.in_flight:
+    never_handed: list[int] = []
+    for index in dict.fromkeys(task.in_flight + task.leftover + list(range(task.cursor, task.size))):
         status = recorded.get(run.recipients[index].contact_id)
-        if status is None or not DeliveryStatus(status).is_terminal:
-            reason = "the host sending this chunk stopped; it may have been sent, so it is not resent"
+        if status is not None and DeliveryStatus(status).is_terminal:
+            continue
+        if status == DeliveryStatus.SENDING or index in handed_over_unmarked:
+            reason = "the host sending this recipient stopped; it may have been sent, so it is not resent"
             unknown.append((index, Outcome(DeliveryStatus.UNKNOWN, reason)))
+        else:
+            never_handed.append(index)
+    task.counts = counts_of_statuses(recorded.values())
     record_outcomes(run, unknown)
-    unknown_indexes = {index for index, _ in unknown}
-    for index in task.in_flight:
-        if index not in unknown_indexes:
-            tally(task.counts, recorded[run.recipients[index].contact_id])
-    task.cursor = max([task.cursor] + [i + 1 for i in task.in_flight])
-    task.leftover = [i for i in task.leftover if i not in set(task.in_flight)]
-    task.in_flight = []
-    log.warning("recovered task job=%s task=%d unknown=%d", task.job_id, task.index, len(unknown))
-
-
-def mark_in_flight(run: _Run, chunk: list[int]) -> bool:
-    """Record the chunk before the provider sees it (and renew the lease). False: lost it."""
-    task = run.task
-    task.in_flight = chunk
-    task.lease_until = later(run.clock, run.settings.lease_seconds)
-    task.updated_at = iso(run.clock())
-    try:
-        task.etag = run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
-    except Conflict:
-        return False
-    if run.lease is not None:
-        run.lease.confirmed()
-    return True
+    task.cursor, task.leftover, task.in_flight, task.send_marks = task.size, never_handed, [], True
+    log.warning("recovered task job=%s task=%d unknown=%d unsent=%d",
+                task.job_id, task.index, len(unknown), len(never_handed))
 
 
 def refresh_erasures(run: _Run) -> None:
     """Learn which contacts were deleted since the job started (one small range query).
 
-    Called after a chunk's ``in_flight`` write and right before its sends, which is what makes
-    "once ``DELETE /contacts/{id}`` returns, nobody sends to it" hold: the DELETE writes its
-    marker first, then waits while the contact's chunk is ``in_flight``. A check that missed the
-    marker ran before it was written, so its ``in_flight`` write came earlier still and the
-    DELETE sees it and waits for the chunk (``privacy/erasure.py``); a check after it
-    finds the marker and the contact is ``skipped`` without being rendered.
+    Asked after a send group's ``sending`` marks land and before the group is handed over, at
+    most once per ``JOB_STATUS_CHECK_SECONDS`` (and always for a task's first group): a contact
+    deleted before the check is ``skipped``, never handed over. One deleted after it may still
+    be sent by this task, and the DELETE does not return until that is settled: it waits while
+    a live owner has not recorded the contact's outcome (``privacy/erasure.py``).
     """
     run.erased = erased_contacts_of_job(run.storage, run.job)
 
@@ -315,7 +319,7 @@ def prior_attempts(run: _Run) -> dict[int, int]:
 
 
 def stop_if_job_halted(
-    run: _Run, rest: list[list[int]], waiting: list[int], retry_later: list[int]
+    run: _Run, rest: list[list[int]], waiting: list[int], retry_later: list[int], sends: _GroupSender
 ) -> TaskOutcome | None:
     """At a chunk boundary: stop when the job was paused or cancelled meanwhile.
 
@@ -332,6 +336,8 @@ def stop_if_job_halted(
         return None
     if status not in HALTING:
         return None
+    if not sends.flush():
+        return TaskOutcome.LOST
     unsent = [i for chunk in rest for i in chunk]
     unsent_set = set(unsent)
     task.leftover = unsent + [i for i in waiting if i not in unsent_set] + retry_later
@@ -371,39 +377,123 @@ def requeue_for_retry(run: _Run, indexes: list[int], delay: int) -> TaskOutcome:
     return TaskOutcome.RETRYING
 
 
-def send_chunk(
-    run: _Run,
-    chunk: list[int],
-    template: CompiledTemplate,
-    dispatcher: Dispatcher,
-    suppressed: set[str],
-    route: Route | None = None,
-    prior: dict[int, int] | None = None,
-) -> list[Outcome]:
-    """Outcomes for a chunk: suppressed and unrenderable recipients never reach the provider."""
-    outcomes: list[Outcome | None] = []
-    emails: list[OutboundEmail] = []
-    tries: list[int] = []
+def send_group_size(settings: Settings) -> int:
+    """Recipients handed over per ``sending`` mark batch: what a crash can leave ``unknown``."""
+    return max(1, min(settings.send_group_size, MAX_SEND_GROUP))
+
+
+def decide_unsendable(
+    run: _Run, chunk: list[int], template: CompiledTemplate, suppressed: set[str]
+) -> tuple[dict[int, Outcome], list[tuple[int, OutboundEmail]]]:
+    """Split a chunk: outcomes known without the provider, and the rendered messages to hand over."""
+    decided: dict[int, Outcome] = {}
+    emails: list[tuple[int, OutboundEmail]] = []
     for index in chunk:
         recipient = run.recipients[index]
-        if recipient.contact_id in run.erased:
-            outcomes.append(Outcome(DeliveryStatus.SKIPPED, ERASED_REASON))
-            continue
-        if recipient.email in suppressed:
-            outcomes.append(Outcome(DeliveryStatus.SUPPRESSED, "address is on the suppression list"))
-            continue
-        if not is_sendable_address(recipient.email):
-            outcomes.append(Outcome(DeliveryStatus.SKIPPED, "invalid address"))
-            continue
-        try:
-            emails.append(render_email(run, recipient, template))
-        except RenderError as err:
-            outcomes.append(Outcome(DeliveryStatus.SKIPPED, f"template error: {err}"))
-            continue
-        outcomes.append(None)
-        tries.append((prior or {}).get(index, 0))
-    sent = iter(dispatcher.send_all(emails, route, tries))
-    return [o if o is not None else next(sent) for o in outcomes]
+        if recipient.contact_id in run.erased or not recipient.email:  # an erasure blanks the address
+            decided[index] = Outcome(DeliveryStatus.SKIPPED, ERASED_REASON)
+        elif recipient.email in suppressed:
+            decided[index] = Outcome(DeliveryStatus.SUPPRESSED, "address is on the suppression list")
+        elif not is_sendable_address(recipient.email):
+            decided[index] = Outcome(DeliveryStatus.SKIPPED, "invalid address")
+        else:
+            try:
+                emails.append((index, render_email(run, recipient, template)))
+            except RenderError as err:
+                decided[index] = Outcome(DeliveryStatus.SKIPPED, f"template error: {err}")
+    return decided, emails
+
+
+@dataclass
+class _GroupSender:
+    """Hands a task's recipients to the provider one send group at a time, each marked ``sending`` first.
+
+    Each group's marks ride in one table batch with the outcomes not yet written (the previous
+    group's, across chunk boundaries, and recipients decided without the provider), so the rows
+    that say ``sending`` at any moment are the group in the provider's hands: that, not a chunk,
+    is what a crash leaves ``unknown``. The last group's outcomes wait for ``flush``, which the
+    task calls before it writes its own row. After a refusal as a whole the rest is not attempted.
+    """
+
+    run: _Run
+    template: CompiledTemplate
+    dispatcher: Dispatcher
+    suppressed: set[str]
+    route: Route | None = None
+    prior: dict[int, int] = field(default_factory=dict)
+    unwritten: list[tuple[int, Outcome]] = field(default_factory=list)
+    lost: bool = False
+    erasures_checked_at: float | None = None  # monotonic time of the last erasure check
+
+    def send_chunk(self, chunk: list[int]) -> list[Outcome]:
+        """The chunk's outcomes in chunk order (``HALTED`` for what was not attempted)."""
+        run = self.run
+        decided, emails = decide_unsendable(run, chunk, self.template, self.suppressed)
+        outcomes: dict[int, Outcome] = dict(decided)
+        self.unwritten.extend(decided.items())
+        size = send_group_size(run.settings)
+        halted = False
+        for start in range(0, len(emails), size):
+            group = emails[start : start + size]
+            if halted:
+                outcomes.update((index, Outcome(HALTED, NOT_ATTEMPTED)) for index, _ in group)
+                continue
+            if not mark_group_sending(run, self.unwritten, [index for index, _ in group]):
+                self.lost, self.unwritten = True, []
+                return [outcomes.get(i, Outcome(HALTED, NOT_ATTEMPTED)) for i in chunk]
+            self.unwritten = []
+            group = self.without_erased(group, outcomes)
+            indexes = [index for index, _ in group]
+            answers = self.dispatcher.send_all([email for _, email in group], self.route,
+                                               [self.prior.get(index, 0) for index in indexes])
+            answers = fail_past_throttle_horizon(run, indexes, answers)
+            outcomes.update(zip(indexes, answers, strict=True))
+            self.unwritten.extend((i, o) for i, o in zip(indexes, answers, strict=True) if o.status != HALTED)
+            halted = any(o.status == HALTED for o in answers)
+        return [outcomes[i] for i in chunk]
+
+    def without_erased(
+        self, group: list[tuple[int, OutboundEmail]], outcomes: dict[int, Outcome]
+    ) -> list[tuple[int, OutboundEmail]]:
+        """The group less contacts deleted meanwhile: checked after its marks landed, before hand-over."""
+        now = time.monotonic()
+        checked = self.erasures_checked_at
+        if checked is not None and now - checked < self.run.settings.job_status_check_seconds:
+            return group
+        self.erasures_checked_at = now
+        refresh_erasures(self.run)
+        kept = []
+        for index, email in group:
+            if self.run.recipients[index].contact_id in self.run.erased:
+                outcomes[index] = Outcome(DeliveryStatus.SKIPPED, ERASED_REASON)
+                self.unwritten.append((index, outcomes[index]))
+            else:
+                kept.append((index, email))
+        return kept
+
+    def flush(self) -> bool:
+        """Write the outcomes not yet written, as the task's owner. False: the task is not ours."""
+        outcomes, self.unwritten = self.unwritten, []
+        if not owns_task_for(self.run, outcomes):
+            record_as_stale_owner(self.run, outcomes)
+            return False
+        record_outcomes(self.run, outcomes)
+        return True
+
+
+def mark_group_sending(run: _Run, outcomes: list[tuple[int, Outcome]], group: list[int]) -> bool:
+    """One batch: earlier outcomes plus this group's ``sending`` marks. False: the task is not ours.
+
+    Before it, the owner shows it may write these outcomes (``owns_task_for``); after it, that the
+    lease was still fresh when the marks landed (``still_ours``: renewed less than a third of a
+    lease ago, so no other host can have claimed the task and recovered before them). Only then
+    is the group handed over. A host that lost the task keeps the terminal facts it observed.
+    """
+    if not owns_task_for(run, outcomes):
+        record_as_stale_owner(run, outcomes)
+        return False
+    record_outcomes(run, outcomes, sending=group)
+    return run.lease is None or run.lease.still_ours()
 
 
 def render_email(run: _Run, recipient: Recipient, template: CompiledTemplate) -> OutboundEmail:
@@ -434,10 +524,14 @@ def render_email(run: _Run, recipient: Recipient, template: CompiledTemplate) ->
     )
 
 
-def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]]) -> None:
-    """The delivery rows of (at most) one chunk, in table batches of ≤100, and the task's counts."""
+def record_outcomes(run: _Run, outcomes: Iterable[tuple[int, Outcome]], sending: Iterable[int] = ()) -> None:
+    """The delivery rows of (at most) one chunk, in table batches of ≤100, and the task's counts.
+
+    ``sending``: recipients about to be handed over, marked in the same batch (not counted:
+    the outcome that replaces the mark is).
+    """
     now = iso(run.clock())
-    rows = []
+    rows = [delivery_mark_entity(run.task, run.recipients[index], now) for index in sending]
     for index, outcome in outcomes:
         recipient = run.recipients[index]
         if recipient.contact_id in run.erased:  # the row keeps the outcome, not the address
@@ -524,15 +618,18 @@ def fail_past_throttle_horizon(run: _Run, chunk: list[int], outcomes: list[Outco
     return result
 
 
-def finish_task(run: _Run, status: TaskStatus = TaskStatus.DONE) -> None:
-    """Mark the task terminal with counts recounted from its delivery rows (exact).
+def finish_task(run: _Run, status: TaskStatus = TaskStatus.DONE, recount: bool = True) -> None:
+    """Mark the task terminal with its counts.
 
-    Not the running counts: provider events (delivered, bounced) may already have moved some
-    of its rows on while it ran, and the event processor leaves a running task's counts to
-    this recount (``status_manager/event_processor.py``).
+    ``recount``: counted from its delivery rows (one partition scan). A task that sent all its
+    recipients itself finishes with its running counts instead: they tally every row it wrote
+    (recovery starts them from the rows), and a row a provider event moved meanwhile has a
+    ``Recounts`` mark the Status Manager acts on once the task is terminal, before it sums the
+    job (``status_manager/recounts.py``), so the job's counts are exact within a pass either way.
     """
     task = run.task
-    task.counts = count_delivery_rows(run.storage, task.delivery_partition)
+    if recount:
+        task.counts = count_delivery_rows(run.storage, task.delivery_partition)
     task.status, task.in_flight, task.leftover = status.value, [], []
     task.cursor = task.size
     task.lease_owner, task.lease_until = "", ""
@@ -591,7 +688,7 @@ def record_task_failure(
     run = _Run(storage, settings, job, task, [], clock, JobCache())
     run.recipients = unpack_recipients(storage.table(TASKS).get(task.job_id, task.row_key))
     refresh_erasures(run)
-    if task.in_flight:
+    if task.in_flight or task.status == TaskStatus.SENDING:
         recover_in_flight(run)
     remaining = task.leftover + list(range(task.cursor, task.size))
     for chunk in _chunks(remaining, CHUNK):

@@ -6,7 +6,7 @@ import json
 import time
 from collections import Counter
 
-from core.storage import JOB_QUEUE, TASK_QUEUE, TASKS, Storage
+from core.storage import DELIVERIES, JOB_QUEUE, TASK_QUEUE, TASKS, Storage
 from devhost.stack import Stack, wait_for
 from tests.e2e.conftest import FAST, TEMPLATE, new_tenant, people
 
@@ -50,15 +50,19 @@ def test_a_killed_hosts_task_resumes_on_another_host_within_30_seconds_with_the_
         job_id = wait_for(lambda: client.call("GET", f"/campaigns/{campaign['id']}").get("current_job_id"),
                           60, "the job")
 
+        def marked_sending(task: str) -> int:
+            rows = storage.table(DELIVERIES).partition(f"{job_id}-{task}", select=["status"])
+            return sum(1 for row in rows if row["status"] == "sending")
+
         def task_in_flight() -> dict | None:
             row = storage.table(TASKS).find(job_id, "000000")
-            return row if row and row.get("status") == "sending" and json.loads(row["in_flight"]) else None
+            return row if row and row.get("status") == "sending" and marked_sending("000000") else None
 
-        owner = wait_for(task_in_flight, 90, "task 0's first chunk in flight")["lease_owner"]
+        owner = wait_for(task_in_flight, 90, "task 0's first send group in flight")["lease_owner"]
         victim = next(i for i, p in stack.processes.items() if owner.split("-")[-2] == str(p.pid))
         stack.kill_worker(victim)
         killed_at = time.monotonic()
-        in_flight_at_kill = sum(len(json.loads(t["in_flight"] or "[]"))
+        in_flight_at_kill = sum(marked_sending(t["RowKey"])
                                 for t in storage.table(TASKS).partition(job_id) if t["lease_owner"] == owner)
         if victim == 0:  # worker 0 serves HTTP and runs the timers: a restarted host is another owner
             stack.start_worker(0)

@@ -84,32 +84,33 @@ def test_a_contact_deleted_while_its_task_is_pending_is_skipped_and_never_sent(
     assert addresses_everywhere(storage, rows[later]["email"]) == set()
 
 
-def test_a_contact_deleted_between_the_in_flight_mark_and_the_send_is_not_sent(
+def test_a_contact_deleted_between_its_sending_mark_and_the_send_is_not_sent(
     storage, host, simulator, monkeypatch, tenant_auth
 ):
-    """The DELETE's marker lands after the chunk was marked ``in_flight``: the DELETE cannot know
-    whether the chunk's check saw it, so it does not return (409) until the chunk is over; the
-    check after the mark does see it, so nothing is sent and a repeated DELETE succeeds."""
+    """The DELETE's marker lands after the contact's send group was marked ``sending``: the DELETE
+    cannot know whether the owner's check saw it, so it does not return (409) while the row says
+    ``sending``; the check after the mark does see it, so nothing is sent and a repeated DELETE
+    succeeds."""
     sim, _ = simulator
     tenant, _ = tenant_auth
     rows = people("b1", "b2")
     ids = add_contacts(storage, tenant, rows)
     campaign = schedule_campaign(storage, tenant)
     host.expand_round()
-    mark_in_flight = task_manager.mark_in_flight
+    mark_group_sending = task_manager.mark_group_sending
     refused: list[Exception] = []
 
-    def mark_then_delete(run, chunk):
-        marked = mark_in_flight(run, chunk)
+    def mark_then_delete(run, outcomes, group):
+        marked = mark_group_sending(run, outcomes, group)
         try:
             erase_contact_traces(storage, tenant.id, ids[0], rows[0]["email"], wait_seconds=0.5)
         except SendInProgress as err:
             refused.append(err)
         return marked
 
-    monkeypatch.setattr(task_manager, "mark_in_flight", mark_then_delete)
+    monkeypatch.setattr(task_manager, "mark_group_sending", mark_then_delete)
     send_next_task(storage, host)
-    monkeypatch.setattr(task_manager, "mark_in_flight", mark_in_flight)
+    monkeypatch.setattr(task_manager, "mark_group_sending", mark_group_sending)
     erase_contact_traces(storage, tenant.id, ids[0], rows[0]["email"], wait_seconds=0.5)  # the retry
     job = close_with_log(storage, host, campaign)
 

@@ -20,18 +20,20 @@ import pytest
 from campaign_manager import start_due_campaigns
 from core.clock import iso, utcnow
 from core.messages import JobTicket, TaskTicket
-from core.models import Job
+from core.models import Job, unpack_recipients
 from core.retry import RetryPolicy
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus
 from core.storage import DELIVERIES, JOB_QUEUE, JOBS, TASKS, Storage
+from core.suppressions import SuppressionCache, add_suppression
 from devhost.sendgrid_sim import SendGridSimulator
 from devhost.stack import wait_for
 from job_manager.manager import ExpansionOutcome, claim_expansion, expand_roster
 from providers.base import OutboundEmail, SendResult
 from providers.sendgrid import SendGridProvider
 from status_manager import close_finished_jobs
-from task_manager import Dispatcher, TaskOutcome
+from task_manager import Dispatcher, JobCache, TaskOutcome, send_task
+from task_manager.manager import send_group_size
 from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
 from tests.sim_fixtures import running_sendgrid_simulator
 
@@ -160,6 +162,61 @@ def test_a_long_scan_between_two_tasks_keeps_its_expansion_lease(storage, settin
     assert job_of(storage, campaign).roster_size == 1
 
 
+# -- unknown is only what was really in flight ------------------------------------------------------
+
+
+class HostDies(BaseException):
+    """A ``kill -9``: not an Exception, so nothing on the way out cleans up."""
+
+
+class DiesAfter:
+    """The real SendGrid provider; the host 'dies' while handing over send number ``sends + 1``."""
+
+    name = "sendgrid"
+
+    def __init__(self, inner: SendGridProvider, sends: int) -> None:
+        self.inner, self.left = inner, sends
+
+    def send(self, email: OutboundEmail) -> SendResult:
+        if self.left == 0:
+            raise HostDies()
+        self.left -= 1
+        return self.inner.send(email)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_host_dying_mid_chunk_leaves_unknown_only_its_send_group_and_never_the_suppressed(
+    storage, settings, sim
+):
+    group_size = 8
+    small = settings.model_copy(update={"task_size": 200, "task_window": 1, "send_group_size": group_size})
+    assert send_group_size(small) == group_size
+    runner = host(storage, small, SendGridProvider("SG.test", sim.url), "host-b")
+    job, ticket = expanded_job(storage, runner, 200)
+    roster = [r.email for r in unpack_recipients(storage.table(TASKS).get(job.id, "000000"))]
+    for address in roster[::10]:  # 20 suppressed, spread over the chunk
+        add_suppression(storage, job.tenant_id, address)
+    dying = Dispatcher(DiesAfter(SendGridProvider("SG.test", sim.url), 20), RetryPolicy(max_attempts=1), 1)
+    at = [utcnow()]
+
+    with pytest.raises(HostDies):
+        send_task(storage, ticket, small, dying, SuppressionCache(storage), JobCache(), "host-a",
+                  lambda: at[0])
+    at[0] += timedelta(seconds=small.lease_seconds + 1)  # host A's lease runs out
+    assert send_task(storage, ticket, small, runner.dispatcher, SuppressionCache(storage), JobCache(),
+                     "host-b", lambda: at[0]) == TaskOutcome.DONE
+
+    statuses = Counter(r["status"] for r in rows_of(storage, job))
+    handed = Counter(m["to"] for m in sim.sendgrid.messages())
+    assert statuses[DeliveryStatus.SUPPRESSED] == 20
+    assert statuses[DeliveryStatus.UNKNOWN] == group_size  # A's marked group; 4 of it reached the provider
+    assert statuses == {DeliveryStatus.SUPPRESSED: 20, DeliveryStatus.UNKNOWN: group_size,
+                        DeliveryStatus.SENT: 200 - 20 - group_size}
+    assert max(handed.values()) == 1 and sum(handed.values()) == 20 + (200 - 20 - 3 * group_size)
+
+
 # -- fencing: a host that lost its task writes no non-terminal rows ---------------------------------
 
 
@@ -202,7 +259,8 @@ def test_an_owner_that_lost_its_task_leaves_no_retrying_rows_and_the_new_owners_
 
     assert outcome == [TaskOutcome.LOST]
     statuses = Counter(r["status"] for r in rows_of(storage, job))
-    assert statuses == {DeliveryStatus.UNKNOWN: 200, DeliveryStatus.SENT: 10}  # B's recovery and sends
+    group = send_group_size(short)  # only A's group in the provider's hands is unknown; B sent the rest
+    assert statuses == {DeliveryStatus.UNKNOWN: group, DeliveryStatus.SENT: 210 - group}
     assert storage.table(TASKS).get(job.id, "000000", select=columns) == task_after_b
 
 
