@@ -18,9 +18,9 @@ from core.templates import (
 from devhost.sendgrid_sim import substitute
 
 VALUES = [
-    "{{ contact.name }}", "{{contact.email}}", "{{ contact.attributes.plan }}", "{{ contact.attributes['n'] }}",
-    "{{ unsubscribe_url }}", "{{ campaign.name }}", "{{- contact.name -}}", "{{ contact.attributes.missing }}",
-    "{{ contact.attributes.plan.deeper }}",
+    "{{ contact.name }}", "{{contact.email}}", "{{ contact.attributes.plan }}",
+    "{{ contact.attributes['n'] }}", "{{ unsubscribe_url }}", "{{ campaign.name }}", "{{- contact.name -}}",
+    "{{ contact.attributes.missing }}", "{{ contact.attributes.plan.deeper }}",
 ]
 LOGIC = [
     "{% if contact.name %}dear {{ contact.name }}{% endif %}", "{{ contact.name|upper }}",
@@ -31,6 +31,7 @@ LITERAL = st.text(
     st.characters(blacklist_categories=("Cs",)), max_size=20
 ).filter(lambda s: not any(token in s for token in ("{{", "{%", "{#", "}}", "%}", "#}", "{")))
 DATA = st.text(st.characters(blacklist_categories=("Cs",)), max_size=15)
+SUBJECTS = st.sampled_from(["Hi {{ contact.name }}", "News", "{% if contact.name %}x{% endif %} y"])
 ATTRIBUTE = st.one_of(DATA, st.integers(), st.none(), st.lists(DATA, max_size=2), st.booleans())
 
 
@@ -43,7 +44,7 @@ def template(draw: st.DrawFn, logic: bool) -> TemplateSpec:
     pieces = st.sampled_from(VALUES + LOGIC) if logic else st.sampled_from(VALUES)
     html, text = draw(part(pieces)), draw(part(pieces))
     return TemplateSpec(
-        subject=draw(st.sampled_from(["Hi {{ contact.name }}", "News", "{% if contact.name %}x{% endif %} y"])),
+        subject=draw(SUBJECTS),
         html=html if html.strip() or text.strip() else "<p>x</p>",
         text=text,
         from_email="news@example.org",
@@ -71,7 +72,8 @@ def render_both(spec: TemplateSpec, ctx: dict) -> tuple[object, object]:
     skeleton = render_skeleton(spec, ctx["campaign"]["name"])
     try:
         message, values = skeleton.message_for(ctx)
-        batched: object = (message.subject, substitute(message.html, values), substitute(message.text, values))
+        html, text = substitute(message.html, values), substitute(message.text, values)
+        batched: object = (message.subject, html, text)
     except RenderError:
         batched = RenderError
     return whole, batched
