@@ -11,6 +11,8 @@ shared and noisy. Phases (each on a fresh stack, so one cannot slow the next):
 5. with ``--expansion-recipients N``: roster expansion only (``--expansion-on-disk``: Azurite on disk);
 6. with ``--million-recipients N`` (e.g. 1000000): N contacts imported through the API, one campaign to
    all of them, import and expansion rates per ``--million-slice`` (``bench.million``).
+7. SMTP: the same end-to-end run at ``--smtp-recipients`` with ``EMAIL_PROVIDER=smtp`` against the
+   stack's local SMTP sink (``devhost/smtp_sink.py``), its CPU per email beside the SendGrid path's.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also import this many contacts through the API and send one campaign to all (bench.million)",
     )
     parser.add_argument("--million-slice", type=int, default=100_000, help="rates are reported per slice")
+    parser.add_argument(
+        "--smtp-recipients",
+        type=int,
+        default=10_000,
+        help="the SMTP phase's roster (1 host, local SMTP sink); 0 skips it",
+    )
     parser.add_argument("--no-fairness", action="store_true")
     parser.add_argument("--no-providers-latency", action="store_true", help="skip bench.providers_latency")
     parser.add_argument("--ceiling-entities", type=int, default=5000)
@@ -162,6 +170,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with BenchStack(workers=hosts) as stack:
             scale.append(run_mailroom(stack, args.scale_recipients))
         _save(results, args.out)
+    if args.smtp_recipients:
+        _log(f"SMTP end to end, {args.smtp_recipients} recipients, 1 host, local SMTP sink")
+        with BenchStack(workers=1, settings={"EMAIL_PROVIDER": "smtp"}) as stack:
+            results["smtp"] = run_mailroom(stack, args.smtp_recipients)
+        _save(results, args.out)
     results.update(_headline(results))
     if args.expansion_recipients:
         _log(f"roster expansion only, {args.expansion_recipients} recipients")
@@ -202,6 +215,14 @@ def _headline(results: dict[str, Any]) -> dict[str, Any]:
         out["usd_per_million_emails"] = usd_per_million_emails(
             main["requests_by_operation"], main["roster_size"]
         )
+    smtp = results.get("smtp")
+    if smtp:
+        # Beside the SendGrid run of the same size when there is one (else the largest).
+        same = [r for r in results["mailroom"] if r["roster_size"] == smtp["roster_size"]] or [main]
+        out["smtp_emails_per_second"] = smtp["emails_per_second"]
+        out["smtp_cpu_us_per_email"] = smtp["cpu_us_per_email"]
+        if same[-1]:
+            out["smtp_cpu_ratio_to_sendgrid"] = smtp["cpu_us_per_email"] / same[-1]["cpu_us_per_email"]
     if main and base:
         out["ratio_to_baseline"] = main["emails_per_second"] / base["emails_per_second"]
         out["baseline_usd_per_million_emails"] = usd_per_million_emails(

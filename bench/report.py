@@ -15,6 +15,9 @@ TARGETS = {
     "fairness_ratio": 2,
 }
 
+# Issue 18: SMTP's Python CPU per email at most this many times the SendGrid path's (same run).
+SMTP_CPU_RATIO = 2
+
 
 def _f(value: Any, digits: int = 0) -> str:
     if value is None:
@@ -51,6 +54,7 @@ def render_table(results: dict[str, Any]) -> str:
     ]
     rows = [("Mailroom", r) for r in results.get("mailroom", [])]
     rows += [("Mailroom scale-out", r) for r in results.get("scale_out", [])]
+    rows += [("Mailroom over SMTP (local sink)", results["smtp"])] if results.get("smtp") else []
     for label, r in rows:
         cost = usd_per_million_emails(r["requests_by_operation"], r["roster_size"])
         lines.append(
@@ -119,6 +123,14 @@ def render_table(results: dict[str, Any]) -> str:
     for key, target in TARGETS.items():
         value = results.get(key)
         lines.append(f"  {key:<28} {_f(value, 3):>12}   target {target:<6} {_verdict(key, value)}")
+    if results.get("smtp_cpu_us_per_email") is not None:
+        ratio = results.get("smtp_cpu_ratio_to_sendgrid")
+        verdict = "not measured" if ratio is None else ("met" if ratio <= SMTP_CPU_RATIO else "NOT met")
+        lines.append(
+            f"  SMTP: {_f(results['smtp_emails_per_second'])} emails/s, "
+            f"{_f(results['smtp_cpu_us_per_email'])} µs CPU/email = {_f(ratio, 2)}× the SendGrid path's"
+            f"   target {SMTP_CPU_RATIO}×   {verdict}"
+        )
     largest = (results.get("mailroom") or [{}])[-1]
     lines.append(
         f"  small job idle → loaded (s)  {_f(largest.get('small_job_idle_seconds'), 1)}"

@@ -13,6 +13,7 @@ compiled once per campaign and reused for every recipient.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -241,3 +242,145 @@ def build_context(contact: Any, campaign_name: str, unsubscribe_url: str) -> dic
         "campaign": {"name": campaign_name},
         "unsubscribe_url": unsubscribe_url,
     }
+
+
+# -- one body for many recipients (SendGrid substitutions) ---------------------------------
+#
+# A job whose template uses recipient data only as plain values ({{ contact.name }},
+# {{ contact.attributes.plan }}, {{ unsubscribe_url }}) can be sent as one body with a
+# placeholder where each value goes, plus each recipient's values: one provider request for
+# up to 1,000 recipients (``providers.sendgrid.SendGridProvider.send_batch``). Any logic on
+# recipient data (if/for/set, filters, tests, arithmetic) keeps the per-recipient render.
+
+# Roots of the context a value may come from; ``campaign`` is the same for every recipient.
+_RECIPIENT_ROOTS = frozenset({"contact", "unsubscribe_url"})
+_SHARED_ROOTS = frozenset({"campaign"})
+# SendGrid's limit on one personalization's substitutions (their JSON, in bytes).
+MAX_SUBSTITUTION_BYTES = 10_000
+
+
+def _value_root(node: nodes.Node) -> str | None:
+    """The context name a plain lookup chain starts from (``contact.attributes['x']``), else None."""
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getitem) and not (
+            isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, (str, int))
+        ):
+            return None
+        node = node.node
+    return node.name if isinstance(node, nodes.Name) and node.ctx == "load" else None
+
+
+def _plain_pieces(env: _Sandbox, source: str) -> list[str | nodes.Expr] | None:
+    """The part as literal text and plain value lookups, in order; None if it has any logic."""
+    pieces: list[str | nodes.Expr] = []
+    for stmt in env.parse(source).body:
+        if not isinstance(stmt, nodes.Output):
+            return None
+        for node in stmt.nodes:
+            if isinstance(node, nodes.TemplateData):
+                pieces.append(node.data)
+            elif _value_root(node) in _RECIPIENT_ROOTS | _SHARED_ROOTS:
+                pieces.append(node)
+            else:
+                return None
+    return pieces
+
+
+def substitutable(template: TemplateSpec) -> bool:
+    """True when the html and text parts use recipient data only as plain substituted values.
+
+    The subject may hold anything: it is rendered per recipient either way (SendGrid takes a
+    subject per personalization), which also keeps its strip and line-break checks exact.
+    """
+    return all(
+        _plain_pieces(env, getattr(template, part)) is not None
+        for part, env in (("html", _HTML_ENV), ("text", _PLAIN_ENV))
+        if getattr(template, part)
+    )
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """A job's body with a placeholder per recipient value, and how to fill it for one recipient.
+
+    ``substitute(html, substitutions_for(context))`` (replace each key by its value, as SendGrid
+    does) gives exactly ``compile_template(spec).render(context).html`` (and text): each value
+    is rendered by the same sandbox, escaped for HTML and not for text, as the whole part would.
+    """
+
+    compiled: CompiledTemplate
+    html: str
+    text: str
+    # placeholder -> a one-expression template in the part's environment
+    values: dict[str, Template]
+
+    def substitutions_for(self, context: dict[str, Any]) -> dict[str, str]:
+        """One recipient's values by placeholder; RenderError where the whole render would fail."""
+        out: dict[str, str] = {}
+        for key, template in self.values.items():
+            try:
+                out[key] = template.render(context)
+            except Exception as exc:  # sandbox, undefined, type errors...
+                raise RenderError(f"template: {type(exc).__name__}: {exc}") from exc
+        return out
+
+    def message_for(self, context: dict[str, Any]) -> tuple[RenderedMessage, dict[str, str]]:
+        """The recipient's message as a batch sends it: its own subject, the skeleton bodies and
+        its substitutions (the subject renders and checks exactly as ``CompiledTemplate.render``)."""
+        subject_only = CompiledTemplate(self.compiled.spec, self.compiled._subject, None, None)
+        subject = subject_only.render(context).subject
+        message = RenderedMessage(subject=subject, html=self.html, text=self.text)
+        return message, self.substitutions_for(context)
+
+
+def render_skeleton(template: TemplateSpec, campaign_name: str) -> Skeleton:
+    """The body of a ``substitutable`` template once per job, with placeholders for recipient values.
+
+    Campaign values are rendered in place; each distinct recipient value of a part gets one
+    placeholder, ``-mr<n>-<nonce>-``: the nonce is drawn per job and checked absent from the
+    template's text, so neither the template nor a recipient can hit a placeholder by chance.
+    Raises ``ValueError`` for a template that is not ``substitutable``.
+    """
+    compiled = compile_template(template)
+    nonce = secrets.token_hex(6)
+    while nonce in template.html or nonce in template.text:
+        nonce = secrets.token_hex(6)
+    shared = {"campaign": {"name": campaign_name}}
+    values: dict[str, Template] = {}
+    keys: dict[tuple[str, str], str] = {}
+    bodies: dict[str, str] = {}
+    for part, env in (("html", _HTML_ENV), ("text", _PLAIN_ENV)):
+        source = getattr(template, part)
+        pieces = _plain_pieces(env, source) if source else []
+        if pieces is None:
+            raise ValueError(f"template.{part} uses recipient data in logic; render per recipient")
+        out: list[str] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                out.append(piece)
+                continue
+            expression = source_of(piece)
+            one = env.from_string(nodes.Template([nodes.Output([piece], lineno=1)], lineno=1))
+            if _value_root(piece) in _SHARED_ROOTS:
+                out.append(one.render(shared))
+                continue
+            key = keys.setdefault((part, expression), f"-mr{len(keys)}-{nonce}-")
+            values[key] = one
+            out.append(key)
+        bodies[part] = "".join(out)
+    return Skeleton(compiled, bodies["html"], bodies["text"], values)
+
+
+def substitutions_for(skeleton: Skeleton, context: dict[str, Any]) -> dict[str, str]:
+    """One recipient's values for ``skeleton`` (see ``Skeleton.substitutions_for``)."""
+    return skeleton.substitutions_for(context)
+
+
+def source_of(node: nodes.Node) -> str:
+    """A lookup chain as a stable key (``contact.attributes['x']`` and ``contact.attributes.x``
+    differ in text but not in value; the key only has to be the same for the same node)."""
+    if isinstance(node, nodes.Getattr):
+        return f"{source_of(node.node)}.{node.attr}"
+    if isinstance(node, nodes.Getitem):
+        return f"{source_of(node.node)}[{node.arg.value!r}]"  # type: ignore[attr-defined]
+    return str(node.name)  # type: ignore[attr-defined]

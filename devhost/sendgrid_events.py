@@ -71,7 +71,8 @@ def events_for(record: dict[str, Any], rng: random.Random, now: int | None = Non
     local = to.split("@", 1)[0].lower()
     base = {
         "email": to,
-        "sg_message_id": f"{record['message_id']}.filter0001.{rng.randint(1000, 9999)}.0",
+        "sg_message_id": record.get("sg_message_id")
+        or f"{record['message_id']}.filter0001.{rng.randint(1000, 9999)}.0",
         "smtp-id": f"<{record['message_id']}@sim.sendgrid.local>",
         **{k: str(v) for k, v in (record.get("custom_args") or {}).items()},
     }

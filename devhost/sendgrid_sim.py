@@ -5,6 +5,14 @@ the real ``providers.sendgrid`` adapter run end to end without an account. It va
 like SendGrid does (the error messages, fields and help links are SendGrid's documented
 ones), answers 202 with an ``X-Message-Id``, and records one entry per recipient.
 
+Personalizations work as SendGrid's do: up to 1,000 per request and 1,000 recipients
+(to + cc + bcc) in all; each may carry its own ``subject``, ``headers``, ``custom_args``
+(at most 10,000 bytes merged with the message's) and ``substitutions`` (applied to the subject
+and bodies); a bad or repeated address refuses the whole request with a 400 naming
+``personalizations.N.to.M.email``; each email gets its own ``sg_message_id`` (the request's
+``X-Message-Id`` plus a per-email suffix) and its own signed events with its personalization's
+``custom_args``.
+
 Test-only endpoints live under ``/__sim``:
 
 - ``GET /__sim/messages`` (optional ``?to=``), ``DELETE /__sim/messages``
@@ -46,6 +54,10 @@ DEFAULT_PORT = 3030
 MAX_BODY_BYTES = 30 * 1024 * 1024
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000
+# Per personalization: custom_args merged with the message's, and substitutions (UTF-8 bytes).
+MAX_CUSTOM_ARGS_BYTES = 10_000
+MAX_SUBSTITUTIONS_BYTES = 10_000
+RECIPIENT_KINDS = ("to", "cc", "bcc")
 HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
 RESERVED_HEADERS = frozenset({
     "x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type",
@@ -145,32 +157,42 @@ def validate_mail_send(body: Any) -> list[dict[str, Any]]:
             "personalizations", "message.personalizations"))
     seen: set[str] = set()
     total = 0
+    message_args = body.get("custom_args") if isinstance(body.get("custom_args"), dict) else {}
     for i, p in enumerate(personalizations):
         path = f"personalizations.{i}"
         if not isinstance(p, dict):
             errors.append(_error("The to parameter is required for all personalization objects.",
                                  path, "message.personalizations"))
             continue
-        to = p.get("to")
-        if not isinstance(to, list) or not to:
+        if not isinstance(p.get("to"), list) or not p.get("to"):
             errors.append(_error("The to parameter is required for all personalization objects.",
                                  f"{path}.to", "message.personalizations.to"))
-            to = []
-        total += len(to)
-        for j, recipient in enumerate(to):
-            address = recipient.get("email") if isinstance(recipient, dict) else None
-            if not is_valid_email(address):
-                errors.append(_error("Does not contain a valid address.",
-                                     f"{path}.to.{j}.email", "message.personalizations.to"))
-                continue
-            if address.lower() in seen:
-                errors.append(_error(
-                    "Each unique email address in the personalizations array should only be "
-                    f"included once. You have included {address} more than once.",
-                    "personalizations", "message.personalizations"))
-            seen.add(address.lower())
+        for kind in RECIPIENT_KINDS:
+            listed = p.get(kind) if isinstance(p.get(kind), list) else []
+            total += len(listed)
+            for j, recipient in enumerate(listed):
+                address = recipient.get("email") if isinstance(recipient, dict) else None
+                if not is_valid_email(address):
+                    errors.append(_error("Does not contain a valid address.",
+                                         f"{path}.{kind}.{j}.email", f"message.personalizations.{kind}"))
+                    continue
+                if address.lower() in seen:
+                    errors.append(_error(
+                        "Each unique email address in the personalizations array should only be "
+                        f"included once. You have included {address} more than once.",
+                        f"{path}.{kind}.{j}.email", "message.personalizations"))
+                seen.add(address.lower())
         if "custom_args" in p:
             errors += _check_string_map(p["custom_args"], f"{path}.custom_args", "custom_args")
+            if isinstance(p["custom_args"], dict) and _json_bytes({**message_args, **p["custom_args"]}) > (
+                MAX_CUSTOM_ARGS_BYTES
+            ):
+                errors.append(_error(
+                    f"The custom_args of a personalization, merged with the message's custom_args, "
+                    f"may not exceed {MAX_CUSTOM_ARGS_BYTES:,} bytes.",
+                    f"{path}.custom_args", "message.personalizations.custom_args"))
+        if "substitutions" in p:
+            errors += _check_substitutions(p["substitutions"], f"{path}.substitutions")
         if "headers" in p:
             errors += _check_string_map(p["headers"], f"{path}.headers", "headers")
         if "subject" in p and (not isinstance(p["subject"], str) or not p["subject"]):
@@ -210,6 +232,35 @@ def validate_mail_send(body: Any) -> list[dict[str, Any]]:
     if "headers" in body:
         errors += _check_string_map(body["headers"], "headers", "headers")
     return errors
+
+
+def _json_bytes(value: dict[str, Any]) -> int:
+    """The size SendGrid counts for custom_args and substitutions: their JSON in UTF-8."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def _check_substitutions(value: Any, path: str) -> list[dict[str, Any]]:
+    """``substitutions``: an object of string values, at most 10,000 bytes per personalization."""
+    anchor = "message.personalizations.substitutions"
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        return [_error("The substitutions must be an object of string values.", path, anchor)]
+    if _json_bytes(value) > MAX_SUBSTITUTIONS_BYTES:
+        return [_error(f"The substitutions of a personalization may not exceed "
+                       f"{MAX_SUBSTITUTIONS_BYTES:,} bytes.", path, anchor)]
+    return []
+
+
+def substitute(text: str, substitutions: dict[str, str]) -> str:
+    """SendGrid's legacy substitutions: every occurrence of each key replaced by its value.
+
+    Keys are replaced longest first in one pass, so a value is never substituted again and
+    a key that is a prefix of another (``-name-`` and ``-name-full-``) cannot cut it short.
+    """
+    if not substitutions or not text:
+        return text
+    keys = sorted(substitutions, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(k) for k in keys if k))
+    return pattern.sub(lambda m: substitutions[m.group(0)], text)
 
 
 def _check_mail_settings(settings: Any) -> list[dict[str, Any]]:
@@ -439,41 +490,60 @@ class SendGridSimulator:
             status, retry_after = f.take_status()
             return f.latency_ms, status, retry_after
 
-    def _failing_address(self, body: dict[str, Any]) -> tuple[int, str] | None:
+    def _failing_addresses(self, body: dict[str, Any]) -> tuple[int, list[str]] | None:
+        """The first failing address's status and the field of every address failing with it.
+
+        Like SendGrid, one bad address refuses the whole request, and its 400 names them all.
+        """
         with self._lock:
             fail = dict(self._faults.fail_addresses)
         if not fail:
             return None
+        found: list[tuple[int, str]] = []
         for i, p in enumerate(body["personalizations"]):
-            for j, recipient in enumerate(p["to"]):
-                status = fail.get(recipient["email"].lower())
-                if status:
-                    return status, f"personalizations.{i}.to.{j}.email"
-        return None
+            for kind in RECIPIENT_KINDS:
+                for j, recipient in enumerate(p.get(kind) or []):
+                    status = fail.get(recipient["email"].lower())
+                    if status:
+                        found.append((status, f"personalizations.{i}.{kind}.{j}.email"))
+        if not found:
+            return None
+        status = found[0][0]
+        return status, [field_ for code, field_ in found if code == status]
 
     def _record(self, body: dict[str, Any], message_id: str) -> None:
-        """One record per ``to`` recipient, with the personalization merged over the top."""
+        """One record per recipient (to, cc, bcc), with its personalization merged over the top.
+
+        Each email gets SendGrid's ``sg_message_id`` shape: the request's ``X-Message-Id``, a
+        filter part, and the email's position in the request (0, 1, ...), so one request's
+        emails share the prefix and differ in the suffix. Substitutions are applied to the
+        subject and both bodies, as SendGrid applies them.
+        """
         now = datetime.now(UTC).isoformat()
         content = body.get("content") or []
         text = next((c["value"] for c in content if c["type"] == "text/plain"), "")
         html = next((c["value"] for c in content if c["type"] == "text/html"), "")
         records = []
         for p in body["personalizations"]:
-            for recipient in p["to"]:
-                records.append({
-                    "message_id": message_id,
-                    "to": recipient["email"],
-                    "to_name": recipient.get("name", ""),
-                    "from": body["from"]["email"],
-                    "from_name": body["from"].get("name", ""),
-                    "reply_to": (body.get("reply_to") or {}).get("email", ""),
-                    "subject": p.get("subject") or body.get("subject", ""),
-                    "custom_args": {**body.get("custom_args", {}), **p.get("custom_args", {})},
-                    "headers": {**body.get("headers", {}), **p.get("headers", {})},
-                    "text": text,
-                    "html": html,
-                    "received_at": now,
-                })
+            values = p.get("substitutions") or {}
+            for kind in RECIPIENT_KINDS:
+                for recipient in p.get(kind) or []:
+                    records.append({
+                        "message_id": message_id,
+                        "sg_message_id": f"{message_id}.filter0001.sim.{len(records)}",
+                        "to": recipient["email"],
+                        "kind": kind,
+                        "to_name": recipient.get("name", ""),
+                        "from": body["from"]["email"],
+                        "from_name": body["from"].get("name", ""),
+                        "reply_to": (body.get("reply_to") or {}).get("email", ""),
+                        "subject": substitute(p.get("subject") or body.get("subject", ""), values),
+                        "custom_args": {**body.get("custom_args", {}), **p.get("custom_args", {})},
+                        "headers": {**body.get("headers", {}), **p.get("headers", {})},
+                        "text": substitute(text, values),
+                        "html": substitute(html, values),
+                        "received_at": now,
+                    })
         with self._lock:
             self._messages.extend(records)
             self._accepted += 1
@@ -521,10 +591,13 @@ class SendGridSimulator:
             errors = validate_mail_send(body)
             if errors:
                 return _errors_response(400, errors)
-            failing = self._failing_address(body)
+            failing = self._failing_addresses(body)
             if failing is not None:
-                fail_status, fail_field = failing
-                return _errors_response(fail_status, _fault_errors(fail_status, fail_field))
+                fail_status, fail_fields = failing
+                self._log_answer(arrived, fail_status)
+                return _errors_response(
+                    fail_status, [e for f in fail_fields for e in _fault_errors(fail_status, f)]
+                )
             if in_sandbox_mode(body):
                 with self._lock:
                     self._sandboxed += 1

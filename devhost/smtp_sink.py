@@ -60,6 +60,9 @@ class SmtpSink:
     """A threaded aiosmtpd server with a thread-safe record of what it received.
 
     ``credentials`` (user, password) makes AUTH mandatory before MAIL, like a real relay.
+    ``pipelining`` advertises RFC 2920 PIPELINING, as Postfix and Exim do (aiosmtpd reads
+    commands in order from its stream, so a pipelined group is answered in order);
+    ``pipelining=False`` is a server that offers it not, for the one-command-at-a-time path.
     """
 
     def __init__(
@@ -68,8 +71,10 @@ class SmtpSink:
         port: int = DEFAULT_PORT,
         credentials: tuple[str, str] | None = None,
         on_message: Callable[[SinkMessage], None] | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.host = host
+        self._pipelining = pipelining
         self.port = port
         self._credentials = credentials
         self._on_message = on_message
@@ -153,6 +158,8 @@ class SmtpSink:
                           responses: list[str]) -> list[str]:
         session.host_name = hostname
         self._count_session(server, session)
+        if self._pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any,

@@ -30,6 +30,10 @@ class OutboundEmail:
     text: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     custom_args: dict[str, str] = field(default_factory=dict)
+    # For a batch send (``SendGridProvider.send_batch``): subject, html and text are the job's
+    # skeleton (``core.templates.render_skeleton``) and these fill its placeholders for this
+    # recipient (``core.templates.substitutions_for``). Empty for a per-recipient render.
+    substitutions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

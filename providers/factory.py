@@ -47,6 +47,9 @@ def build_provider(settings: Settings, name: str | None = None) -> EmailProvider
             password=settings.smtp_password,
             starttls=settings.smtp_starttls,
             timeout=settings.smtp_timeout_seconds,
+            # One idle connection per sending thread: with fewer, every send beyond the pool
+            # opened a session (connect, greeting, EHLO) and closed it (QUIT) again.
+            pool_size=settings.send_concurrency,
         )
     if name == "acs":
         from providers.acs import AcsProvider

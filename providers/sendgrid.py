@@ -22,6 +22,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 import sendgrid
@@ -44,6 +45,10 @@ from providers.keepalive import KeepAliveTransport
 logging.getLogger("python_http_client.client").setLevel(logging.INFO)
 
 NAME = "sendgrid"
+# SendGrid's limits per Mail Send request: personalizations, and recipients (to + cc + bcc).
+MAX_BATCH = 1000
+# A 400's field for one personalization (we put one recipient in each): its index.
+_PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)(?:\.|$)")
 _EMAIL_RE = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
 _MAX_REASON = 500
 
@@ -80,6 +85,46 @@ def build_payload(email_: OutboundEmail) -> dict[str, Any]:
         # SendGrid rejects the whole request when a custom_args value is not a string.
         payload["custom_args"] = {str(k): str(v) for k, v in email_.custom_args.items()}
     return payload
+
+
+def build_batch_payload(messages: Sequence[OutboundEmail]) -> dict[str, Any]:
+    """One v3 ``mail/send`` body for many recipients of one shared body.
+
+    The content, sender and reply-to come from the first message (``send_batch`` checked they
+    are the same in all); each recipient is one personalization with its own ``to``,
+    ``custom_args`` (our ids: the events of its email carry them), ``headers`` (its
+    List-Unsubscribe), ``substitutions`` and, where it differs, ``subject``.
+    """
+    payload = build_payload(messages[0])
+    subject = messages[0].subject
+    payload.pop("headers", None)
+    payload.pop("custom_args", None)
+    personalizations = []
+    for message in messages:
+        to: dict[str, str] = {"email": message.to_email}
+        if message.to_name:
+            to["name"] = message.to_name
+        personalization: dict[str, Any] = {"to": [to]}
+        if message.subject != subject:
+            personalization["subject"] = message.subject
+        if message.headers:
+            personalization["headers"] = {str(k): str(v) for k, v in message.headers.items()}
+        if message.custom_args:
+            personalization["custom_args"] = {str(k): str(v) for k, v in message.custom_args.items()}
+        if message.substitutions:
+            personalization["substitutions"] = {str(k): str(v) for k, v in message.substitutions.items()}
+        personalizations.append(personalization)
+    payload["personalizations"] = personalizations
+    return payload
+
+
+class _Refused(Exception):
+    """A 400 from SendGrid: which personalizations it named, and what it said about each."""
+
+    def __init__(self, named: dict[int, list[str]], messages: list[str]) -> None:
+        super().__init__("refused")
+        self.named = named
+        self.messages = messages
 
 
 class SendGridProvider:
@@ -120,7 +165,77 @@ class SendGridProvider:
         payload["mail_settings"] = {"sandbox_mode": {"enable": True}}
         return self._post(email, payload)
 
+    def send_batch(self, messages: Sequence[OutboundEmail]) -> list[SendResult | SendError]:
+        """Send up to ``MAX_BATCH`` recipients of one shared body in one request; an outcome each.
+
+        ``messages`` share from, reply-to, html and text (the job's skeleton with placeholders);
+        each brings its recipient, ids, headers, subject and ``substitutions``. The outcomes
+        are in the same order, each a ``SendResult`` (message id: the request's
+        ``X-Message-Id`` and the email's position in it, ``"<X-Message-Id>.<k>"``: SendGrid's
+        ``sg_message_id`` for that email is ``<X-Message-Id>.<filter>.<k>``) or the
+        ``SendError`` the Task Manager would have got from ``send`` for that recipient:
+
+        - a 400 naming recipients (a bad or repeated address: SendGrid refuses the whole
+          request) fails those with SendGrid's message, and the rest are sent once more in
+          one request; a second such 400 fails whom it names and leaves the others
+          ``TransientSendError`` (``batch_refused``) for a later try;
+        - a 400 naming nobody fails everyone (as ``send`` would);
+        - a 429, a 5xx or a connect error: every recipient gets that ``Throttled`` or
+          ``TransientSendError`` (nothing was accepted); 401/403: ``ProviderUnavailable``;
+        - no complete answer after the request was written: every recipient
+          ``AmbiguousSendError`` (``unknown``; event reconciliation resolves them).
+        """
+        if not messages:
+            return []
+        if len(messages) > MAX_BATCH:
+            raise ValueError(f"a batch holds at most {MAX_BATCH} recipients, not {len(messages)}")
+        first = messages[0]
+        shared = (first.from_email, first.from_name, first.reply_to, first.html, first.text)
+        if any((m.from_email, m.from_name, m.reply_to, m.html, m.text) != shared for m in messages):
+            raise ValueError("a batch shares one sender and one body (the skeleton); render per recipient")
+        outcomes: list[SendResult | SendError | None] = [None] * len(messages)
+        pending = list(range(len(messages)))
+        for attempt in (1, 2):
+            try:
+                message_id = self._post_payload(
+                    build_batch_payload([messages[i] for i in pending]), recipient="", refusals=True
+                )
+            except _Refused as refused:
+                refused.named = {k: v for k, v in refused.named.items() if k < len(pending)}
+                if not refused.named:
+                    reason = _scrub("; ".join(refused.messages) or "SendGrid returned 400", "")
+                    for i in pending:
+                        outcomes[i] = RecipientRejected(reason, provider=NAME, code="400")
+                    break
+                for position, said in refused.named.items():
+                    index = pending[position]
+                    reason = _scrub("; ".join(said), messages[index].to_email)
+                    outcomes[index] = RecipientRejected(reason, provider=NAME, code="400")
+                pending = [i for position, i in enumerate(pending) if position not in refused.named]
+                if attempt == 2:
+                    for i in pending:
+                        outcomes[i] = TransientSendError(
+                            "SendGrid refused the batch twice for other recipients' addresses",
+                            provider=NAME, code="batch_refused",
+                        )
+                if not pending:
+                    break
+                continue
+            except SendError as err:
+                for i in pending:
+                    outcomes[i] = err
+                break
+            for position, i in enumerate(pending):
+                outcomes[i] = SendResult(NAME, message_id=f"{message_id}.{position}" if message_id else "")
+            break
+        return [outcome for outcome in outcomes if outcome is not None]
+
     def _post(self, email: OutboundEmail, payload: dict[str, Any]) -> SendResult:
+        return SendResult(NAME, message_id=self._post_payload(payload, email.to_email))
+
+    def _post_payload(self, payload: dict[str, Any], recipient: str, refusals: bool = False) -> str:
+        """POST one body; SendGrid's ``X-Message-Id``, or a ``SendError`` (``_Refused`` for a
+        400 when ``refusals``, so a batch can tell which recipients it named)."""
         if not self._api_key:
             raise ProviderUnavailable("no SendGrid API key configured", provider=NAME, code="no_key")
         try:
@@ -128,7 +243,9 @@ class SendGridProvider:
             request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
             response = Response(self.transport.open(request, timeout=self._timeout))
         except HTTPError as err:
-            raise _from_http_error(err, email.to_email) from None
+            if refusals and int(err.status_code) == 400:
+                raise _refused(err.body) from None
+            raise _from_http_error(err, recipient) from None
         except urllib.error.URLError as err:
             # Raised while connecting or writing: the request never fully arrived.
             raise _from_url_error(err) from None
@@ -151,7 +268,7 @@ class SendGridProvider:
                 provider=NAME,
                 code=str(response.status_code),
             )
-        return SendResult(NAME, message_id=response.headers.get("X-Message-Id", "") or "")
+        return str(response.headers.get("X-Message-Id", "") or "")
 
     def close(self) -> None:
         """Close the kept-alive connections."""
@@ -200,6 +317,30 @@ def _from_url_error(err: urllib.error.URLError) -> SendError:
             code="connect",
         )
     return ProviderUnavailable(f"bad SendGrid URL: {reason}", provider=NAME, code="url")
+
+
+def _refused(body: bytes | str | None) -> _Refused:
+    """Which personalizations a 400 names (``personalizations.N...``) and its messages."""
+    named: dict[int, list[str]] = {}
+    messages: list[str] = []
+    for message, field_ in _error_pairs(body):
+        messages.append(message)
+        match = _PERSONALIZATION_FIELD.match(field_)
+        if match:
+            named.setdefault(int(match.group(1)), []).append(message)
+    return _Refused(named, messages)
+
+
+def _error_pairs(body: bytes | str | None) -> list[tuple[str, str]]:
+    """(message, field) of each entry of SendGrid's ``{"errors": [...]}`` body."""
+    try:
+        data = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        return []
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return [(str(e.get("message") or ""), str(e.get("field") or "")) for e in errors if isinstance(e, dict)]
 
 
 def _error_messages(body: bytes | str | None) -> tuple[list[str], list[str]]:

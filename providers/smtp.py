@@ -34,17 +34,17 @@ from core.errors import (
 )
 from providers.base import OutboundEmail, SendResult
 from providers.pacing import is_deferral_answer
+from providers.smtp_message import (
+    TRACE_HEADERS,
+    envelope_address,
+    message_bytes,
+    message_id_for,
+    new_boundary,
+)
 
 log = logging.getLogger(__name__)
 
 NAME = "smtp"
-# custom_args key -> header, so a bounce or reply can be traced to the delivery.
-TRACE_HEADERS = {
-    "tenant_id": "X-Mailroom-Tenant",
-    "job_id": "X-Mailroom-Job",
-    "task_id": "X-Mailroom-Task",
-    "contact_id": "X-Mailroom-Contact",
-}
 _EMAIL_RE = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
 _MAX_REASON = 500
 # Headers whose value is a URL list (RFC 2369) or a fixed token (RFC 8058). Mailbox providers
@@ -84,8 +84,10 @@ def _local_hostname() -> str:
     return socket.getfqdn() or "localhost"
 
 
-def build_message(email_: OutboundEmail) -> tuple[EmailMessage, str]:
-    """The MIME message and its generated Message-ID.
+def build_message(
+    email_: OutboundEmail, *, date: str | None = None, message_id: str | None = None
+) -> tuple[EmailMessage, str]:
+    """The MIME message and its generated Message-ID (the reference for ``message_bytes``).
 
     Raises ``ValueError`` or ``email.errors.MessageError`` for what email refuses (CR/LF
     injection, a second To/From/Subject, an unparsable address); the caller turns those
@@ -98,9 +100,8 @@ def build_message(email_: OutboundEmail) -> tuple[EmailMessage, str]:
     if email_.reply_to:
         msg["Reply-To"] = email_.reply_to
     msg["Subject"] = email_.subject
-    msg["Date"] = email.utils.formatdate(localtime=False)
-    domain = email_.from_email.rpartition("@")[2] or None
-    message_id = email.utils.make_msgid(domain=domain)
+    msg["Date"] = date or email.utils.formatdate(localtime=False)
+    message_id = message_id or message_id_for(email_.from_email)
     msg["Message-ID"] = message_id
     for key, value in email_.headers.items():
         msg[key] = value
@@ -115,6 +116,46 @@ def build_message(email_: OutboundEmail) -> tuple[EmailMessage, str]:
     else:
         msg.set_content(email_.text)
     return msg, message_id
+
+
+def render_message(email_: OutboundEmail) -> tuple[bytes, str]:
+    """The wire bytes of ``build_message(email_)`` and its Message-ID, at a fraction of the CPU.
+
+    ``providers/smtp_message.py`` writes them directly; the result is the same bytes.
+    """
+    message_id = message_id_for(email_.from_email)
+    data = message_bytes(
+        email_,
+        policies=(_POLICY, _POLICY_UTF8),
+        fold=_fold_header,
+        build_whole=_build_whole,
+        verbatim=_VERBATIM_HEADERS,
+        date=email.utils.formatdate(localtime=False),
+        message_id=message_id,
+        boundary=new_boundary(),
+    )
+    return data, message_id
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold_header(policy: EmailPolicy, name: str, value: str | tuple[str, str, str]) -> bytes:
+    """One header exactly as ``EmailMessage`` stores and the generator folds it; cached by value.
+
+    A campaign's From, Reply-To and shared Subject are the same for every recipient, so their
+    folding (the costly part of the email package) is done once.
+    """
+    stored: Address | str = _mailbox(value[1], value[2]) if isinstance(value, tuple) else value
+    header_name, header = policy.header_store_parse(name, stored)
+    return policy.fold_binary(header_name, header)
+
+
+def _build_whole(email_: OutboundEmail, date: str, message_id: str, boundary: str) -> bytes:
+    """The old builder, for what ``message_bytes`` leaves to the email package."""
+    msg, _ = build_message(email_, date=date, message_id=message_id)
+    separator = "--" + boundary
+    if msg.is_multipart() and separator not in email_.text and separator not in email_.html:
+        msg.set_boundary(boundary)
+    return msg.as_bytes()
 
 
 def _mailbox(name: str, address: str) -> Address | str:
@@ -162,11 +203,15 @@ class SmtpProvider:
         self._lock = threading.Lock()
         self._closed = False
 
+    @property
+    def pool_size(self) -> int:
+        """Idle connections kept for reuse (the factory makes it one per sending thread)."""
+        return self._pool_size
+
     def send(self, email: OutboundEmail) -> SendResult:
         """Deliver one message to the relay or raise a ``core.errors.SendError``."""
         try:
-            msg, message_id = build_message(email)
-            data = msg.as_bytes()
+            data, message_id = render_message(email)
         except (ValueError, TypeError, email_errors.MessageError) as err:
             raise RecipientRejected(
                 f"message cannot be built: {_scrub(str(err), email.to_email)}",
@@ -298,6 +343,9 @@ class SmtpProvider:
             options = ["SMTPUTF8"]
             if conn.has_extn("8bitmime"):
                 options.append("BODY=8BITMIME")
+        if conn.has_extn("pipelining"):
+            self._transact_pipelined(conn, email, data, options)
+            return
         try:
             code, reply = conn.mail(email.from_email, options)
             if code != 250:
@@ -320,6 +368,60 @@ class SmtpProvider:
                 f"SMTP connection lost during DATA ({type(err).__name__})",
                 provider=NAME, code="data_interrupted",
             ) from None
+
+
+    def _transact_pipelined(
+        self, conn: smtplib.SMTP, email: OutboundEmail, data: bytes, options: list[str]
+    ) -> None:
+        """MAIL, RCPT and DATA in one write, then the message: two round trips instead of four.
+
+        RFC 2920: DATA ends the group, so the server answers all three before it takes any
+        message data; the message is written only after its 354. A connection lost before
+        that is ``_Stale`` (nothing accepted), after it ambiguous, exactly as in ``_transact``.
+        """
+        encoding = "utf-8" if options else "ascii"
+        mail = f"MAIL FROM:{envelope_address(email.from_email)}{''.join(' ' + o for o in options)}"
+        rcpt = f"RCPT TO:{envelope_address(email.to_email)}"
+        if any(c in mail + rcpt for c in "\r\n"):
+            raise RecipientRejected("address contains a line break", provider=NAME, code="invalid_message")
+        try:
+            conn.send(f"{mail}\r\n{rcpt}\r\nDATA\r\n".encode(encoding))
+            replies = [conn.getreply() for _ in range(3)]
+        except (smtplib.SMTPServerDisconnected, OSError):
+            _discard(conn)
+            raise _Stale() from None
+        (mail_code, mail_reply), (rcpt_code, rcpt_reply), (data_code, data_reply) = replies
+        failure: SendError | None = None
+        if mail_code != 250:
+            failure = _reply_error(mail_code, mail_reply, email.to_email, stage="MAIL")
+        elif rcpt_code not in (250, 251):
+            failure = _reply_error(rcpt_code, rcpt_reply, email.to_email, stage="RCPT")
+        elif data_code != 354:
+            failure = _reply_error(data_code, data_reply, email.to_email, stage="DATA")
+        if failure is not None:
+            if data_code == 354:
+                # The server waits for message data that must not come: the session is spent.
+                _discard(conn)
+            raise failure
+        try:
+            conn.send(_dot_stuffed(data))
+            code, reply = conn.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as err:
+            _discard(conn)
+            raise AmbiguousSendError(
+                f"SMTP connection lost during DATA ({type(err).__name__})",
+                provider=NAME, code="data_interrupted",
+            ) from None
+        if code != 250:
+            raise _reply_error(code, reply, email.to_email, stage="DATA")
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The message as DATA carries it (RFC 5321 §4.5.2), as ``smtplib.SMTP.data`` writes it."""
+    stuffed = re.sub(rb"(?m)^\.", b"..", data)
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
 
 
 class _Stale(Exception):

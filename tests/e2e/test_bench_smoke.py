@@ -35,7 +35,7 @@ def test_a_small_bench_run_reports_every_figure_and_sends_each_recipient_once(tm
     command = [
         sys.executable, "-m", "bench", "--recipients", "500", "--baseline-recipients", "50",
         "--scale-hosts", "2", "--scale-recipients", "200", "--ceiling-entities", "200",
-        "--no-profile", "--no-providers-latency", "--out", str(out),
+        "--smtp-recipients", "200", "--no-profile", "--no-providers-latency", "--out", str(out),
     ]  # fmt: skip
     finished = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
@@ -48,3 +48,5 @@ def test_a_small_bench_run_reports_every_figure_and_sends_each_recipient_once(tm
     assert run["storage_requests_per_email"] > 0 and run["cpu_us_per_email"] > 0
     assert results["baseline"]["sent"] == 50
     assert results["scale_out"][0]["hosts"] == 2 and results["scale_out"][0]["sent"] == 200
+    assert results["smtp"]["roster_size"] == 200 and results["smtp"]["sent"] == 200
+    assert results["smtp_cpu_us_per_email"] > 0 and "over SMTP" in finished.stdout

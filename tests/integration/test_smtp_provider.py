@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import smtplib
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
 import pytest
 
@@ -42,9 +44,10 @@ def email(**overrides: object) -> OutboundEmail:
     return OutboundEmail(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with running_smtp_sink() as running:
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-command-at-a-time"])
+def sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    """Every provider test runs against a server that offers PIPELINING and one that does not."""
+    with running_smtp_sink(pipelining=request.param) as running:
         yield running
 
 
@@ -193,6 +196,30 @@ def test_header_injection_is_rejected_before_sending(sink: SmtpSink, provider: S
 def test_factory_builds_smtp_provider() -> None:
     settings = load_settings(EMAIL_PROVIDER="smtp", SMTP_HOST="127.0.0.1", SMTP_PORT=2525)
     assert isinstance(build_provider(settings), SmtpProvider)
+
+
+def test_a_pipelining_server_gets_the_envelope_in_one_write_and_the_message_in_another() -> None:
+    with running_smtp_sink(pipelining=True) as sink:
+        smtp = SmtpProvider(sink.host, sink.port, timeout=5.0)
+        try:
+            smtp.send(email())  # opens the session (greeting, EHLO)
+            writes = mock.patch.object(smtplib.SMTP, "send", autospec=True, side_effect=smtplib.SMTP.send)
+            with writes as writes:
+                smtp.send(email(to_email="bob@example.com"))
+        finally:
+            smtp.close()
+
+    assert writes.call_count == 2
+    assert [m.rcpt_tos for m in sink.messages()] == [("ada@example.com",), ("bob@example.com",)]
+
+
+def test_factory_pools_an_idle_connection_for_every_sending_thread() -> None:
+    """With fewer, every send beyond the pool opened and closed a whole SMTP session."""
+    settings = load_settings(EMAIL_PROVIDER="smtp", SEND_CONCURRENCY=24)
+
+    smtp = build_provider(settings)
+
+    assert isinstance(smtp, SmtpProvider) and smtp.pool_size == 24
 
 
 def _peer_closed(sock: socket.socket) -> bool:
