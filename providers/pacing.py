@@ -176,20 +176,33 @@ class DomainPacer:
         self._sent: dict[str, deque[float]] = {}
         self._next_increase: dict[str, float] = {}  # a slowed scope's successes try an increase this often
         self._lock = threading.Lock()
+        self._synced_at = float("-inf")
 
     def rate(self, scope: str) -> float:
-        """The scope's rate in force (0: unpaced), re-read at most once a second."""
-        now = self.clock()
+        """The scope's rate in force (0: unpaced); the host's view of every paced scope is one
+        query of the ``Pacing`` table at most once a second, however many domains it sends to.
+
+        Only scopes that were ever slowed have a row, so the query reads a handful of rows; one
+        request per host per second instead of one per recipient domain per second.
+        """
+        self._sync(self.clock())
         with self._lock:
             cached = self._rates.get(scope)
-        if cached is not None and now - cached[0] < SYNC_SECONDS:
-            return cached[1]
+        rate = cached[1] if cached is not None else 0.0
+        return rate or self.config.configured(scope)
+
+    def _sync(self, now: float) -> None:
+        with self._lock:
+            if now - self._synced_at < SYNC_SECONDS:
+                return
+            self._synced_at = now  # one thread reads; the others use the view they have
         try:
-            row = self.storage.table(PACING).find(scope, ROW) or {}
+            rows = list(self.storage.table(PACING).query(
+                "RowKey eq @r", {"r": ROW}, select=["PartitionKey", "rate"]))
         except StorageError:
-            row = {}
-        rate = float(row.get("rate", 0) or 0) or self.config.configured(scope)
-        return self._remember(scope, rate, now)
+            return
+        with self._lock:
+            self._rates = {row["PartitionKey"]: (now, float(row.get("rate", 0) or 0)) for row in rows}
 
     def admit(self, scope: str) -> None:
         """Take a token of the scope's pace, or raise ``DomainDeferred`` (nothing was sent)."""
