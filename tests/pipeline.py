@@ -25,7 +25,7 @@ from core.status import CampaignStatus, zero_counts
 from core.storage import CAMPAIGNS, CONTACTS, JOB_QUEUE, JOBS, SCHEDULE, TASK_QUEUE, TENANTS, Storage
 from core.suppressions import SuppressionCache
 from job_manager import expand_roster
-from providers.base import EmailProvider
+from providers.base import EmailProvider, OutboundEmail, SendResult
 from providers.sendgrid import SendGridProvider
 from status_manager import close_finished_jobs
 from task_manager import Dispatcher, JobCache, send_task
@@ -168,3 +168,25 @@ def job_of(storage: Storage, campaign: Campaign) -> Job | None:
     if not job_id:
         return None
     return Job.from_entity(storage.table(JOBS).get(campaign.tenant_id, job_id))
+
+
+class HostDies(BaseException):
+    """A ``kill -9``: not an Exception, so nothing on the way out cleans up."""
+
+
+class DiesAfter:
+    """The real SendGrid provider; the host 'dies' while handing over send number ``sends + 1``."""
+
+    name = "sendgrid"
+
+    def __init__(self, inner: SendGridProvider, sends: int) -> None:
+        self.inner, self.left = inner, sends
+
+    def send(self, email: OutboundEmail) -> SendResult:
+        if self.left == 0:
+            raise HostDies()
+        self.left -= 1
+        return self.inner.send(email)
+
+    def close(self) -> None:
+        self.inner.close()

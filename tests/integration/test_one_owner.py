@@ -7,32 +7,42 @@ now, so the cancel wins, or the loser is told (409), never a silent overwrite.
 
 from __future__ import annotations
 
+import json
 import secrets
-from collections.abc import Iterator
+import time
+from datetime import timedelta
 
 import pytest
 
 from campaign_manager import start_due_campaigns
 from core.clock import utcnow
+from core.counts import balance_pending, sum_task_counts
 from core.errors import Conflict, StateConflict
 from core.job_state import load_campaign, load_job, pause_job_for, write_job
 from core.messages import JobTicket, TaskTicket
 from core.models import Job
+from core.retry import RetryPolicy
 from core.settings import Settings
 from core.status import CampaignStatus, JobStatus
-from core.storage import JOB_QUEUE, TASK_QUEUE, Storage
+from core.storage import JOB_QUEUE, TASK_QUEUE, TASKS, Storage
+from core.suppressions import SuppressionCache
 from job_manager import expand_roster, fail_expansion
 from job_manager.control import cancel_job
+from providers.sendgrid import SendGridProvider
 from status_manager import close_finished_jobs
 from status_manager.manager import StatusReport, update_job
-from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign, sendgrid_host
-from tests.sim_fixtures import running_sendgrid_simulator
-
-
-@pytest.fixture
-def simulator() -> Iterator[tuple[object, str]]:
-    with running_sendgrid_simulator() as (sim, url):
-        yield sim, url
+from task_manager import Dispatcher, JobCache, TaskOutcome, send_task
+from tests.integration.delivery_helpers import apply_events, events_of, people
+from tests.pipeline import (
+    DiesAfter,
+    HostDies,
+    InProcessHost,
+    add_contacts,
+    job_of,
+    make_tenant,
+    schedule_campaign,
+    sendgrid_host,
+)
 
 
 @pytest.fixture
@@ -181,3 +191,65 @@ def send_every_task(storage: Storage, host: InProcessHost) -> None:
         for message in messages:
             host.send(TaskTicket.model_validate_json(message.content))
             storage.queue(TASK_QUEUE).delete(message)
+
+
+def test_task_job_and_campaign_counts_agree_through_a_crash_a_takeover_events_and_the_close(
+    storage, settings, simulator
+):
+    _, url, records = simulator
+    small = settings.model_copy(update={"task_size": 5, "task_window": 2, "send_group_size": 2})
+    host = InProcessHost(storage, small, SendGridProvider("SG.test", url))
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, people("ok1", "ok2", "ok3", "ok4", "ok5", "ok6", "ok7", "ok8", "ok9",
+                                         "bounce-a", "bounce-b", "complain-c", "slow-d"))
+    campaign = schedule_campaign(storage, tenant)
+    host.expand_round()
+    job = job_of(storage, campaign)
+    assert job is not None and job.roster_size == 13
+    assert_all_counts_agree(storage, job)
+
+    # Host A dies (kill -9) while handing over its third send of task 0.
+    message = storage.queue(TASK_QUEUE).receive(1, visibility_timeout=60)[0]
+    ticket = TaskTicket.model_validate_json(message.content)
+    dying = Dispatcher(DiesAfter(SendGridProvider("SG.test", url), 2), RetryPolicy(max_attempts=1), 1)
+    at = [utcnow()]
+    with pytest.raises(HostDies):
+        send_task(storage, ticket, small, dying, SuppressionCache(storage), JobCache(), "host-a",
+                  lambda: at[0])
+    close_finished_jobs(storage, small)
+    assert_all_counts_agree(storage, job)
+
+    # Host B takes the task over once A's lease ran out, then the rest of the job runs.
+    at[0] += timedelta(seconds=small.lease_seconds + 1)
+    assert send_task(storage, ticket, small, host.dispatcher, SuppressionCache(storage), JobCache(),
+                     "host-b", lambda: at[0]) == TaskOutcome.DONE
+    deadline = time.monotonic() + 60
+    while not load_job(storage, job.tenant_id, job.id).completed_at:
+        assert time.monotonic() < deadline, "the job did not close"
+        host.run_round()
+        assert_all_counts_agree(storage, job)
+    closed = assert_all_counts_agree(storage, job)
+    assert 0 < closed.counts["unknown"] <= small.send_group_size  # only A's group in the provider's hands
+
+    # Provider feedback moves rows; the next pass recounts tasks, job and campaign alike.
+    apply_events(storage, small, events_of(records))
+    final = assert_all_counts_agree(storage, job)
+    assert final.counts["bounced"] >= 1 and final.counts["delivered"] >= 1
+
+
+def assert_all_counts_agree(storage: Storage, job: Job) -> Job:
+    """Every task's counts add up to its size, the job's to its roster, and the job's are the sum
+    of its tasks' once the Status Manager has passed; the campaign shows the job's."""
+    now = load_job(storage, job.tenant_id, job.id)
+    assert sum(now.counts.values()) == now.roster_size, now.counts
+    tasks = list(storage.table(TASKS).partition(job.id, select=["size", "counts", "status"]))
+    for task in tasks:
+        counts = json.loads(task.get("counts") or "{}")
+        assert sum(counts.values()) <= task["size"], counts
+    totals = sum_task_counts(tasks)
+    assert totals.roster == now.roster_size
+    if now.completed_at:
+        assert balance_pending(totals.counts, now.roster_size) == now.counts
+    campaign = load_campaign(storage, job.tenant_id, job.campaign_id)
+    assert sum(campaign.counts.values()) in (0, now.roster_size)
+    return now

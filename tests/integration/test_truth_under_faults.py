@@ -34,7 +34,15 @@ from providers.sendgrid import SendGridProvider
 from status_manager import close_finished_jobs
 from task_manager import Dispatcher, JobCache, TaskOutcome, send_task
 from task_manager.manager import send_group_size
-from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
+from tests.pipeline import (
+    DiesAfter,
+    HostDies,
+    InProcessHost,
+    add_contacts,
+    job_of,
+    make_tenant,
+    schedule_campaign,
+)
 from tests.sim_fixtures import running_sendgrid_simulator
 
 
@@ -163,28 +171,6 @@ def test_a_long_scan_between_two_tasks_keeps_its_expansion_lease(storage, settin
 
 
 # -- unknown is only what was really in flight ------------------------------------------------------
-
-
-class HostDies(BaseException):
-    """A ``kill -9``: not an Exception, so nothing on the way out cleans up."""
-
-
-class DiesAfter:
-    """The real SendGrid provider; the host 'dies' while handing over send number ``sends + 1``."""
-
-    name = "sendgrid"
-
-    def __init__(self, inner: SendGridProvider, sends: int) -> None:
-        self.inner, self.left = inner, sends
-
-    def send(self, email: OutboundEmail) -> SendResult:
-        if self.left == 0:
-            raise HostDies()
-        self.left -= 1
-        return self.inner.send(email)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def test_a_host_dying_mid_chunk_leaves_unknown_only_its_send_group_and_never_the_suppressed(
