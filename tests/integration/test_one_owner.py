@@ -235,6 +235,7 @@ def test_task_job_and_campaign_counts_agree_through_a_crash_a_takeover_events_an
     apply_events(storage, small, events_of(records))
     final = assert_all_counts_agree(storage, job)
     assert final.counts["bounced"] >= 1 and final.counts["delivered"] >= 1
+    assert load_campaign(storage, job.tenant_id, job.campaign_id).counts == final.counts
 
 
 def assert_all_counts_agree(storage: Storage, job: Job) -> Job:
