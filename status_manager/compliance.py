@@ -4,7 +4,7 @@ Three promises, shown in ``GET /jobs/{id}`` (``compliance``) and the console:
 
 - **one-click unsubscribe on every message**: the Task Manager renders every message of a
   job with ``List-Unsubscribe`` and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``
-  (``task_manager.manager.render_email``, no code path without them), so this holds by
+  (``task_manager.sending.render_email``, no code path without them), so this holds by
   construction and a test checks it on the messages the provider received;
 - **unsubscribes honoured within 48 h**, measured from the provider's unsubscribe event to
   the suppression written for it: the event processor records, per job, how many such

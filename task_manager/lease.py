@@ -14,7 +14,7 @@ the task finishes faster than that (the claim's write set the lease).
 Why one ETag. The owner writes the task row with the ETag of its own last write; the heartbeat
 writes it too, so both go through this object's lock and the heartbeat hands its new ETag to
 the task the owner writes with next. The heartbeat only runs while a chunk's send groups run
-(``_GroupSender.send_chunk``), when the owner itself writes nothing to the task row.
+(``task_manager.sending.GroupSender.send_chunk``), when the owner itself writes nothing to the task row.
 
 Fencing (DESIGN §4, invariant 2). Every task-row write is ETag-guarded, so a stale owner's
 counts, re-queue and finish writes fail. Outcome rows live in the Deliveries table, which
@@ -25,7 +25,7 @@ expired lease; clock skew between hosts must stay below that margin) — or, whe
 certain, or when the chunk has non-terminal outcomes (``retrying``), an ETag-guarded renewal
 proves it. A renewal that fails means another host owns the task: the stale owner then writes
 only terminal facts it observed (a provider's 202 is ``sent``) where no better row exists, never
-a non-terminal state, and asks for a recount (``task_manager.manager.record_as_stale_owner``).
+a non-terminal state, and asks for a recount (``task_manager.outcomes.record_as_stale_owner``).
 """
 
 from __future__ import annotations

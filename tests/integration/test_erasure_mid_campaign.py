@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import task_manager.manager as task_manager
+import task_manager.sending as sending
 from core.messages import TaskTicket
 from core.models import Job, Tenant
 from core.storage import DELIVERIES, ERASURES, TASK_QUEUE, Storage
@@ -97,7 +97,7 @@ def test_a_contact_deleted_between_its_sending_mark_and_the_send_is_not_sent(
     ids = add_contacts(storage, tenant, rows)
     campaign = schedule_campaign(storage, tenant)
     host.expand_round()
-    mark_group_sending = task_manager.mark_group_sending
+    mark_group_sending = sending.mark_group_sending  # looked up there by GroupSender.send_chunk
     refused: list[Exception] = []
 
     def mark_then_delete(run, outcomes, group):
@@ -108,9 +108,9 @@ def test_a_contact_deleted_between_its_sending_mark_and_the_send_is_not_sent(
             refused.append(err)
         return marked
 
-    monkeypatch.setattr(task_manager, "mark_group_sending", mark_then_delete)
+    monkeypatch.setattr(sending, "mark_group_sending", mark_then_delete)
     send_next_task(storage, host)
-    monkeypatch.setattr(task_manager, "mark_group_sending", mark_group_sending)
+    monkeypatch.setattr(sending, "mark_group_sending", mark_group_sending)
     erase_contact_traces(storage, tenant.id, ids[0], rows[0]["email"], wait_seconds=0.5)  # the retry
     job = close_with_log(storage, host, campaign)
 

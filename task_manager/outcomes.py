@@ -1,0 +1,129 @@
+"""Writing what happened: delivery rows and counts, the stale owner's facts, the task's end.
+
+A host that lost its task writes only terminal facts it observed (``owns_task_for``,
+``record_as_stale_owner``; ``task_manager/lease.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from core.clock import iso
+from core.counts import count_delivery_rows, mark_for_recount, tally
+from core.errors import Conflict
+from core.models import Recipient, delivery_entity, delivery_mark_entity
+from core.status import DeliveryStatus, TaskStatus
+from core.storage import DELIVERIES, TASKS
+from task_manager.dispatch import Outcome
+from task_manager.run import CHUNK, TaskOutcome, TaskRun, in_chunks
+
+log = logging.getLogger("mailroom.task_manager")
+
+
+def record_outcomes(
+    run: TaskRun, outcomes: Iterable[tuple[int, Outcome]], sending: Iterable[int] = ()
+) -> None:
+    """The delivery rows of (at most) one chunk, in table batches of ≤100, and the task's counts.
+
+    ``sending``: recipients about to be handed over, marked in the same batch (not counted:
+    the outcome that replaces the mark is).
+    """
+    now = iso(run.clock())
+    rows = [delivery_mark_entity(run.task, run.recipients[index], now) for index in sending]
+    for index, outcome in outcomes:
+        recipient = run.recipients[index]
+        if recipient.contact_id in run.erased:  # the row keeps the outcome, not the address
+            recipient = Recipient(recipient.contact_id, "", "", {})
+        row = delivery_entity(
+            run.task,
+            recipient,
+            outcome.status,
+            now,
+            reason=outcome.reason,
+            provider=outcome.provider,
+            message_id=outcome.message_id,
+            attempts=outcome.attempts,
+        )
+        if outcome.status == DeliveryStatus.RETRYING:
+            # When throttling began: the horizon runs from here, across re-queues.
+            row["throttled_since"] = run.throttled_since.get(index, now) if outcome.throttled else ""
+        rows.append(row)
+        replaces = DeliveryStatus.RETRYING.value if index in run.was_retrying else None
+        run.was_retrying.discard(index)
+        tally(run.task.counts, str(outcome.status), replaces)
+    if rows:
+        run.storage.table(DELIVERIES).batch_upsert(rows)
+
+
+def owns_task_for(run: TaskRun, outcomes: list[tuple[int, Outcome]]) -> bool:
+    """Whether we may write these outcome rows as the task's owner (see ``task_manager/lease.py``).
+
+    Non-terminal rows need proof (an ETag-guarded renewal): a ``retrying`` row left by a host
+    that lost the task would stay in a finished job forever.
+    """
+    if run.lease is None:
+        return True
+    needs_proof = any(not DeliveryStatus(o.status).is_terminal for _, o in outcomes)
+    return run.lease.still_ours(prove=needs_proof)
+
+
+def record_as_stale_owner(run: TaskRun, outcomes: list[tuple[int, Outcome]]) -> None:
+    """Another host took the task while we sent: keep only the terminal facts we observed.
+
+    The new owner recorded our chunk ``unknown`` (or is about to). A provider's acceptance
+    or rejection is a fact worth keeping, so it replaces a missing or ``unknown`` row and
+    nothing else (a row events have moved on, or the new owner's own outcome, stands); a
+    non-terminal state (``retrying``) is never written. The task's counts are not ours to
+    write any more: the rows changed, so the task is marked for the Status Manager's recount.
+    """
+    facts = [(i, o) for i, o in outcomes
+             if DeliveryStatus(o.status).is_terminal and o.status != DeliveryStatus.UNKNOWN]
+    if not facts:
+        return
+    task = run.task
+    rows_now = run.storage.table(DELIVERIES).partition(task.delivery_partition, select=["RowKey", "status"])
+    recorded = {row["RowKey"]: row.get("status", "") for row in rows_now}
+    now = iso(run.clock())
+    rows = [
+        delivery_entity(task, run.recipients[i], o.status, now, reason=o.reason, provider=o.provider,
+                        message_id=o.message_id, attempts=o.attempts)
+        for i, o in facts
+        if recorded.get(run.recipients[i].contact_id, DeliveryStatus.UNKNOWN.value) == DeliveryStatus.UNKNOWN
+    ]
+    if rows:
+        run.storage.table(DELIVERIES).batch_upsert(rows)
+        mark_for_recount(run.storage, [(task.tenant_id, task.job_id, task.row_key)], run.clock)
+    log.warning("stale owner kept facts job=%s task=%d rows=%d", task.job_id, task.index, len(rows))
+
+
+def finish_task(run: TaskRun, status: TaskStatus = TaskStatus.DONE, recount: bool = True) -> None:
+    """Mark the task terminal with its counts.
+
+    ``recount``: counted from its delivery rows (one partition scan). A task that sent all its
+    recipients itself finishes with its running counts instead: they tally every row it wrote
+    (recovery starts them from the rows), and a row a provider event moved meanwhile has a
+    ``Recounts`` mark the Status Manager acts on once the task is terminal, before it sums the
+    job (``status_manager/recounts.py``), so the job's counts are exact within a pass either way.
+    """
+    task = run.task
+    if recount:
+        task.counts = count_delivery_rows(run.storage, task.delivery_partition)
+    task.status, task.in_flight, task.leftover = status.value, [], []
+    task.cursor = task.size
+    task.lease_owner, task.lease_until = "", ""
+    task.updated_at = task.completed_at = iso(run.clock())
+    try:
+        task.etag = run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
+    except Conflict:
+        log.warning("task finished by another owner job=%s task=%d", task.job_id, task.index)
+
+
+def close_unsent(run: TaskRun, status: DeliveryStatus, reason: str) -> TaskOutcome:
+    """Give every not-yet-attempted recipient a terminal ``status`` (cancel)."""
+    task = run.task
+    remaining = task.leftover + list(range(task.cursor, task.size))
+    for chunk in in_chunks(remaining, CHUNK):
+        record_outcomes(run, [(i, Outcome(status, reason)) for i in chunk])
+    finish_task(run, TaskStatus.CANCELLED)
+    return TaskOutcome.CANCELLED
