@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +353,7 @@ def test_the_console_shows_the_estimate_a_dry_run_who_scheduled_it_and_the_opera
     tenant_key, key_id = issued["key"], issued["id"]
     tag = secrets.token_hex(3)
     emails = [f"member{i:02d}-{tag}@example.com" for i in range(9)]
-    operator.call("POST", "/contacts", tenant_key, json=[{"email": e, "name": e.split("@")[0]} for e in emails])
+    operator.call("POST", "/contacts", tenant_key, json=[{"email": e, "name": "Member"} for e in emails])
     operator.call("POST", "/suppressions", tenant_key, json={"email": emails[0], "reason": "unsubscribed"})
     campaign_id = operator.call("POST", "/campaigns", tenant_key,
                                 json={"name": "Club newsletter", "template": TEMPLATE})["id"]
@@ -375,19 +375,31 @@ def test_the_console_shows_the_estimate_a_dry_run_who_scheduled_it_and_the_opera
              for name in ("matching", "suppressed", "invalid", "over_limit", "recipients")}
     api = operator.call("GET", f"/campaigns/{campaign_id}/estimate", tenant_key)
     assert shown == {"matching": api["matching"], "suppressed": sum(api["suppressed"].values()),
-                     "invalid": api["invalid"], "over_limit": api["over_limit"], "recipients": api["recipients"]}
+                     "invalid": api["invalid"], "over_limit": api["over_limit"],
+                     "recipients": api["recipients"]}
     assert page.get_attribute("#estimate-exact", "data-exact") == "true"
     assert page.get_attribute("[data-bound]", "data-bound") == api["forecast"]["bound"]
     assert page.inner_text("[data-actor='scheduled']") == key_id
     assert page.locator(f"[data-dry-run='{dry_job}']").count() == 1  # the runs list marks the dry run
-    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/estimate")) as recount:
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/estimate")) as redo:
         page.click("#estimate-refresh")  # a tenant key may recount
-    assert recount.value.status == 200
+    assert redo.value.status == 200
     page.wait_for_selector("#estimate-at:has-text('Computed')")
 
     page.click(f"a[href='#/t/-/j/{dry_job}']")
     page.wait_for_selector("#job-status:has-text('completed')")
     assert page.inner_text(f"#job-summary [data-dry-run='{dry_job}']") == "dry run"
+
+    support_key = operator.call("POST", f"/tenants/{tenant_id}/keys", json={"role": "support"})["key"]
+    reader = browser.new_page()
+    estimate_posts: list[str] = []
+    reader.on("request", lambda r: estimate_posts.append(r.url) if r.method == "POST" else None)
+    sign_in(reader, url, support_key)
+    reader.goto(f"{url}/api/console#/t/{tenant_id}/c/{campaign_id}")
+    reader.wait_for_selector("#estimate [data-estimate='matching']")
+    with reader.expect_response(lambda r: r.request.method == "GET" and r.url.endswith("/estimate")) as read:
+        reader.click("#estimate-refresh")  # a support key only reads the estimate again
+    assert read.value.status == 200 and estimate_posts == []
     assert page.inner_text("#job-actors [data-actor='created']") == key_id
 
     forecast = operator.call("GET", "/forecast")
