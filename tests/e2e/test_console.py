@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +181,8 @@ def test_a_tenant_key_sees_only_its_own_tenant_in_the_console(url, storage, sett
         assert "Not found" in page.inner_text("#view")
 
     page.goto(f"{url}/api/console#/ops")  # no operator view either, and no way there
-    page.wait_for_selector("#error")
-    assert "Not allowed" in page.inner_text("#error")
+    # A hash change keeps the last page's "Not found" until the operator page answers: wait for it.
+    page.wait_for_selector("#error:has-text('Not allowed')", timeout=10_000)
     page.goto(f"{url}/api/console#/t/-")
     page.wait_for_selector("#nav-people")
     assert page.locator("#nav-operator").count() == 0
@@ -341,3 +342,78 @@ def test_an_admin_replays_a_poison_message_and_the_job_finishes(url, storage, se
     page.goto(f"{url}/api/console#/t/{tenant_id}/j/{job_id}")
     page.wait_for_selector("#job-status:has-text('completed')")
     assert page.inner_text("[data-status='sent'] td") == "6"
+
+
+def test_the_console_shows_the_estimate_a_dry_run_who_scheduled_it_and_the_operators_forecast(
+    url, storage, settings, browser
+):
+    operator = Operator(url)
+    tenant_id, _ = operator.tenant()
+    issued = operator.call("POST", f"/tenants/{tenant_id}/keys", json={"role": "tenant"})
+    tenant_key, key_id = issued["key"], issued["id"]
+    tag = secrets.token_hex(3)
+    emails = [f"member{i:02d}-{tag}@example.com" for i in range(9)]
+    operator.call("POST", "/contacts", tenant_key, json=[{"email": e, "name": "Member"} for e in emails])
+    operator.call("POST", "/suppressions", tenant_key, json={"email": emails[0], "reason": "unsubscribed"})
+    campaign_id = operator.call("POST", "/campaigns", tenant_key,
+                                json={"name": "Club newsletter", "template": TEMPLATE})["id"]
+    estimate = operator.call("POST", f"/campaigns/{campaign_id}/estimate", tenant_key)
+    assert (estimate["matching"], estimate["recipients"]) == (9, 8)
+    send_at = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    operator.call("POST", f"/campaigns/{campaign_id}/schedule", tenant_key, json={"send_at": send_at})
+    dry_job = operator.call("POST", f"/campaigns/{campaign_id}/schedule", tenant_key,
+                            json={"dry_run": True})["dry_run_job_id"]
+    with running_sendgrid_simulator() as (_, sim_url):
+        host = InProcessHost(storage, settings, SendGridProvider("SG.test", sim_url))
+        host.run_until(lambda: job_closed(operator, tenant_key, dry_job), timeout=60)
+
+    page = browser.new_page()
+    sign_in(page, url, tenant_key)
+    page.click(f"a[href='#/t/-/c/{campaign_id}']")
+    page.wait_for_selector("#estimate [data-estimate='matching']")
+    shown = {name: int(page.get_attribute(f"[data-estimate='{name}']", "data-value") or -1)
+             for name in ("matching", "suppressed", "invalid", "over_limit", "recipients")}
+    api = operator.call("GET", f"/campaigns/{campaign_id}/estimate", tenant_key)
+    assert shown == {"matching": api["matching"], "suppressed": sum(api["suppressed"].values()),
+                     "invalid": api["invalid"], "over_limit": api["over_limit"],
+                     "recipients": api["recipients"]}
+    assert page.get_attribute("#estimate-exact", "data-exact") == "true"
+    assert page.get_attribute("[data-bound]", "data-bound") == api["forecast"]["bound"]
+    assert page.inner_text("[data-actor='scheduled']") == key_id
+    assert page.locator(f"[data-dry-run='{dry_job}']").count() == 1  # the runs list marks the dry run
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/estimate")) as redo:
+        page.click("#estimate-refresh")  # a tenant key may recount
+    assert redo.value.status == 200
+    page.wait_for_selector("#estimate-at:has-text('Computed')")
+
+    page.click(f"a[href='#/t/-/j/{dry_job}']")
+    page.wait_for_selector("#job-status:has-text('completed')")
+    assert page.inner_text(f"#job-summary [data-dry-run='{dry_job}']") == "dry run"
+
+    support_key = operator.call("POST", f"/tenants/{tenant_id}/keys", json={"role": "support"})["key"]
+    reader = browser.new_page()
+    estimate_posts: list[str] = []
+    reader.on("request", lambda r: estimate_posts.append(r.url) if r.method == "POST" else None)
+    sign_in(reader, url, support_key)
+    reader.goto(f"{url}/api/console#/t/{tenant_id}/c/{campaign_id}")
+    reader.wait_for_selector("#estimate [data-estimate='matching']")
+    with reader.expect_response(lambda r: r.request.method == "GET" and r.url.endswith("/estimate")) as read:
+        reader.click("#estimate-refresh")  # a support key only reads the estimate again
+    assert read.value.status == 200 and estimate_posts == []
+    assert page.inner_text("#job-actors [data-actor='created']") == key_id
+
+    forecast = operator.call("GET", "/forecast")
+    assert any(run["campaign_id"] == campaign_id for run in forecast["runs"])
+    admin_page = browser.new_page()
+    sign_in(admin_page, url, ADMIN_KEY)
+    admin_page.click("#nav-operator")
+    admin_page.wait_for_selector("#forecast-total")
+    assert int(admin_page.get_attribute("#forecast-total", "data-emails") or -1) == forecast["emails"]
+    assert admin_page.locator("#forecast-chart svg rect").count() >= 1
+
+
+
+def job_closed(operator: Operator, key: str, job_id: str) -> bool:
+    """Whether the job exists (the Campaign Manager opens it when its run is due) and has closed."""
+    response = operator.http.get(f"/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
+    return response.status_code == 200 and bool(response.json()["completed_at"])
