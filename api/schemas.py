@@ -111,8 +111,9 @@ class TenantUpdate(RequestModel):
         None, min_length=1, max_length=len(PROVIDER_NAMES),
         description="Failover order, e.g. [\"sendgrid\", \"acs\"]; null: the deployment's EMAIL_PROVIDERS.",
     )
-    delivery_semantics: Literal["at-most-once", "at-least-once"] | None = Field(
-        None, description="Whether ambiguous sends are resent; null: the deployment's DELIVERY_SEMANTICS."
+    delivery_semantics: Literal["at-most-once", "at-least-once", "reconcile"] | None = Field(
+        None, description="Whether ambiguous sends are resent: never, at once, or once when no provider "
+        "event came within RECONCILE_WINDOW_SECONDS (reconcile); null: the deployment's DELIVERY_SEMANTICS."
     )
     sender_domains: list[DomainName] | None = Field(
         None, max_length=MAX_SENDER_DOMAINS,
@@ -416,6 +417,13 @@ class JobPublic(BaseModel):
     retry_of: str | None = Field(None, description="For a retry-failed job: the job it retries.")
     compliance: CompliancePublic | None = Field(
         None, description="Bulk-sender compliance (GET /jobs/{id} only).")
+    unknown_resolution: dict[str, int] = Field(
+        default_factory=dict,
+        description="How its unknown recipients (provider answer lost) were resolved: accepted_by_event, "
+        "not_accepted (no event within RECONCILE_WINDOW_SECONDS: failed), resent (reconcile), "
+        "no_event_feed (SMTP, ACS: stay unknown), awaiting (inside the window).")
+    reconciling_until: str | None = Field(
+        None, description="The job stays sending until then for its unknowns' window (GET /jobs/{id} only).")
     dry_run: bool = Field(False, description="Validated, never delivered: counts say what a real run would.")
     created_by: str | None = Field(None, description="Key id (never the key) that created or scheduled it.")
     paused_by: str | None = None

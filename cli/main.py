@@ -416,7 +416,9 @@ def update_tenant(
     providers: Annotated[str | None, typer.Option(help="Provider order, e.g. sendgrid,acs.")] = None,
     rate_limit: Annotated[int | None, typer.Option(help="Sends per minute (0 clears the cap).")] = None,
     max_roster: Annotated[int | None, typer.Option(help="Largest roster of a job (0 clears it).")] = None,
-    delivery_semantics: Annotated[str | None, typer.Option(help="at-most-once or at-least-once.")] = None,
+    delivery_semantics: Annotated[
+        str | None, typer.Option(help="at-most-once, at-least-once or reconcile.")
+    ] = None,
     sender_domain: Annotated[
         list[str] | None, typer.Option("--sender-domain", help="A domain from_email may use (repeat it).")
     ] = None,

@@ -67,6 +67,43 @@ def count_delivery_rows(storage: Storage, delivery_partition: str) -> dict[str, 
     return dict(Counter(row["status"] for row in rows))
 
 
+#: In a task's ``resolutions``: rows still ``unknown`` whose fate is settled (no event feed, or
+#: resent and ambiguous again); the other unknown rows are awaiting reconciliation.
+SETTLED_UNKNOWN = "settled_unknown"
+
+
+def tally_delivery_rows(storage: Storage, delivery_partition: str) -> tuple[dict[str, int], dict[str, int]]:
+    """A task's counts and its ``resolutions`` (rows per ``resolution``) from one partition scan.
+
+    Used where resolutions may have changed (after provider events and reconciliation); the
+    plain ``count_delivery_rows`` stays the cheaper path everywhere else.
+    """
+    rows = storage.table(DELIVERIES).partition(delivery_partition, select=["status", "resolution"])
+    counts: Counter[str] = Counter()
+    resolutions: Counter[str] = Counter()
+    for row in rows:
+        counts[row["status"]] += 1
+        if row.get("resolution"):
+            resolutions[row["resolution"]] += 1
+            if row["status"] == DeliveryStatus.UNKNOWN:
+                resolutions[SETTLED_UNKNOWN] += 1
+    return dict(counts), dict(resolutions)
+
+
+def unknown_report(counts: Mapping[str, int], resolutions: Mapping[str, int]) -> dict[str, int]:
+    """How a job's (or task's) ``unknown`` recipients were resolved, for ``GET /jobs/{id}``.
+
+    ``awaiting``: rows still ``unknown`` with no resolution yet (inside the window, or not yet
+    looked at); the rest come from the rows' ``resolution`` column (``core.reconciliation``).
+    """
+    from core.reconciliation import RESOLUTIONS  # builds on this module: import when used
+
+    report = {name: int(resolutions.get(name, 0)) for name in RESOLUTIONS}
+    settled = int(resolutions.get(SETTLED_UNKNOWN, 0))
+    report["awaiting"] = max(0, int(counts.get(DeliveryStatus.UNKNOWN.value, 0)) - settled)
+    return report
+
+
 def counts_of_statuses(statuses: Iterable[str]) -> dict[str, int]:
     """A running task's counts from its rows' statuses; a ``sending`` mark is not counted (its outcome is)."""
     return dict(Counter(s for s in statuses if s != DeliveryStatus.SENDING))
@@ -93,6 +130,7 @@ class TaskTotals:
     """What a job's task rows add up to."""
 
     counts: dict[str, int] = field(default_factory=zero_counts)  # recorded outcomes + unrecorded as pending
+    resolutions: dict[str, int] = field(default_factory=dict)  # rows per ``resolution``, summed
     tasks: int = 0  # task rows
     roster: int = 0  # recipients in those rows
 
@@ -106,6 +144,8 @@ def sum_task_counts(task_rows: Iterable[Mapping[str, object]]) -> TaskTotals:
         for status, n in recorded.items():
             totals.counts[status] = totals.counts.get(status, 0) + n
         totals.counts[PENDING] += max(0, size - sum(recorded.values()))
+        for name, n in counts_from_json(row.get("resolutions")).items():
+            totals.resolutions[name] = totals.resolutions.get(name, 0) + n
         totals.tasks += 1
         totals.roster += size
     return totals

@@ -177,7 +177,7 @@ class Tenant:
     state: str = "active"
     created_at: str = ""
     providers: list[str] = field(default_factory=list)  # failover order; empty: EMAIL_PROVIDERS
-    delivery_semantics: str = ""  # at-most-once | at-least-once; empty: DELIVERY_SEMANTICS
+    delivery_semantics: str = ""  # at-most-once | at-least-once | reconcile; empty: DELIVERY_SEMANTICS
     sender_domains: list[str] = field(default_factory=list)  # allowed from_email domains; empty: any
     updated_at: str = ""
     etag: str = ""
@@ -237,6 +237,8 @@ TENANT_COLUMNS = frozenset({
 ACTOR_COLUMNS = ("created_by", "scheduled_by", "paused_by", "resumed_by", "cancelled_by")
 #: A campaign's last audience estimate (JSON), which the operator's volume forecast reads.
 ESTIMATE_COLUMN = "estimate"
+#: A job's report of how its ``unknown`` recipients were resolved (JSON; ``core.counts.unknown_report``).
+UNKNOWN_RESOLUTION_COLUMN = "unknown_resolution"
 
 
 def actors_of(e: Entity) -> dict[str, str]:
@@ -357,6 +359,8 @@ class Job(Keyed):
     test_of: str = ""  # a test send (``POST /campaigns/{id}/test``): the campaign it tests
     dry_run: bool = False  # validated and accounted for like a real run, handed to nobody for delivery
     actors: dict[str, str] = field(default_factory=dict)  # who did it: ``created_by`` → key id, …
+    # How its ``unknown`` recipients were resolved (``core.counts.unknown_report``); empty: none yet.
+    unknown_resolution: dict[str, int] = field(default_factory=dict)
     etag: str = ""
 
     def to_entity(self) -> Entity:
@@ -390,6 +394,8 @@ class Job(Keyed):
             entity["test_of"] = self.test_of
         if self.dry_run:
             entity["dry_run"] = True
+        if self.unknown_resolution:
+            entity[UNKNOWN_RESOLUTION_COLUMN] = _json(self.unknown_resolution)
         entity.update(self.actors)
         return entity
 
@@ -424,6 +430,7 @@ class Job(Keyed):
             test_of=e.get("test_of", "") or "",
             dry_run=bool(e.get("dry_run", False)),
             actors=actors_of(e),
+            unknown_resolution=_loads(e.get(UNKNOWN_RESOLUTION_COLUMN), {}),
             etag=etag_of(e),
         )
 
@@ -487,6 +494,8 @@ class Task(Keyed):
     in_flight: list[int] = field(default_factory=list)
     leftover: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # How many of its rows carry each ``resolution`` (``core.counts.tally_delivery_rows``).
+    resolutions: dict[str, int] = field(default_factory=dict)
     roster_cursor: str = ""
     send_marks: bool = False
     lease_owner: str = ""
@@ -517,6 +526,7 @@ class Task(Keyed):
             "send_marks": self.send_marks,
             "leftover": _json(self.leftover),
             "counts": _json(self.counts),
+            "resolutions": _json(self.resolutions),
             "lease_owner": self.lease_owner,
             "lease_until": self.lease_until,
             "attempt": self.attempt,
@@ -549,6 +559,7 @@ class Task(Keyed):
             send_marks=bool(e.get("send_marks", False)),
             leftover=_loads(e.get("leftover"), []),
             counts=_loads(e.get("counts"), {}),
+            resolutions=_loads(e.get("resolutions"), {}),
             roster_cursor=e.get("roster_cursor", ""),
             lease_owner=e.get("lease_owner", ""),
             lease_until=e.get("lease_until", ""),
@@ -567,6 +578,7 @@ TASK_SUMMARY_COLUMNS = [
     "status",
     "size",
     "counts",
+    "resolutions",
     "lease_until",
     "attempt",
     "cursor",
@@ -664,6 +676,9 @@ class Delivery(Row):
     outcome_reason: str | None = None
     status_event: str | None = None  # the event key whose status won
     redacted: bool | None = None  # the contact was erased
+    # Once it was ``unknown``: how that was resolved (``core.reconciliation``: accepted_by_event,
+    # not_accepted, resent, no_event_feed); the task's outcome writes merge, so it survives them.
+    resolution: str | None = None
 
     def keys(self) -> RowKeys:
         return self.partition, self.contact_id
@@ -725,6 +740,26 @@ class Recount(Row):
 
     def keys(self) -> RowKeys:
         return RECOUNT_PARTITION, f"{self.tenant_id}|{self.job_id}|{self.task_id}"
+
+
+RECONCILE_PARTITION = "due"  # Reconciles: one partition the Status Manager walks each pass
+
+
+@dataclass
+class ReconcileMark(Row):
+    """A Reconciles row: a task with ``unknown`` recipients the Status Manager settles once due.
+
+    Written by whoever records an ``unknown`` outcome, with ``due_at`` the end of the window in
+    which the provider's events may still prove the message accepted (``core.reconciliation``).
+    """
+
+    tenant_id: str
+    job_id: str
+    task_id: str
+    due_at: str = ""
+
+    def keys(self) -> RowKeys:
+        return RECONCILE_PARTITION, f"{self.tenant_id}|{self.job_id}|{self.task_id}"
 
 
 @dataclass

@@ -202,11 +202,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Wait for a provider's answer; past it the outcome is ambiguous (unknown).",
     )
-    delivery_semantics: Literal["at-most-once", "at-least-once"] = Field(
+    delivery_semantics: Literal["at-most-once", "at-least-once", "reconcile"] = Field(
         "at-most-once",
         alias="DELIVERY_SEMANTICS",
-        description="Whether an ambiguous send (may have been accepted) is ever resent; "
-        "a tenant may opt into at-least-once (Tenants.delivery_semantics).",
+        description="Whether an ambiguous send (may have been accepted) is ever resent: never, at once "
+        "(at-least-once), or once after RECONCILE_WINDOW_SECONDS without a provider event (reconcile); "
+        "a tenant may choose its own (Tenants.delivery_semantics).",
+    )
+    reconcile_window_seconds: float = Field(
+        900.0,
+        alias="RECONCILE_WINDOW_SECONDS",
+        gt=0,
+        description="How long an unknown recipient waits for a provider event (SendGrid posts them in "
+        "near real time) before it counts as not accepted; its job stays open until then.",
     )
     health_window_seconds: float = Field(
         60.0, alias="HEALTH_WINDOW_SECONDS", gt=0, description="Sliding window of provider health."

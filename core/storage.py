@@ -76,6 +76,7 @@ RATE_LIMITS = "RateLimits"
 IDEMPOTENCY_KEYS = "IdempotencyKeys"
 SUPPORT_AUDIT = "SupportAudit"
 RECOUNTS = "Recounts"
+RECONCILES = "Reconciles"
 ERASURES = "Erasures"
 REPUTATION = "Reputation"
 COMPLIANCE = "Compliance"
@@ -99,6 +100,7 @@ ALL_TABLES = (
     IDEMPOTENCY_KEYS,
     SUPPORT_AUDIT,
     RECOUNTS,
+    RECONCILES,
     ERASURES,
     REPUTATION,
     COMPLIANCE,

@@ -26,7 +26,9 @@ Test-only endpoints live under ``/__sim``:
   ``{"status": 429, "count": 1, "retry_after": 7}``; also a window of failures
   ``{"status": 503, "for_seconds": 5}``, ``{"reset_count": 2}`` (the connection is dropped
   before any answer, nothing recorded) and ``{"accept_then_hang": 3, "hang_seconds": 5}``
-  (the message IS accepted and recorded, then no answer comes: the ambiguous case)
+  (the message IS accepted and recorded, then no answer comes: the ambiguous case) and
+  ``{"lose_then_hang": 2}`` (the request is read but lost before acceptance: nothing recorded, no
+  event, and no answer: the ambiguous case the other way round)
 - ``GET /__sim/requests``: every send request's arrival (monotonic seconds) and answer
 
 Run it with ``python -m devhost.sendgrid_sim --port 3030``.
@@ -337,6 +339,7 @@ class FaultsIn(BaseModel):
     for_seconds: float | None = Field(None, gt=0, le=3600)
     reset_count: int | None = Field(None, ge=0)
     accept_then_hang: int | None = Field(None, ge=0)
+    lose_then_hang: int | None = Field(None, ge=0)
     hang_seconds: float | None = Field(None, ge=0, le=600)
 
 
@@ -352,6 +355,7 @@ class Faults:
     status_until: float | None = None  # monotonic end of a ``for_seconds`` window
     reset_count: int = 0
     accept_then_hang: int = 0
+    lose_then_hang: int = 0
     hang_seconds: float = 30.0
 
     def apply(self, faults: FaultsIn) -> None:
@@ -367,6 +371,8 @@ class Faults:
             self.reset_count = faults.reset_count
         if faults.accept_then_hang is not None:
             self.accept_then_hang = faults.accept_then_hang
+        if faults.lose_then_hang is not None:
+            self.lose_then_hang = faults.lose_then_hang
         if faults.hang_seconds is not None:
             self.hang_seconds = faults.hang_seconds
 
@@ -391,7 +397,8 @@ class Faults:
         return {"latency_ms": self.latency_ms, "fail_addresses": dict(self.fail_addresses),
                 "status": self.status, "count": self.count, "retry_after": self.retry_after,
                 "status_until": self.status_until, "reset_count": self.reset_count,
-                "accept_then_hang": self.accept_then_hang, "hang_seconds": self.hang_seconds}
+                "accept_then_hang": self.accept_then_hang, "lose_then_hang": self.lose_then_hang,
+                "hang_seconds": self.hang_seconds}
 
 
 class SendGridSimulator:
@@ -480,6 +487,9 @@ class SendGridSimulator:
             if f.accept_then_hang > 0:
                 f.accept_then_hang -= 1
                 return "hang"
+            if f.lose_then_hang > 0:
+                f.lose_then_hang -= 1
+                return "lose"
             return None
 
     def _begin_request(self) -> tuple[int, int | None, int | None]:
@@ -568,6 +578,12 @@ class SendGridSimulator:
             raw = await request.body()
             arrived = time.monotonic()
             connection_fault = self._take_connection_fault()
+            if connection_fault == "lose":
+                # Read, never accepted, never answered in time: the client cannot tell it from "hang".
+                self._log_answer(arrived, "lost")
+                await asyncio.sleep(self.faults()["hang_seconds"])
+                _drop_connection(request)
+                return Response(status_code=500)
             if connection_fault == "reset":
                 self._log_answer(arrived, "reset")
                 _drop_connection(request)

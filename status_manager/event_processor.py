@@ -39,8 +39,9 @@ from core.provider_events import (
     parse_sendgrid_event,
     suppression_reason,
 )
+from core.reconciliation import ACCEPTED_BY_EVENT, NO_EVENT_FEED, NOT_ACCEPTED, RESENT
 from core.settings import Settings
-from core.status import FINAL_JOB_STATUSES, TaskStatus
+from core.status import FINAL_JOB_STATUSES, DeliveryStatus, TaskStatus
 from core.storage import (
     CONTACT_HISTORY,
     DELIVERIES,
@@ -295,7 +296,8 @@ def merge_into_delivery(
         nonlocal merged
         if stored is None:
             raise NotFound("the delivery row went while its events were merged")
-        old = status = stored.get("status", "")
+        old = stored.get("status", "")
+        status = merge_base(stored)
         key, winner = stored.get("status_event", ""), None
         for event in proving:
             if merge_status(status, key, str(event.status), event.key):
@@ -304,6 +306,9 @@ def merge_into_delivery(
             return None
         columns: Entity = {"status": status, "reason": winner.detail, "status_event": key,
                            "updated_at": iso(ctx.clock())}
+        resolved = resolution_after_event(stored)
+        if resolved:
+            columns["resolution"] = resolved
         if not stored.get("outcome"):
             columns.update(outcome=old, outcome_at=stored.get("updated_at", ""),
                            outcome_reason=stored.get("reason", ""))
@@ -324,6 +329,35 @@ def merge_into_delivery(
     if written is None or merged is None or merged[0] == merged[1]:
         return None
     return merged
+
+
+def merge_base(stored: Entity) -> str:
+    """The status events merge over: a row reconciliation judged not accepted is still ``unknown``.
+
+    Such a row is ``failed`` only because no event came within the window; an event that comes
+    later proves the provider took it after all, so it lifts the row like any ``unknown`` one.
+    """
+    status = str(stored.get("status", ""))
+    if status == DeliveryStatus.FAILED and stored.get("resolution") == NOT_ACCEPTED:
+        return DeliveryStatus.UNKNOWN.value
+    return status
+
+
+def resolution_after_event(stored: Entity) -> str:
+    """The row's new ``resolution`` when a proving event lifts it ("" for none).
+
+    An ``unknown`` (or judged not accepted) row becomes ``accepted_by_event``, and so does one
+    waiting for its reconciliation resend (``retrying``, ``resent``): the Task Manager then
+    skips it, as its outcome is on record. A row already resent keeps saying so.
+    """
+    status, resolution = stored.get("status", ""), stored.get("resolution") or ""
+    if status == DeliveryStatus.UNKNOWN and resolution in ("", NO_EVENT_FEED):
+        return ACCEPTED_BY_EVENT
+    if merge_base(stored) == DeliveryStatus.UNKNOWN and resolution == NOT_ACCEPTED:
+        return ACCEPTED_BY_EVENT
+    if status == DeliveryStatus.RETRYING and resolution == RESENT:
+        return ACCEPTED_BY_EVENT
+    return ""
 
 
 def slow_deferring_domains(storage: Storage, settings: Settings, scopes: set[str]) -> None:

@@ -15,17 +15,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from core.clock import Clock, iso, parse_iso, utcnow
-from core.counts import balance_pending, count_columns, sum_task_counts
+from core.counts import balance_pending, count_columns, counts_json, sum_task_counts, unknown_report
 from core.errors import Conflict, NotFound, StateConflict
 from core.job_state import campaign_follows_job, change_job, write_job
 from core.messages import JobTicket
-from core.models import ACTIVE_PARTITION, TASK_SUMMARY_COLUMNS, Job
+from core.models import ACTIVE_PARTITION, TASK_SUMMARY_COLUMNS, UNKNOWN_RESOLUTION_COLUMN, Job
+from core.reconciliation import marks_of_job
 from core.settings import Settings
-from core.status import JobStatus, TaskStatus
+from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import ACTIVE_JOBS, JOB_QUEUE, JOBS, TASKS, Entity, Storage
 from core.task_window import enqueue_task
 from status_manager.cancelled import close_cancelled_tasks
 from status_manager.delivery_logs import request_delivery_log
+from status_manager.reconcile import reconcile_unknowns
 from status_manager.recounts import recount_marked_tasks
 
 log = logging.getLogger("mailroom.status_manager")
@@ -38,6 +40,7 @@ class StatusReport:
     tasks_requeued: int = 0
     expansions_requeued: int = 0
     jobs_recounted: int = 0  # jobs with a task recounted after provider events
+    unknowns_settled: int = 0  # unknown recipients reconciliation settled this pass
 
 
 @dataclass
@@ -47,13 +50,16 @@ class _TaskSummary:
     stalled: list[int]  # claimed, lease expired: the owner died
     pending: list[int]  # never claimed
     paused: list[int] = field(default_factory=list)  # stopped by a pause; resume re-enqueues them
+    resolutions: dict[str, int] = field(default_factory=dict)  # the tasks' rows per ``resolution``
     tasks: int = 0  # task rows written (a cancelled expansion may stop between two job updates)
     roster: int = 0  # recipients in those rows
 
 
 def close_finished_jobs(storage: Storage, settings: Settings, clock: Clock = utcnow) -> StatusReport:
-    """One pass: recount tasks that provider events changed, then every active job."""
+    """One pass: settle due unknowns, recount tasks that provider events changed, then every active job."""
     report = StatusReport()
+    settled = reconcile_unknowns(storage, settings, clock)
+    report.unknowns_settled = settled.not_accepted + settled.resent + settled.no_event_feed
     recounted = recount_marked_tasks(storage)
     for tenant_id, job_id in sorted(recounted):
         refresh_closed_job_counts(storage, tenant_id, job_id, clock)
@@ -92,7 +98,7 @@ def summarize_tasks(
     rows = list(storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS))
     totals = sum_task_counts(rows)
     summary = _TaskSummary(counts=totals.counts, terminal=0, stalled=[], pending=[], tasks=totals.tasks,
-                           roster=totals.roster)
+                           roster=totals.roster, resolutions=totals.resolutions)
     for entity in rows:
         status = TaskStatus(entity.get("status", "pending"))
         index = int(entity["RowKey"])
@@ -116,8 +122,15 @@ def refresh_closed_job_counts(storage: Storage, tenant_id: str, job_id: str, clo
     def decide(job: Job) -> Entity | None:
         if not JobStatus(job.status).is_final or not job.completed_at:
             return None  # open: ``update_job`` sums it this pass
-        counts = balance_pending(summarize_tasks(storage, job, clock).counts, job.roster_size)
-        return count_columns(counts) if counts != job.counts else None
+        tasks = summarize_tasks(storage, job, clock)
+        counts = balance_pending(tasks.counts, job.roster_size)
+        resolution = unknown_report(counts, tasks.resolutions)
+        changes: Entity = {}
+        if counts != job.counts:
+            changes.update(count_columns(counts))
+        if resolution != job.unknown_resolution:
+            changes[UNKNOWN_RESOLUTION_COLUMN] = counts_json(resolution)
+        return changes or None
 
     try:
         job = change_job(storage, tenant_id, job_id, decide)
@@ -153,12 +166,15 @@ def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, rep
         if JobStatus(current.status).is_final:
             return None  # closed meanwhile (a cancel): the next pass settles it
         counts = balance_pending(tasks.counts, current.roster_size)
+        resolution = unknown_report(counts, tasks.resolutions)
         changed = counts != current.counts or tasks.terminal != current.tasks_done
         finished = (current.expanded and tasks.terminal >= current.tasks_total
-                    and current.status != JobStatus.PAUSED)
-        if not (changed or finished or refilled):
+                    and current.status != JobStatus.PAUSED
+                    and not awaits_reconciliation(storage, current, counts))
+        if not (changed or finished or refilled or resolution != current.unknown_resolution):
             return None
-        changes: Entity = {"tasks_done": tasks.terminal, **count_columns(counts)}
+        changes: Entity = {"tasks_done": tasks.terminal, **count_columns(counts),
+                           UNKNOWN_RESOLUTION_COLUMN: counts_json(resolution)}
         if changed or refilled:
             changes["progress_at"] = iso(now)  # a refill counts as progress: the next pass waits again
         if finished:
@@ -178,6 +194,20 @@ def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, rep
         report.jobs_closed.append(job.id)
         report.closed_jobs.append(job)
         log.info("job closed job=%s roster=%d", job.id, job.roster_size)
+
+
+def awaits_reconciliation(storage: Storage, job: Job, counts: dict[str, int]) -> bool:
+    """Whether a job whose tasks are all terminal must stay open for its unknowns' reconciliation.
+
+    It has a ``Reconciles`` mark (an unknown inside its window, or one being settled), or a
+    ``retrying`` row waiting for its resend: closing now would leave a non-terminal row in a
+    closed job, or change a closed job's counts other than through provider events. The marks
+    are read after the task rows, and a task's mark is written before it can be terminal, so a
+    task seen finished here has its mark visible. One small query, only for a job about to close.
+    """
+    if counts.get(DeliveryStatus.RETRYING.value, 0):
+        return True
+    return bool(marks_of_job(storage, job.tenant_id, job.id))
 
 
 def requeue_stalled(

@@ -22,10 +22,9 @@ So a job's counts add up to its roster at every moment, and match its rows withi
 
 from __future__ import annotations
 
-import json
 import logging
 
-from core.counts import RECOUNT_PARTITION, count_delivery_rows
+from core.counts import RECOUNT_PARTITION, counts_from_json, counts_json, tally_delivery_rows
 from core.errors import Conflict
 from core.models import Task
 from core.status import TaskStatus
@@ -43,7 +42,7 @@ def recount_marked_tasks(storage: Storage) -> set[tuple[str, str]]:
     for mark in list(storage.table(RECOUNTS).partition(RECOUNT_PARTITION)):
         tenant_id, job_id, task_id = mark["tenant_id"], mark["job_id"], mark["task_id"]
         # Status and counts only: the task row also holds its compressed recipients.
-        task = storage.table(TASKS).find(job_id, task_id, select=["status", "counts"])
+        task = storage.table(TASKS).find(job_id, task_id, select=["status", "counts", "resolutions"])
         if task is not None:
             if not TaskStatus(task.get("status", "pending")).is_terminal:
                 continue  # its final recount, or a later pass, counts it
@@ -62,11 +61,13 @@ def recount_marked_tasks(storage: Storage) -> set[tuple[str, str]]:
 
 def recount_task(storage: Storage, job_id: str, task_id: str, task: Entity) -> bool:
     """Write the task's counts as its delivery rows say; False when the task changed meanwhile."""
-    counts = count_delivery_rows(storage, f"{job_id}-{task_id}")
-    if counts == json.loads(task.get("counts") or "{}"):
+    counts, resolutions = tally_delivery_rows(storage, f"{job_id}-{task_id}")
+    stored = counts_from_json(task.get("counts")), counts_from_json(task.get("resolutions"))
+    if (counts, resolutions) == stored:
         return True
     try:
-        counted = Task.changes((job_id, task_id), counts=json.dumps(counts, separators=(",", ":")))
+        counted = Task.changes((job_id, task_id), counts=counts_json(counts),
+                               resolutions=counts_json(resolutions))
         storage.table(TASKS).update(counted, etag=etag_of(task))
     except Conflict:
         return False

@@ -113,8 +113,10 @@ def run_claimed_task(run: TaskRun, dispatcher: Dispatcher, suppressions: Suppres
     if closed:
         return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
     pending = task.leftover + list(range(task.cursor, task.size))
+    had_leftover = bool(task.leftover)  # a retry or a reconciliation resend: recount at the end
     sends = open_group_sender(run, dispatcher, suppressions, pending)
-    backlog = Backlog(waiting=list(task.leftover))
+    pending = [i for i in pending if i not in run.recorded_leftover]
+    backlog = Backlog(waiting=[i for i in task.leftover if i not in run.recorded_leftover])
     chunks = in_chunks(pending, CHUNK)
     for number, chunk in enumerate(chunks):
         if number > 0 and (stopped := stop_if_job_halted(run, chunks[number:], backlog, sends)):
@@ -134,7 +136,9 @@ def run_claimed_task(run: TaskRun, dispatcher: Dispatcher, suppressions: Suppres
         return TaskOutcome.LOST
     if backlog.retry_later:
         return requeue_for_retry(run, backlog.retry_later, backlog.retry_after)
-    finish_task(run, recount=False)
+    # Running counts stand, except after leftovers: their rows may have moved (events, a
+    # reconciliation's resolutions) since the task's counts were written.
+    finish_task(run, recount=had_leftover)
     enqueue_next_in_window(run.storage, job.tenant_id, job.id, task.index, run.settings.task_window)
     log.info("task done job=%s task=%d recipients=%d", task.job_id, task.index, task.size)
     return TaskOutcome.DONE

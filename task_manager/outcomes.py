@@ -10,9 +10,10 @@ import logging
 from collections.abc import Iterable
 
 from core.clock import iso
-from core.counts import count_delivery_rows, mark_for_recount, tally
+from core.counts import mark_for_recount, tally, tally_delivery_rows
 from core.errors import Conflict
 from core.models import Recipient, delivery_entity, delivery_mark_entity
+from core.reconciliation import mark_unknowns, reconcile_due_in
 from core.status import DeliveryStatus, TaskStatus
 from core.storage import DELIVERIES, TASKS
 from task_manager.dispatch import Outcome
@@ -30,6 +31,7 @@ def record_outcomes(
     the outcome that replaces the mark is).
     """
     now = iso(run.clock())
+    outcomes = list(outcomes)
     rows = [delivery_mark_entity(run.task, run.recipients[index], now) for index in sending]
     for index, outcome in outcomes:
         recipient = run.recipients[index]
@@ -54,6 +56,20 @@ def record_outcomes(
         tally(run.task.counts, str(outcome.status), replaces)
     if rows:
         run.storage.table(DELIVERIES).batch_upsert(rows)
+        mark_unknown_outcomes(run, outcomes)
+
+
+def mark_unknown_outcomes(run: TaskRun, outcomes: Iterable[tuple[int, Outcome]]) -> None:
+    """Ask the Status Manager to settle this task's ``unknown`` recipients (``core.reconciliation``).
+
+    Written after their rows and before the task can finish, so a job never looks finished to
+    the Status Manager while an unknown it would reconcile has no mark.
+    """
+    waits = [reconcile_due_in(o.provider, run.settings)
+             for _, o in outcomes if o.status == DeliveryStatus.UNKNOWN]
+    if waits:
+        task = run.task
+        mark_unknowns(run.storage, [(task.tenant_id, task.job_id, task.row_key)], max(waits), run.clock)
 
 
 def owns_task_for(run: TaskRun, outcomes: list[tuple[int, Outcome]]) -> bool:
@@ -108,7 +124,7 @@ def finish_task(run: TaskRun, status: TaskStatus = TaskStatus.DONE, recount: boo
     """
     task = run.task
     if recount:
-        task.counts = count_delivery_rows(run.storage, task.delivery_partition)
+        task.counts, task.resolutions = tally_delivery_rows(run.storage, task.delivery_partition)
     task.status, task.in_flight, task.leftover = status.value, [], []
     task.cursor = task.size
     task.lease_owner, task.lease_until = "", ""

@@ -53,6 +53,7 @@ class TaskRun:
     lease: TaskLease | None = None  # the owner's hold on the task row (None: no running owner)
     throttled_since: dict[int, str] = field(default_factory=dict)  # leftovers deferred by throttling
     resumed: bool = False  # an earlier owner stopped mid-task: its delivery rows are recovered first
+    recorded_leftover: set[int] = field(default_factory=set)  # leftovers whose outcome is on record
 
 
 @dataclass

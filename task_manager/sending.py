@@ -73,7 +73,11 @@ def route_for(job: Job, settings: Settings, tenant: dict[str, Any]) -> Route:
 
 
 def prior_attempts(run: TaskRun) -> dict[int, int]:
-    """Attempts already made for leftover recipients left ``retrying`` by an earlier run."""
+    """Attempts already made for leftover recipients left ``retrying`` by an earlier run.
+
+    A leftover whose row already holds a terminal outcome is noted in ``run.recorded_leftover``
+    and not sent.
+    """
     if not run.task.leftover:
         return {}
     rows = {
@@ -81,12 +85,15 @@ def prior_attempts(run: TaskRun) -> dict[int, int]:
         for row in run.storage.table(DELIVERIES).partition(
             run.task.delivery_partition, select=["RowKey", "status", "attempts", "throttled_since"]
         )
-        if row.get("status") == DeliveryStatus.RETRYING
     }
     prior: dict[int, int] = {}
     for index in run.task.leftover:
         row = rows.get(run.recipients[index].contact_id)
-        if row is not None:
+        if row is not None and DeliveryStatus(row.get("status", "")).is_terminal:
+            # An outcome is on record (a provider event proved a recipient waiting for its
+            # reconciliation resend accepted): handing it over again would be a second hand-off.
+            run.recorded_leftover.add(index)
+        elif row is not None and row.get("status") == DeliveryStatus.RETRYING:
             prior[index] = int(row.get("attempts", 0) or 0)
             run.was_retrying.add(index)
             if row.get("throttled_since"):

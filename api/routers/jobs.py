@@ -27,6 +27,7 @@ from core.clock import iso, parse_iso, utcnow
 from core.ids import normalize_email
 from core.models import Job
 from core.provider_events import timeline
+from core.reconciliation import marks_of_job
 from core.status import FINAL_JOB_STATUSES, TERMINAL_DELIVERY_STATUSES, DeliveryStatus, JobStatus
 from core.storage import DELIVERIES, JOBS, Entity, Storage
 from core.timing import time_to_send_seconds
@@ -59,7 +60,7 @@ def job_public(job: Job, now: datetime | None = None) -> JobPublic:
         and job.status == JobStatus.COMPLETED.value else None,
         retry_of=job.retry_of or None, dry_run=job.dry_run, created_by=job.actors.get("created_by"),
         paused_by=job.actors.get("paused_by"), resumed_by=job.actors.get("resumed_by"),
-        cancelled_by=job.actors.get("cancelled_by"),
+        cancelled_by=job.actors.get("cancelled_by"), unknown_resolution=dict(job.unknown_resolution),
     )
 
 
@@ -119,6 +120,9 @@ def get_job(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPublic:
     job = _load_job(storage, tenant.id, job_id)
     public = job_public(job)
     public.compliance = CompliancePublic(**asdict(compliance_report(storage, job)))
+    if not JobStatus(job.status).is_final:
+        due = [mark.get("due_at", "") for mark in marks_of_job(storage, job.tenant_id, job.id)]
+        public.reconciling_until = max(due) if any(due) else None
     return public
 
 
