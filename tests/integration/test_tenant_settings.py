@@ -40,6 +40,7 @@ def fields(answer) -> list[str]:
     ("max_roster", 1000),
     ("providers", ["acs", "sendgrid"]),
     ("delivery_semantics", "at-least-once"),
+    ("delivery_semantics", "reconcile"),
     ("sender_domains", ["uni.example", "mail.uni.example"]),
 ])
 def test_patch_sets_a_field_that_get_then_shows(client, admin, tenant, field, value):
@@ -97,6 +98,7 @@ def test_an_unknown_provider_is_422_naming_its_position(client, admin, tenant):
     ({"rate_limit_per_minute": 0}, "rate_limit_per_minute"),
     ({"max_roster": -5}, "max_roster"),
     ({"delivery_semantics": "exactly-once"}, "delivery_semantics"),
+    ({"delivery_semantics": "reconciled"}, "delivery_semantics"),
     ({"sender_domains": ["not a domain"]}, "sender_domains.0"),
     ({"name": None}, "name"),
 ])
