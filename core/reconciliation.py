@@ -7,7 +7,7 @@ accepted, "in nearly real time" and retried for 24 hours when our webhook fails.
 
 - an event arrives: the message was accepted (``accepted_by_event``; the event processor merges it);
 - no event within ``RECONCILE_WINDOW_SECONDS``: it was not accepted. An ``at-most-once`` tenant's
-  recipient becomes ``failed`` (``not_accepted``: retry-failed may pick it); a ``reconcile`` (or
+  unknowns are not marked (its jobs close at once; the row stays ``unknown``); a ``reconcile`` (or
   ``at-least-once``) tenant's is sent once more under the same ids (``resent``), so a late event
   for the first attempt still matches its row;
 - a provider without an event feed (SMTP, ACS here, or SendGrid without

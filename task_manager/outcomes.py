@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from core.clock import iso
 from core.counts import mark_for_recount, tally, tally_delivery_rows
 from core.errors import Conflict
-from core.models import Recipient, delivery_entity, delivery_mark_entity
-from core.reconciliation import mark_unknowns, reconcile_due_in
+from core.models import Recipient, Tenant, delivery_entity, delivery_mark_entity
+from core.reconciliation import RESENDING_SEMANTICS, mark_unknowns, reconcile_due_in
 from core.status import DeliveryStatus, TaskStatus
 from core.storage import DELIVERIES, TASKS
 from task_manager.dispatch import Outcome
@@ -59,12 +59,26 @@ def record_outcomes(
         mark_unknown_outcomes(run, outcomes)
 
 
+def resends_unknowns(run: TaskRun) -> bool:
+    """Whether the tenant chose ``reconcile`` (or ``at-least-once``): only then is an unknown settled.
+
+    At-most-once jobs close as soon as their tasks are done: holding every job with an unknown
+    for the whole window (15 min by default) would delay the close of most crash-hit jobs, and
+    settling one after its close would change a closed job's counts other than through events.
+    """
+    tenant_row = run.jobs.tenant(run.storage, run.job.tenant_id)
+    tenant = Tenant.from_entity({"RowKey": run.job.tenant_id, **tenant_row})
+    return (tenant.delivery_semantics or run.settings.delivery_semantics) in RESENDING_SEMANTICS
+
+
 def mark_unknown_outcomes(run: TaskRun, outcomes: Iterable[tuple[int, Outcome]]) -> None:
     """Ask the Status Manager to settle this task's ``unknown`` recipients (``core.reconciliation``).
 
     Written after their rows and before the task can finish, so a job never looks finished to
     the Status Manager while an unknown it would reconcile has no mark.
     """
+    if not resends_unknowns(run):
+        return  # at-most-once: an unknown stays unknown (a provider event still moves it)
     waits = [reconcile_due_in(o.provider, run.settings)
              for _, o in outcomes if o.status == DeliveryStatus.UNKNOWN]
     if waits:
