@@ -59,7 +59,7 @@ from task_manager.job_cache import JobCache
 from task_manager.lease import TaskLease
 from task_manager.outcomes import close_unsent, finish_task
 from task_manager.run import CHUNK, Backlog, TaskOutcome, TaskRun, in_chunks
-from task_manager.sending import open_group_sender, refresh_erasures, send_group_size
+from task_manager.sending import GroupSender, open_group_sender, refresh_erasures, send_group_size
 from task_manager.stops import pause_for_provider, record_task_failure, requeue_for_retry, stop_if_job_halted
 
 # Importable from here as before the split (callers and tests name them by this module).
@@ -114,6 +114,15 @@ def run_claimed_task(run: TaskRun, dispatcher: Dispatcher, suppressions: Suppres
         return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
     pending = task.leftover + list(range(task.cursor, task.size))
     sends = open_group_sender(run, dispatcher, suppressions, pending)
+    try:
+        return send_chunks(run, sends, pending)
+    finally:
+        sends.give_back_marks()  # whatever ended the run, its share of the host's marks goes back
+
+
+def send_chunks(run: TaskRun, sends: GroupSender, pending: list[int]) -> TaskOutcome:
+    """The claimed task's recipients chunk by chunk, then its end: done, re-queued, paused or lost."""
+    task, job = run.task, run.job
     backlog = Backlog(waiting=list(task.leftover))
     chunks = in_chunks(pending, CHUNK)
     for number, chunk in enumerate(chunks):
