@@ -16,11 +16,14 @@ then stalls the whole host: measured with ``bench.providers_latency`` in the REA
 are not cut smaller to fit more tasks: each group is one table batch, so smaller groups would
 cost more storage requests per email.
 
-Why a share per task, taken once. A task's batch records group k's outcomes and marks group
-k+1 in one write, so the share (its largest group: ``SEND_GROUP_SIZE``, or the whole task when
-it is smaller) covers every group it sends without giving anything back in between. A task
-waits only while it holds nothing, so no two tasks can wait on each other (no deadlock), and a
-share is at most half the budget, so a waiting task is always served once others finish.
+Why a share per task, taken once, before the claim. A task's batch records group k's outcomes
+and marks group k+1 in one write, so the share (its largest group: ``SEND_GROUP_SIZE``, cut to
+the task's size once it is claimed) covers every group it sends without giving anything back in
+between. A task waits only while it holds nothing, so no two tasks can wait on each other (no
+deadlock), and a share is at most half the budget, so a waiting task is always served once
+others finish. It waits before it claims the task (``task_manager.manager.send_task``): a
+waiting task holds no lease, so there is no heartbeat to pay while it waits, and another host
+with room may claim the task meanwhile.
 
 Fair. Waiting tasks are served tenant by tenant in turn (like ``send_pool.FairSendPool``'s
 threads), so a tenant with many tasks on the host does not queue ahead of a neighbour's one.
@@ -105,6 +108,13 @@ class MarkShare:
         """Before a ``sending`` mark: wait for the share unless it is held already."""
         if not self.held:
             self.held = self.budget.take(self.tenant_id, self.recipients)
+
+    def resize(self, recipients: int) -> None:
+        """The task's largest group is now known: a share held larger gives the surplus back."""
+        self.recipients = recipients
+        if self.held > recipients:
+            self.budget.give_back(self.held - recipients)
+            self.held = recipients
 
     def give_back(self) -> None:
         """Once no row of this task says ``sending`` for this run (or the run ended)."""

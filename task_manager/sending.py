@@ -29,9 +29,14 @@ from task_manager.run import TaskRun
 
 
 def open_group_sender(
-    run: TaskRun, dispatcher: Dispatcher, suppressions: SuppressionCache, pending: list[int]
+    run: TaskRun,
+    dispatcher: Dispatcher,
+    suppressions: SuppressionCache,
+    pending: list[int],
+    share: MarkShare | None = None,
 ) -> GroupSender:
-    """What the task's sends need, read once: template, route, prior attempts, suppressed addresses."""
+    """What the task's sends need, read once: template, route, prior attempts, suppressed addresses,
+    and the task's share of the host's ``sending`` marks (``share``: one taken before the claim)."""
     storage, job, jobs = run.storage, run.job, run.jobs
     template = jobs.template(storage, job)
     route = route_for(job, run.settings, jobs.tenant(storage, job.tenant_id))
@@ -40,7 +45,8 @@ def open_group_sender(
     prior = prior_attempts(run)
     suppressed = suppressions.suppressed(job.tenant_id, [run.recipients[i].email for i in pending])
     size = max(1, min(send_group_size(run.settings), dispatcher.marks.capacity // 2))
-    share = MarkShare(dispatcher.marks, job.tenant_id, max(1, min(size, len(pending))))
+    share = share or MarkShare(dispatcher.marks, job.tenant_id, size)
+    share.resize(max(1, min(size, len(pending))))
     return GroupSender(run, template, dispatcher, suppressed, route, prior, share=share, group_size=size)
 
 

@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any
 
 from core.models import unpack_recipients
-from core.storage import JOBS, TASKS, Storage
+from core.storage import JOBS, TASK_QUEUE, TASKS, Storage
 from devhost.stack import Stack, wait_for
 from tests.e2e.accounting import assert_every_recipient_accounted_for, delivery_rows, rows_saying_sending
 from tests.e2e.conftest import FAST, TEMPLATE, TenantClient, new_tenant, people
@@ -72,8 +72,9 @@ def test_both_hosts_killed_mid_send_and_one_restarted_loses_nobody_and_sends_nob
 
 
 def test_a_killed_host_running_eight_tasks_leaves_at_most_twice_send_concurrency_unknown():
-    # Eight tasks on one host (host.json's batchSize), each with a group of 4 to mark: without a
-    # host-wide bound 32 rows could say ``sending`` at the kill; the bound is 2 × 4 threads.
+    # Eight task messages on one host (host.json's batchSize), each task with groups of 4: without
+    # a host-wide bound all eight claim and mark (32 rows said ``sending`` at the kill before the
+    # bound was built); with it at most 2 × 4 threads' worth are marked, the rest wait unclaimed.
     many_tasks = {**FAST, "TASK_SIZE": "40", "TASK_WINDOW": "8", "SEND_CONCURRENCY": "4",
                   "SEND_GROUP_SIZE": "4"}
     with Stack(workers=1, settings=many_tasks) as stack:
@@ -85,18 +86,22 @@ def test_a_killed_host_running_eight_tasks_leaves_at_most_twice_send_concurrency
         job_id = job_id_of(client, campaign_id)
         pid = stack.processes[0].pid
 
-        wait_for(lambda: len(tasks_claimed_by(storage, job_id, pid)) >= 6 and stack.simulator.messages(), 120,
-                 "six tasks running on the host, sends under way")
+        def eight_tickets_in_hand() -> bool:
+            written = len(list(storage.table(TASKS).partition(job_id, select=["RowKey"])))
+            return (written >= 8 and not storage.queue(TASK_QUEUE).peek()
+                    and bool(tasks_claimed_by(storage, job_id, pid)) and bool(stack.simulator.messages()))
+
+        wait_for(eight_tickets_in_hand, 120, "the host to hold eight task messages, sends under way")
         stack.kill_worker(0)
-        running_at_kill = len(tasks_claimed_by(storage, job_id, pid))
+        tasks_at_kill = len(list(storage.table(TASKS).partition(job_id, select=["RowKey"])))
         outstanding = rows_saying_sending(storage, job_id)  # frozen: exactly what recovery makes unknown
         stack.simulator.set_faults({"latency_ms": 0})
         stack.start_worker(0)
         stack.wait_healthy()
         job = client.wait_job_done(campaign_id, timeout=180)
 
-        assert running_at_kill >= 6
-        assert outstanding <= 2 * 4, f"{outstanding} rows said sending with {running_at_kill} tasks running"
+        assert tasks_at_kill >= 8
+        assert outstanding <= 2 * 4, f"{outstanding} rows said sending with eight task messages on the host"
         assert_every_recipient_accounted_for(
             storage, job, [p["email"] for p in roster], accepted(stack), unknown_at_most=outstanding
         )

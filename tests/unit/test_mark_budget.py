@@ -74,3 +74,14 @@ def test_waiting_tenants_are_served_in_turn_not_in_arrival_order():
     assert granted == ["big", "small", "big", "big"]
     for thread in threads:
         thread.join(5)
+
+
+def test_a_share_taken_before_the_claim_gives_back_what_a_smaller_task_does_not_need():
+    budget = MarkBudget(100)
+    share = MarkShare(budget, "t1", 50)
+    share.hold()
+
+    share.resize(3)  # the claimed task has three recipients to send
+    assert budget.in_use() == 3
+    share.give_back()
+    assert budget.in_use() == 0
