@@ -24,6 +24,7 @@ from core.storage import JOBS, Storage
 from core.suppressions import SuppressionCache
 from providers.factory import build_sender
 from task_manager import Dispatcher, JobCache
+from task_manager.mark_budget import MarkBudget, mark_budget_size
 
 log = logging.getLogger("mailroom.functions")
 
@@ -60,7 +61,9 @@ def build_runtime(settings: Settings, storage: Storage | None = None) -> Runtime
     )
     owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     sender = build_sender(settings, storage, owner)  # failover, shared health and rate limits
-    dispatcher = Dispatcher(sender, policy, settings.send_concurrency, limiter=sender.pacer.limiter)
+    marks = MarkBudget(mark_budget_size(settings.send_concurrency, settings.send_group_size))
+    dispatcher = Dispatcher(sender, policy, settings.send_concurrency, limiter=sender.pacer.limiter,
+                            marks=marks)
     return Runtime(
         settings,
         storage,

@@ -28,6 +28,7 @@ from core.status import DeliveryStatus
 from providers.base import EmailProvider, OutboundEmail, SendResult
 from providers.dry_run import DryRunSender
 from providers.rate_limits import RateLimiter
+from task_manager.mark_budget import MAX_SEND_GROUP, MarkBudget, mark_budget_size
 from task_manager.send_pool import FairSendPool
 
 HALTED = "halted"
@@ -60,7 +61,8 @@ class Dispatcher:
     """Sends with up to ``concurrency`` calls in flight; safe to share across tasks.
 
     The calls in flight are shared between tenants in turn (``FairSendPool``), so one tenant's
-    many tasks on this host do not queue ahead of another tenant's few.
+    many tasks on this host do not queue ahead of another tenant's few. ``marks`` is the host's
+    budget of recipients marked ``sending`` (``mark_budget.py``), shared by the same tasks.
     """
 
     def __init__(
@@ -70,11 +72,13 @@ class Dispatcher:
         concurrency: int = 8,
         limiter: RateLimiter | None = None,
         pool: FairSendPool | None = None,
+        marks: MarkBudget | None = None,
     ) -> None:
         self.provider = provider
         self.policy = policy
         self.limiter = limiter
         self._pool = pool or FairSendPool(concurrency, name="send")
+        self.marks = marks or MarkBudget(mark_budget_size(concurrency, MAX_SEND_GROUP))
         self._dry_run: Dispatcher | None = None
         self._dry_run_lock = threading.Lock()
 
@@ -84,7 +88,8 @@ class Dispatcher:
         (``providers/dry_run.py``) and no tenant rate-limit token is spent."""
         with self._dry_run_lock:
             if self._dry_run is None:
-                self._dry_run = Dispatcher(DryRunSender(self.provider), self.policy, pool=self._pool)
+                self._dry_run = Dispatcher(DryRunSender(self.provider), self.policy, pool=self._pool,
+                                           marks=self.marks)
             return self._dry_run
 
     def send_all(

@@ -57,9 +57,10 @@ from task_manager.claim import claim_task, recover_in_flight, release_after_erro
 from task_manager.dispatch import Dispatcher
 from task_manager.job_cache import JobCache
 from task_manager.lease import TaskLease
+from task_manager.mark_budget import MarkShare
 from task_manager.outcomes import close_unsent, finish_task
 from task_manager.run import CHUNK, Backlog, TaskOutcome, TaskRun, in_chunks
-from task_manager.sending import open_group_sender, refresh_erasures, send_group_size
+from task_manager.sending import GroupSender, open_group_sender, refresh_erasures, send_group_size
 from task_manager.stops import pause_for_provider, record_task_failure, requeue_for_retry, stop_if_job_halted
 
 # Importable from here as before the split (callers and tests name them by this module).
@@ -85,20 +86,29 @@ def send_task(
         return TaskOutcome.MISSING
     if job.status == JobStatus.PAUSED:
         return TaskOutcome.PAUSED  # resume re-enqueues the job's unfinished tasks
-    claimed = claim_task(storage, ticket, settings, owner, clock)
-    if isinstance(claimed, TaskOutcome):
-        return claimed
-    task, recipients, resumed = claimed
-    run = TaskRun(storage, settings, job, task, recipients, clock, jobs, resumed=resumed)
-    run.lease = TaskLease(storage, task, settings.lease_seconds, clock)
+    # Wait for a share of the host's ``sending`` marks before the claim: waiting, the task
+    # holds no lease (no heartbeat to pay) and another host may take it (``mark_budget.py``).
+    share = MarkShare(dispatcher.marks, ticket.tenant_id, send_group_size(settings))
+    share.hold()
     try:
-        return run_claimed_task(run, dispatcher, suppressions)
-    except Exception as err:
-        release_after_error(run, err)
-        raise
+        claimed = claim_task(storage, ticket, settings, owner, clock)
+        if isinstance(claimed, TaskOutcome):
+            return claimed
+        task, recipients, resumed = claimed
+        run = TaskRun(storage, settings, job, task, recipients, clock, jobs, resumed=resumed)
+        run.lease = TaskLease(storage, task, settings.lease_seconds, clock)
+        try:
+            return run_claimed_task(run, dispatcher, suppressions, share)
+        except Exception as err:
+            release_after_error(run, err)
+            raise
+    finally:
+        share.give_back()
 
 
-def run_claimed_task(run: TaskRun, dispatcher: Dispatcher, suppressions: SuppressionCache) -> TaskOutcome:
+def run_claimed_task(
+    run: TaskRun, dispatcher: Dispatcher, suppressions: SuppressionCache, share: MarkShare | None = None
+) -> TaskOutcome:
     """A claimed task, top to bottom: recover → per chunk: stop if halted, send its groups → finish.
 
     Each group of a chunk is decided, marked ``sending``, handed over and recorded with the next
@@ -113,9 +123,18 @@ def run_claimed_task(run: TaskRun, dispatcher: Dispatcher, suppressions: Suppres
     if closed:
         return close_unsent(run, DeliveryStatus.CANCELLED, "job cancelled before this recipient was sent")
     pending = task.leftover + list(range(task.cursor, task.size))
-    had_leftover = bool(task.leftover)  # a retry or a reconciliation resend: recount at the end
-    sends = open_group_sender(run, dispatcher, suppressions, pending)
+    sends = open_group_sender(run, dispatcher, suppressions, pending, share)
     pending = [i for i in pending if i not in run.recorded_leftover]
+    try:
+        return send_chunks(run, sends, pending)
+    finally:
+        sends.give_back_marks()  # whatever ended the run, its share of the host's marks goes back
+
+
+def send_chunks(run: TaskRun, sends: GroupSender, pending: list[int]) -> TaskOutcome:
+    """The claimed task's recipients chunk by chunk, then its end: done, re-queued, paused or lost."""
+    task, job = run.task, run.job
+    had_leftover = bool(task.leftover)  # a retry or a reconciliation resend: recount at the end
     backlog = Backlog(waiting=[i for i in task.leftover if i not in run.recorded_leftover])
     chunks = in_chunks(pending, CHUNK)
     for number, chunk in enumerate(chunks):

@@ -22,8 +22,6 @@ from task_manager.lease import TaskLease
 
 # Recipients rendered at once, and the step at which a pause or cancel of the job is noticed.
 CHUNK = 200
-# A send group's outcomes and the next group's ``sending`` marks share one table batch (≤100).
-MAX_SEND_GROUP = 50
 
 
 class TaskOutcome(StrEnum):

@@ -23,14 +23,20 @@ from core.templates import CompiledTemplate, build_context
 from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 from providers.base import OutboundEmail
 from task_manager.dispatch import HALTED, NOT_ATTEMPTED, Dispatcher, Outcome, Route
+from task_manager.mark_budget import MAX_SEND_GROUP, MarkShare
 from task_manager.outcomes import owns_task_for, record_as_stale_owner, record_outcomes
-from task_manager.run import MAX_SEND_GROUP, TaskRun
+from task_manager.run import TaskRun
 
 
 def open_group_sender(
-    run: TaskRun, dispatcher: Dispatcher, suppressions: SuppressionCache, pending: list[int]
+    run: TaskRun,
+    dispatcher: Dispatcher,
+    suppressions: SuppressionCache,
+    pending: list[int],
+    share: MarkShare | None = None,
 ) -> GroupSender:
-    """What the task's sends need, read once: template, route, prior attempts, suppressed addresses."""
+    """What the task's sends need, read once: template, route, prior attempts, suppressed addresses,
+    and the task's share of the host's ``sending`` marks (``share``: one taken before the claim)."""
     storage, job, jobs = run.storage, run.job, run.jobs
     template = jobs.template(storage, job)
     route = route_for(job, run.settings, jobs.tenant(storage, job.tenant_id))
@@ -38,7 +44,10 @@ def open_group_sender(
         dispatcher = dispatcher.dry_run()
     prior = prior_attempts(run)
     suppressed = suppressions.suppressed(job.tenant_id, [run.recipients[i].email for i in pending])
-    return GroupSender(run, template, dispatcher, suppressed, route, prior)
+    size = max(1, min(send_group_size(run.settings), dispatcher.marks.capacity // 2))
+    share = share or MarkShare(dispatcher.marks, job.tenant_id, size)
+    share.resize(max(1, min(size, len(pending))))
+    return GroupSender(run, template, dispatcher, suppressed, route, prior, share=share, group_size=size)
 
 
 def send_group_size(settings: Settings) -> int:
@@ -132,6 +141,10 @@ class GroupSender:
     that say ``sending`` at any moment are the group in the provider's hands: that, not a chunk,
     is what a crash leaves ``unknown``. The last group's outcomes wait for ``flush``, which the
     task calls before it writes its own row. After a refusal as a whole the rest is not attempted.
+
+    Before its first mark the task takes its ``share`` of the host's budget of ``sending`` marks
+    (``mark_budget.py``; it may wait there for other tasks to finish) and gives it back after
+    ``flush``, so a killed host leaves at most that budget ``unknown``, however many tasks it ran.
     """
 
     run: TaskRun
@@ -143,6 +156,8 @@ class GroupSender:
     unwritten: list[tuple[int, Outcome]] = field(default_factory=list)
     lost: bool = False
     erasures_checked_at: float | None = None  # monotonic time of the last erasure check
+    share: MarkShare | None = None  # this task's part of the host's ``sending`` budget
+    group_size: int = 0  # recipients per send group (0: ``send_group_size`` of the settings)
 
     def send_chunk(self, chunk: list[int]) -> list[Outcome]:
         """The chunk's outcomes in chunk order (``HALTED`` for what was not attempted)."""
@@ -150,15 +165,18 @@ class GroupSender:
         decided, emails = decide_unsendable(run, chunk, self.template, self.suppressed)
         outcomes: dict[int, Outcome] = dict(decided)
         self.unwritten.extend(decided.items())
-        size = send_group_size(run.settings)
+        size = self.group_size or send_group_size(run.settings)
         halted = False
         for start in range(0, len(emails), size):
             group = emails[start : start + size]
             if halted:
                 outcomes.update((index, Outcome(HALTED, NOT_ATTEMPTED)) for index, _ in group)
                 continue
+            if self.share is not None:
+                self.share.hold()
             if not mark_group_sending(run, self.unwritten, [index for index, _ in group]):
                 self.lost, self.unwritten = True, []
+                self.give_back_marks()
                 return [outcomes.get(i, Outcome(HALTED, NOT_ATTEMPTED)) for i in chunk]
             self.unwritten = []
             group = self.without_erased(group, outcomes)
@@ -193,11 +211,19 @@ class GroupSender:
     def flush(self) -> bool:
         """Write the outcomes not yet written, as the task's owner. False: the task is not ours."""
         outcomes, self.unwritten = self.unwritten, []
-        if not owns_task_for(self.run, outcomes):
-            record_as_stale_owner(self.run, outcomes)
-            return False
-        record_outcomes(self.run, outcomes)
-        return True
+        try:
+            if not owns_task_for(self.run, outcomes):
+                record_as_stale_owner(self.run, outcomes)
+                return False
+            record_outcomes(self.run, outcomes)
+            return True
+        finally:
+            self.give_back_marks()
+
+    def give_back_marks(self) -> None:
+        """No row of this run says ``sending`` any more (or the run ended): the share goes back."""
+        if self.share is not None:
+            self.share.give_back()
 
 
 def mark_group_sending(run: TaskRun, outcomes: list[tuple[int, Outcome]], group: list[int]) -> bool:
