@@ -80,6 +80,7 @@ ERASURES = "Erasures"
 REPUTATION = "Reputation"
 COMPLIANCE = "Compliance"
 PACING = "Pacing"
+WARMUP = "Warmup"
 ALL_TABLES = (
     TENANTS,
     API_KEYS,
@@ -103,6 +104,7 @@ ALL_TABLES = (
     REPUTATION,
     COMPLIANCE,
     PACING,
+    WARMUP,
 )
 
 # Queues (kebab-case), each with a -poison twin.

@@ -60,7 +60,13 @@ from task_manager.lease import TaskLease
 from task_manager.outcomes import close_unsent, finish_task
 from task_manager.run import CHUNK, Backlog, TaskOutcome, TaskRun, in_chunks
 from task_manager.sending import open_group_sender, refresh_erasures, send_group_size
-from task_manager.stops import pause_for_provider, record_task_failure, requeue_for_retry, stop_if_job_halted
+from task_manager.stops import (
+    hold_job_for_warmup,
+    pause_for_provider,
+    record_task_failure,
+    requeue_for_retry,
+    stop_if_job_halted,
+)
 
 # Importable from here as before the split (callers and tests name them by this module).
 __all__ = ["CHUNK", "TaskOutcome", "record_task_failure", "run_claimed_task", "send_group_size", "send_task"]
@@ -133,7 +139,9 @@ def run_claimed_task(run: TaskRun, dispatcher: Dispatcher, suppressions: Suppres
         log.warning("task lease lost before its last outcomes job=%s task=%d", task.job_id, task.index)
         return TaskOutcome.LOST
     if backlog.retry_later:
-        return requeue_for_retry(run, backlog.retry_later, backlog.retry_after)
+        if backlog.warmup is not None:
+            hold_job_for_warmup(run, backlog.warmup)
+        return requeue_for_retry(run, backlog.retry_later, backlog.retry_after, park=backlog.parks)
     finish_task(run, recount=False)
     enqueue_next_in_window(run.storage, job.tenant_id, job.id, task.index, run.settings.task_window)
     log.info("task done job=%s task=%d recipients=%d", task.job_id, task.index, task.size)
