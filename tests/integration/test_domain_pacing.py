@@ -1,9 +1,12 @@
 """Per-domain pacing listens to deferrals: one domain slows down and recovers, the others keep their speed.
 
 The managers run in-process on Azurite and send over SMTP to the local sink, which answers
-every yahoo.com recipient "451 4.7.1 ... try again later" for a while (a deferral burst).
-The figures (accepted messages per domain per second, yahoo's pace) are printed: the README's
-table comes from this test's output.
+every yahoo.com recipient "451 4.7.1 ... try again later" for a minute (a deferral burst).
+The figures (accepted messages per domain per second and per 10 s, yahoo's pace) are printed:
+the README's table comes from this test's output. Rates are figures, not assertions (two shared
+cores); what is asserted is the order of things: gmail and outlook are all sent while yahoo
+still defers (its tasks park off the job's window instead of stalling the others), yahoo's
+pace falls during the burst and is back at its ceiling after it, and nobody failed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from tests.sim_fixtures import running_smtp_sink
 DOMAINS = ("gmail.com", "outlook.com", "yahoo.com")
 PER_DOMAIN = 150
 RATE = 10  # per second and domain group
-BURST_SECONDS = 10.0
+BURST_SECONDS = 60.0  # the issue's "deferrals for a minute"
 
 
 def paced_settings(settings: Settings) -> Settings:
@@ -63,7 +66,7 @@ def test_a_deferring_domain_is_slowed_and_restored_while_the_others_keep_their_s
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         job: Job | None = None
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 300
         while job is None or job.status != "completed":
             assert time.monotonic() < deadline, "the paced job did not finish"
             host.run_round()
@@ -90,15 +93,21 @@ def test_a_deferring_domain_is_slowed_and_restored_while_the_others_keep_their_s
         gmail, outlook, yahoo_sent = (per_second[d][second] for d in DOMAINS)
         print(f"{second:5d} | {gmail:11d} | {outlook:13d} | {yahoo_sent:11d} | {pace_at.get(second, RATE):g}")
 
+    print("per 10 s | gmail.com | outlook.com | yahoo.com | yahoo pace at the end")
+    for start in range(0, last + 1, 10):
+        tens = [sum(per_second[d][s] for s in range(start, start + 10)) for d in DOMAINS]
+        print(f"{start:3d}-{start + 9:<4d} | {tens[0]:9d} | {tens[1]:11d} | {tens[2]:9d} | "
+              f"{pace_at.get(min(start + 9, last), RATE):g}")
+
     slowest = min(rate for t, rate in paces if marks["burst"] <= t <= marks["burst"] + BURST_SECONDS)
     assert slowest <= RATE / 4  # multiplicative decrease: halved at least twice during the burst
     assert paces[-1][1] == RATE  # additive increase brought it back to its ceiling
     after = [per_second["yahoo.com"][s] for s in range(int(burst + BURST_SECONDS), last + 1)]
     assert sum(after) > 0  # sending again once restored (its speed is a benchmark figure, printed above)
-    # The other domains keep their pace while the burst starts. (Later in a long burst the job's task
-    # window fills with tasks waiting for their deferred yahoo recipients and stalls them: see README.)
-    during = range(int(burst) + 1, int(burst) + 5)
+    # The other domains do not wait for yahoo: every one of their recipients is sent while it still
+    # defers (150 at 10/s take about 15 s of the burst's 60). Before tasks parked, the job's window
+    # filled with tasks waiting on yahoo and gmail and outlook stopped from t≈8 s to the burst's end.
+    burst_end = marks["burst"] + BURST_SECONDS
     for domain in ("gmail.com", "outlook.com"):
-        sent = sum(per_second[domain][s] for s in during)
-        # Rates on a shared 2-core machine are figures to print, not to assert; that they kept going is.
-        assert sent > 0, f"{domain} stopped by another domain's deferrals"
+        theirs = [m.received_at.timestamp() for m in messages if m.rcpt_tos[0].endswith(domain)]
+        assert len(theirs) == PER_DOMAIN and max(theirs) < burst_end, f"{domain} waited for yahoo's burst"
