@@ -16,9 +16,12 @@ import threading
 import time
 from collections import Counter
 
-from core.models import Job
+from core.errors import TransientSendError
+from core.ids import contact_id_for
+from core.models import Job, Task
 from core.settings import Settings
-from core.storage import JOBS, PACING
+from core.storage import JOBS, PACING, TASKS
+from providers.base import OutboundEmail, SendResult
 from providers.pacing import DomainPacer, PacedSender, PacingConfig, scope_of
 from providers.smtp import SmtpProvider
 from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
@@ -111,3 +114,65 @@ def test_a_deferring_domain_is_slowed_and_restored_while_the_others_keep_their_s
     for domain in ("gmail.com", "outlook.com"):
         theirs = [m.received_at.timestamp() for m in messages if m.rcpt_tos[0].endswith(domain)]
         assert len(theirs) == PER_DOMAIN and max(theirs) < burst_end, f"{domain} waited for yahoo's burst"
+
+
+class DefersYahoo:
+    """The SMTP provider, except that every yahoo.com recipient is refused "try again later" while on."""
+
+    name = "smtp"
+
+    def __init__(self, inner: SmtpProvider) -> None:
+        self.inner, self.deferring = inner, True
+
+    def send(self, email: OutboundEmail) -> SendResult:
+        if self.deferring and email.to_email.endswith("@yahoo.com"):
+            raise TransientSendError("451 4.7.1 try again later", provider="smtp", code="451")
+        return self.inner.send(email)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def yahoo_first_gmail_last(salt: str) -> list[str]:
+    """Three gmail.com and three yahoo.com addresses whose roster (contact id) order starts with a
+    yahoo one and ends with a gmail one, so without parking the first task would hold the window."""
+    while True:
+        tag = secrets.token_hex(3)
+        emails = [f"q{i}-{tag}@{d}" for i in range(3) for d in ("gmail.com", "yahoo.com")]
+        ordered = sorted(emails, key=lambda e: contact_id_for(salt, e))
+        if ordered[0].endswith("yahoo.com") and ordered[-1].endswith("gmail.com"):
+            return emails
+
+
+def test_a_task_left_only_with_a_deferring_domains_recipients_parks_and_lets_the_tasks_behind_it_go(
+    storage, settings
+):
+    settings = paced_settings(settings).model_copy(update={"task_size": 2, "task_window": 1})
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, [{"email": e} for e in yahoo_first_gmail_last(tenant.contact_salt)])
+    with running_smtp_sink() as sink:
+        provider = DefersYahoo(SmtpProvider("127.0.0.1", sink.port))
+        pacer = DomainPacer(storage, PacingConfig.from_settings(settings))
+        host = InProcessHost(storage, settings, PacedSender(provider, pacer))
+        campaign = schedule_campaign(storage, tenant)
+
+        def sent(domain: str) -> int:
+            return sum(1 for m in sink.messages() if m.rcpt_tos[0].endswith(domain))
+
+        deadline = time.monotonic() + 60
+        while sent("gmail.com") < 3:  # a window of one task: only parking lets the later tasks go
+            assert time.monotonic() < deadline, "gmail waited for yahoo"
+            host.run_round()
+        job = job_of(storage, campaign)
+        assert job is not None and job.status != "completed"
+        tasks = [Task.from_entity(e) for e in storage.table(TASKS).partition(job.id)]
+        waiting = [t for t in tasks if t.status == "retrying"]
+        assert waiting and all(t.parked for t in waiting) and sent("yahoo.com") == 0
+
+        provider.deferring = False  # the burst is over: the Status Manager re-enqueues the parked tasks
+        while (job := job_of(storage, campaign)) is None or job.status != "completed":
+            assert time.monotonic() < deadline, "the parked tasks did not finish"
+            host.run_round()
+            time.sleep(0.1)
+    assert (sent("gmail.com"), sent("yahoo.com")) == (3, 3)
+    assert job.counts["sent"] == 6 and job.counts["failed"] == 0
