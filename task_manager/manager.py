@@ -25,6 +25,9 @@ only terminal facts it observed, never ``retrying`` (``task_manager/lease.py``).
 Throttling (429, ``Retry-After``) is not failure: a throttled recipient is deferred as
 ``retrying`` without spending an attempt, for ``THROTTLE_HORIZON_SECONDS`` at most (from
 ``throttled_since`` on its delivery row), after which it is ``failed`` with the reason.
+A recipient the sending domain's warm-up allowance turned away waits for the next UTC day the
+same way, with no horizon (``hold_job_for_warmup`` tells the job). A task whose only leftovers
+were deferred by their own domain parks off its job's window (``requeue_for_retry``).
 
 Transient failures that outlast the task's retry budget (DESIGN §5) do not keep the host:
 their delivery rows say ``retrying`` (with the attempts so far and the last reason), their
