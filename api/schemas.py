@@ -11,9 +11,10 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from core.templates import TemplateSpec, is_email
+from core.warmup_schedule import BadSchedule, checked_schedule
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -101,6 +102,19 @@ def _no_duplicates(values: list[str] | None) -> list[str] | None:
     return values
 
 
+def _warmup_setting(value: Any) -> Any:
+    """``"on"``, ``"off"``, null, or a ramp ``checked_schedule`` accepts; one message otherwise."""
+    if value is None or value in ("on", "off"):
+        return value
+    if isinstance(value, list) and all(isinstance(day, int) and not isinstance(day, bool) for day in value):
+        try:
+            checked_schedule(value)
+        except BadSchedule as err:
+            raise ValueError(str(err)) from err
+        return value
+    raise ValueError('use "on", "off" or the daily allowances, e.g. [50, 100, 200]')
+
+
 class TenantUpdate(RequestModel):
     """Every field optional; ``null`` clears a limit or setting back to the deployment's default."""
 
@@ -118,6 +132,12 @@ class TenantUpdate(RequestModel):
     sender_domains: list[DomainName] | None = Field(
         None, max_length=MAX_SENDER_DOMAINS,
         description="Domains from_email may use (exact match); [] or null: any domain.",
+    )
+    warmup: Annotated[Literal["on", "off"] | list[int] | None, BeforeValidator(_warmup_setting)] = Field(
+        None,
+        description="Daily ramp of a new sending domain: \"on\" (the deployment's WARMUP_SCHEDULE), "
+        "\"off\" (established domains: no ramp) or the daily allowances, day 1 first, never decreasing "
+        "(e.g. [50, 100, 200]); null: WARMUP_NEW_DOMAINS decides.",
     )
 
     @field_validator("name")
@@ -139,6 +159,8 @@ class TenantPublic(BaseModel):
     providers: list[str] | None = Field(None, description="Failover order; null: the deployment's.")
     delivery_semantics: str | None = Field(None, description="null: the deployment's DELIVERY_SEMANTICS.")
     sender_domains: list[str] = Field(default_factory=list, description="Allowed from_email domains.")
+    warmup: str | list[int] | None = Field(
+        None, description="\"on\", \"off\", the tenant's own daily allowances, or null: WARMUP_NEW_DOMAINS.")
     state: str
     created_at: str | None = None
     updated_at: str | None = None
@@ -408,6 +430,10 @@ class JobPublic(BaseModel):
     started_at: str | None = None
     completed_at: str | None = None
     eta: str | None = None
+    waiting_reason: str | None = Field(
+        None, description="Why a running job sends nothing now and when it goes on (a warming sending "
+        "domain's allowance for today is used); null when it is not waiting.")
+    waiting_until: str | None = Field(None, description="When a waiting job continues (the next UTC day).")
     failure_reason: str | None = None
     last_error: str | None = None
     tasks_total: int

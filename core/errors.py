@@ -163,6 +163,21 @@ class DomainDeferred(Throttled):
     """
 
 
+@dataclass
+class WarmupDeferred(Throttled):
+    """Nothing was sent: the sending domain's warm-up allowance for today (UTC) is used up.
+
+    Not the recipient's fault and not the provider's: the recipient goes back as ``retrying``
+    without spending an attempt, its task waits until the next UTC day (``retry_after``), and no
+    throttle horizon runs (a ramp that takes weeks must not fail anyone). ``continues_at`` is
+    when the next day's allowance opens; ``allowances_ahead`` the allowances of the days from then
+    on (past their end the domain is warmed up: no cap), from which a job's ETA is worked out.
+    """
+
+    continues_at: str = ""
+    allowances_ahead: tuple[int, ...] = ()
+
+
 class RecipientRejected(SendError):
     """Permanent for this recipient (invalid address, rejected content)."""
 

@@ -179,6 +179,7 @@ class Tenant:
     providers: list[str] = field(default_factory=list)  # failover order; empty: EMAIL_PROVIDERS
     delivery_semantics: str = ""  # at-most-once | at-least-once | reconcile; empty: DELIVERY_SEMANTICS
     sender_domains: list[str] = field(default_factory=list)  # allowed from_email domains; empty: any
+    warmup: str = ""  # "on", "off" or a schedule "50,100,..."; empty: WARMUP_NEW_DOMAINS decides
     updated_at: str = ""
     etag: str = ""
 
@@ -198,6 +199,7 @@ class Tenant:
             "providers": ",".join(self.providers),
             "delivery_semantics": self.delivery_semantics,
             "sender_domains": ",".join(self.sender_domains),
+            "warmup": self.warmup,
             "updated_at": self.updated_at,
         }
         entity.update({column: value for column, value in optional.items() if value not in (None, "")})
@@ -216,6 +218,7 @@ class Tenant:
             providers=_names(e.get("providers")),
             delivery_semantics=e.get("delivery_semantics", "") or "",
             sender_domains=_names(e.get("sender_domains")),
+            warmup=e.get("warmup", "") or "",
             updated_at=e.get("updated_at", "") or "",
             etag=etag_of(e),
         )
@@ -229,7 +232,7 @@ class Tenant:
 
 TENANT_COLUMNS = frozenset({
     "name", "contact_salt", "state", "created_at", "rate_limit_per_minute", "max_roster", "providers",
-    "delivery_semantics", "sender_domains", "updated_at",
+    "delivery_semantics", "sender_domains", "warmup", "updated_at",
 })
 
 
@@ -361,6 +364,10 @@ class Job(Keyed):
     actors: dict[str, str] = field(default_factory=dict)  # who did it: ``created_by`` → key id, …
     # How its ``unknown`` recipients were resolved (``core.counts.unknown_report``); empty: none yet.
     unknown_resolution: dict[str, int] = field(default_factory=dict)
+    # Held by the sending domain's warm-up: why, until when (the next UTC day) and the day the rest fits.
+    waiting_reason: str = ""
+    waiting_until: str = ""
+    waiting_eta: str = ""
     etag: str = ""
 
     def to_entity(self) -> Entity:
@@ -396,6 +403,9 @@ class Job(Keyed):
             entity["dry_run"] = True
         if self.unknown_resolution:
             entity[UNKNOWN_RESOLUTION_COLUMN] = _json(self.unknown_resolution)
+        if self.waiting_until:
+            entity.update(waiting_reason=self.waiting_reason, waiting_until=self.waiting_until,
+                          waiting_eta=self.waiting_eta)
         entity.update(self.actors)
         return entity
 
@@ -431,6 +441,9 @@ class Job(Keyed):
             dry_run=bool(e.get("dry_run", False)),
             actors=actors_of(e),
             unknown_resolution=_loads(e.get(UNKNOWN_RESOLUTION_COLUMN), {}),
+            waiting_reason=e.get("waiting_reason", "") or "",
+            waiting_until=e.get("waiting_until", "") or "",
+            waiting_eta=e.get("waiting_eta", "") or "",
             etag=etag_of(e),
         )
 
@@ -505,6 +518,9 @@ class Task(Keyed):
     created_at: str = ""
     updated_at: str = ""
     completed_at: str = ""
+    # Handed its window slot on: it was left with only recipients their domain deferred, so it waits
+    # off the window (the Status Manager re-enqueues it when due) and never holds a slot again.
+    parked: bool = False
     etag: str = ""
 
     @property
@@ -533,6 +549,7 @@ class Task(Keyed):
             "last_error": self.last_error,
             "updated_at": self.updated_at,
             "completed_at": self.completed_at,
+            "parked": self.parked,
         }
 
     def to_entity(self, recipients: list[Recipient]) -> Entity:
@@ -568,6 +585,7 @@ class Task(Keyed):
             created_at=e.get("created_at", ""),
             updated_at=e.get("updated_at", ""),
             completed_at=e.get("completed_at", ""),
+            parked=bool(e.get("parked", False)),
             etag=etag_of(e),
         )
 
@@ -583,6 +601,7 @@ TASK_SUMMARY_COLUMNS = [
     "attempt",
     "cursor",
     "updated_at",
+    "parked",
 ]
 
 
@@ -1018,6 +1037,31 @@ class PacingRow(Row):
     deferrals: int | None = None
 
     ROW: ClassVar[str] = "rate"
+
+    def keys(self) -> RowKeys:
+        return self.key(self.scope)
+
+    @classmethod
+    def key(cls, scope: str) -> RowKeys:
+        return scope, cls.ROW
+
+
+@dataclass
+class WarmupRow(Row):
+    """A Warmup row: one (tenant, sending domain)'s place on its daily ramp (``providers/warmup.py``).
+
+    ``first_day`` is the UTC date it first sent under warm-up (day 1 of the schedule); ``sent`` the
+    hand-overs admitted on ``day`` (leased in blocks by hosts, so a host's unspent block counts);
+    ``allowance`` that day's cap. Written only with ETags.
+    """
+
+    scope: str = partition_key_field()  # {tenant}|{sending domain}
+    first_day: str = ""
+    day: str = ""
+    sent: int = 0
+    allowance: int = 0
+
+    ROW: ClassVar[str] = "ramp"
 
     def keys(self) -> RowKeys:
         return self.key(self.scope)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from core.errors import DomainDeferred, Throttled, TransientSendError
+from core.errors import DomainDeferred, Throttled, TransientSendError, WarmupDeferred
 
 T = TypeVar("T")
 
@@ -84,7 +84,7 @@ def call_with_retries(
     while True:
         try:
             result = call()
-        except DomainDeferred:
+        except (DomainDeferred, WarmupDeferred):
             raise  # re-queued by the caller: a thread waiting here would stall the other domains
         except Throttled as err:
             throttles += 1

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from core.errors import SettingsError
+from core.warmup_schedule import DEFAULT_SCHEDULE, BadSchedule, parse_schedule, spelled
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -392,6 +393,26 @@ class Settings(BaseSettings):
         5, alias="PACING_RETRY_SECONDS", ge=1,
         description="A recipient deferred by its domain (or its pace) is re-queued after this long.",
     )
+    warmup_schedule: str = Field(
+        spelled(DEFAULT_SCHEDULE),
+        alias="WARMUP_SCHEDULE",
+        description="Daily allowances of a warming (tenant, sending domain), day 1 first (its first UTC "
+        "day of sending), comma-separated and never decreasing; after the last day no cap.",
+    )
+    warmup_new_domains: bool = Field(
+        False,
+        alias="WARMUP_NEW_DOMAINS",
+        description="true: a tenant without its own 'warmup' setting warms up each new sending domain on "
+        "WARMUP_SCHEDULE; false: only tenants whose 'warmup' is 'on' or a schedule do.",
+    )
+
+    @field_validator("warmup_schedule")
+    @classmethod
+    def _warmup_schedule_parses(cls, value: str) -> str:
+        try:
+            return spelled(parse_schedule(value))
+        except BadSchedule as err:
+            raise ValueError(str(err)) from err
 
     @property
     def connection_string(self) -> str:

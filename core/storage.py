@@ -81,6 +81,7 @@ ERASURES = "Erasures"
 REPUTATION = "Reputation"
 COMPLIANCE = "Compliance"
 PACING = "Pacing"
+WARMUP = "Warmup"
 ALL_TABLES = (
     TENANTS,
     API_KEYS,
@@ -105,6 +106,7 @@ ALL_TABLES = (
     REPUTATION,
     COMPLIANCE,
     PACING,
+    WARMUP,
 )
 
 # Queues (kebab-case), each with a -poison twin.

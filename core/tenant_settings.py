@@ -10,6 +10,8 @@ Who reads what, and how soon a change shows:
 - the API reads the tenant per request through a per-process cache of a few seconds
   (``api.auth.Directory``; this process forgets it at once): ``sender_domains``, ``max_roster``
   at expansion (the Job Manager reads the row fresh);
+- the sending hosts' warm-up gate reads ``warmup`` at most ``TENANT_SECONDS`` (30 s) old
+  (``providers/warmup.py``);
 - the Task Manager reads ``providers``, ``rate_limit_per_minute`` and ``delivery_semantics``
   through its per-host ``JobCache``, at most ``TENANT_CACHE_SECONDS`` (30 s) old, so running
   jobs follow a change within that time.
@@ -25,11 +27,13 @@ from core.clock import Clock, iso, utcnow
 from core.errors import FieldProblem, InvalidInput, NotFound
 from core.models import TENANT_COLUMNS, TENANT_PARTITION, Tenant
 from core.storage import TENANTS, Entity, Storage
+from core.warmup_schedule import spelled
 
 log = logging.getLogger("mailroom.tenants")
 
 EDITABLE_FIELDS = frozenset({
     "name", "rate_limit_per_minute", "max_roster", "providers", "delivery_semantics", "sender_domains",
+    "warmup",
 })
 _ATTEMPTS = 5
 
@@ -65,6 +69,8 @@ def apply_changes(tenant: Tenant, changes: Mapping[str, Any]) -> Tenant:
             value = list(value or [])
         elif name == "delivery_semantics":
             value = value or ""
+        elif name == "warmup":  # "on", "off" or the daily allowances (validated), stored as "50,100"
+            value = spelled(value) if isinstance(value, list) else (value or "")
         setattr(tenant, name, value)
     return tenant
 

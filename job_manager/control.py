@@ -107,14 +107,15 @@ def requeue_unfinished_tasks(storage: Storage, job: Job, window: int, clock: Clo
     """Put a resumed job's unfinished tasks back on the queue, keeping its window.
 
     A pending task goes on the queue if it is inside the window (its index is below
-    ``window`` or the task ``window`` places before it is terminal); the others follow as
+    ``window`` or the task ``window`` places before it is terminal or parked); the others follow as
     tasks finish, exactly as before the pause. A task stopped by the pause (``paused``) or
     whose owner died (lease expired) goes back at once; one with a live lease is still
     running and needs nothing.
     """
     now = clock()
     rows = {int(e["RowKey"]): e for e in storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS)}
-    terminal = {i for i, e in rows.items() if TaskStatus(e.get("status", "pending")).is_terminal}
+    let_go = {i for i, e in rows.items()  # terminal or parked: no longer holding a window slot
+              if TaskStatus(e.get("status", "pending")).is_terminal or e.get("parked")}
     count = 0
     for index in sorted(rows):
         status = TaskStatus(rows[index].get("status", "pending"))
@@ -123,7 +124,7 @@ def requeue_unfinished_tasks(storage: Storage, job: Job, window: int, clock: Clo
         lease = rows[index].get("lease_until", "")
         if status == TaskStatus.SENDING and lease and parse_iso(lease) > now:
             continue
-        if status == TaskStatus.PENDING and not in_window(index, window, (index - window) in terminal):
+        if status == TaskStatus.PENDING and not in_window(index, window, (index - window) in let_go):
             continue
         enqueue_task(storage, job.tenant_id, job.id, index)
         count += 1

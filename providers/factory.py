@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.clock import Clock, utcnow
 from core.errors import SettingsError
 from core.settings import Settings
 from core.storage import Storage
@@ -10,6 +11,7 @@ from providers.failover import FailoverSender
 from providers.health import BreakerConfig, HealthBoard
 from providers.pacing import DomainPacer, PacedSender, PacingConfig
 from providers.rate_limits import RateLimiter, parse_rates
+from providers.warmup import WarmupGate
 
 KNOWN = ("sendgrid", "smtp", "acs")
 
@@ -74,8 +76,9 @@ def breaker_config(settings: Settings) -> BreakerConfig:
     )
 
 
-def build_sender(settings: Settings, storage: Storage, owner: str = "") -> PacedSender:
-    """Every configured provider behind failover, shared health and rate limits, paced per domain."""
+def build_sender(settings: Settings, storage: Storage, owner: str = "", clock: Clock = utcnow) -> PacedSender:
+    """Every configured provider behind failover, shared health and rate limits, paced per domain,
+    and warming sending domains kept to their daily allowance."""
     order = provider_order(settings)
     providers = {name: build_provider(settings, name) for name in order}
     limiter = RateLimiter(storage)
@@ -86,4 +89,5 @@ def build_sender(settings: Settings, storage: Storage, owner: str = "") -> Paced
         limiter=limiter,
         rates=parse_rates(settings.provider_rate_limits),
     )
-    return PacedSender(failover, DomainPacer(storage, PacingConfig.from_settings(settings), limiter))
+    pacer = DomainPacer(storage, PacingConfig.from_settings(settings), limiter)
+    return PacedSender(failover, pacer, WarmupGate(storage, settings, clock))

@@ -43,6 +43,7 @@ from core.settings import Settings
 from core.storage import PACING, Entity, Storage
 from providers.base import EmailProvider, OutboundEmail, SendResult
 from providers.rate_limits import RateLimiter, parse_rates
+from providers.warmup import WarmupGate
 
 ROW = "rate"
 SYNC_SECONDS = 1.0
@@ -51,6 +52,7 @@ TOKEN_WAIT_SECONDS = 0.25  # a thread waits at most this for a paced token, then
 DEFERRAL_CODES = frozenset({"421", "450", "451", "452", "454"})
 _TRY_LATER = re.compile(r"try (again )?later|throttl|rate limit|too many (messages|connections)", re.I)
 _WRITE_TRIES = 6
+PACED, SLOWED = "paced", "slowed"  # a ``DomainDeferred`` without a token: at the ceiling, or slowed
 
 GROUPS: dict[str, str] = {
     **dict.fromkeys(("gmail.com", "googlemail.com"), "gmail"),
@@ -208,8 +210,11 @@ class DomainPacer:
         """Take a token of the scope's pace, or raise ``DomainDeferred`` (nothing was sent)."""
         rate = self.rate(scope)
         if rate and not self.limiter.try_acquire(f"pace:{scope}", rate, TOKEN_WAIT_SECONDS):
+            # "slowed": the domain deferred lately and is below its ceiling (a burst: its recipients
+            # wait off the job's window); "paced": at its ceiling, the pace doing its ordinary work.
+            slowed = rate < (self.config.configured(scope) or float("inf"))
             raise DomainDeferred(f"paced at {rate:g}/s for this recipient domain; deferred",
-                                 code="paced", retry_after=self.config.retry_seconds)
+                                 code=SLOWED if slowed else PACED, retry_after=self.config.retry_seconds)
 
     def deferred(self, scope: str) -> float:
         now = self.clock()
@@ -244,20 +249,24 @@ class DomainPacer:
 
 
 class PacedSender:
-    """An ``EmailProvider`` that paces every message by its (tenant, sending domain, recipient group)."""
+    """An ``EmailProvider`` that paces every message by its (tenant, sending domain, recipient group)
+    and, with a ``warmup`` gate, keeps a warming sending domain within its daily allowance."""
 
     name = "paced"
 
-    def __init__(self, inner: EmailProvider, pacer: DomainPacer) -> None:
-        self.inner, self.pacer = inner, pacer
+    def __init__(self, inner: EmailProvider, pacer: DomainPacer, warmup: WarmupGate | None = None) -> None:
+        self.inner, self.pacer, self.warmup = inner, pacer, warmup
         self.name = getattr(inner, "name", "paced")
 
     def send(self, email: OutboundEmail) -> SendResult:
         return self.send_via(email, None)
 
     def send_via(self, email: OutboundEmail, order: Sequence[str] | None) -> SendResult:
-        scope = scope_of(email.custom_args.get("tenant_id", ""), email.from_email, email.to_email)
+        tenant_id = email.custom_args.get("tenant_id", "")
+        scope = scope_of(tenant_id, email.from_email, email.to_email)
         self.pacer.admit(scope)
+        if self.warmup is not None:  # after the pace: a paced-out recipient spends no allowance
+            self.warmup.admit(tenant_id, email.from_email)
         try:
             send_via = getattr(self.inner, "send_via", None)
             result = send_via(email, order) if send_via is not None and order else self.inner.send(email)

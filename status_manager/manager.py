@@ -51,6 +51,7 @@ class _TaskSummary:
     pending: list[int]  # never claimed
     paused: list[int] = field(default_factory=list)  # stopped by a pause; resume re-enqueues them
     resolutions: dict[str, int] = field(default_factory=dict)  # the tasks' rows per ``resolution``
+    parked_due: list[int] = field(default_factory=list)  # parked (off the window), its retry time come
     tasks: int = 0  # task rows written (a cancelled expansion may stop between two job updates)
     roster: int = 0  # recipients in those rows
 
@@ -106,6 +107,9 @@ def summarize_tasks(
             summary.terminal += 1
         elif status == TaskStatus.SENDING and _expired(entity.get("lease_until", ""), now):
             summary.stalled.append(index)
+        elif status == TaskStatus.RETRYING and entity.get("parked"):
+            if _expired(entity.get("lease_until", ""), now):
+                summary.parked_due.append(index)  # it has no ticket of its own
         elif status == TaskStatus.RETRYING and _expired(entity.get("lease_until", ""), now - retry_grace):
             # Its delayed re-queue ticket should have arrived by now: treat it as lost.
             summary.stalled.append(index)
@@ -213,14 +217,20 @@ def awaits_reconciliation(storage: Storage, job: Job, counts: dict[str, int]) ->
 def requeue_stalled(
     storage: Storage, job: Job, summary: _TaskSummary, settings: Settings, now: datetime, progressed: bool
 ) -> tuple[int, bool]:
-    """Put back on the queue what a crash left: expired leases, and a window left short.
+    """Put back on the queue what a crash left (expired leases, a window left short) and parked
+    tasks whose retry time came.
 
+    Parked tasks (only domain-deferred recipients left, off the window) have no ticket: at most
+    ``TASK_WINDOW`` of them per job go back per pass, so a long deferral burst over a big job
+    keeps the queue short. A job that waits for its sending domain's warm-up day is not idle.
     Returns how many tickets went out and whether that was a refill of an idle job (which
     the caller records as progress).
     """
-    indexes = list(summary.stalled)
+    indexes = list(summary.stalled) + summary.parked_due[: settings.task_window]
+    waiting = bool(job.waiting_until) and parse_iso(job.waiting_until) > now
     idle = bool(
         not progressed
+        and not waiting
         and job.progress_at
         and (now - parse_iso(job.progress_at) > timedelta(seconds=settings.refill_after_seconds))
     )

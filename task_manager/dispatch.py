@@ -11,22 +11,26 @@ caller pauses the job and the recipient stays unattempted.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.errors import (
     AmbiguousSendError,
+    DomainDeferred,
     ProviderUnavailable,
     RecipientRejected,
     SendError,
     Throttled,
     TransientSendError,
+    WarmupDeferred,
 )
 from core.retry import Attempts, RetryPolicy, call_with_retries
 from core.status import DeliveryStatus
 from providers.base import EmailProvider, OutboundEmail, SendResult
 from providers.dry_run import DryRunSender
+from providers.pacing import PACED
 from providers.rate_limits import RateLimiter
 from task_manager.mark_budget import MAX_SEND_GROUP, MarkBudget, mark_budget_size
 from task_manager.send_pool import FairSendPool
@@ -44,6 +48,10 @@ class Outcome:
     attempts: int = 0
     retry_after: int = 0  # seconds, for ``retrying``
     throttled: bool = False  # ``retrying`` because the provider asked to slow down, not an error
+    # ``retrying`` because the recipient's domain refused it for now, or is slowed after refusing
+    # (not the ordinary pace at its ceiling): the task may park off its job's window
+    domain_deferred: bool = False
+    warmup: WarmupDeferred | None = None  # ``retrying`` until the sending domain's next warm-up day
 
 
 @dataclass(frozen=True)
@@ -124,10 +132,14 @@ class Dispatcher:
         except RecipientRejected as err:
             return Outcome(DeliveryStatus.FAILED, f"rejected by provider: {err.reason}",
                            err.provider or name, "", attempts.count)
+        except WarmupDeferred as err:  # nothing was sent; no attempt spent, no throttle horizon
+            return Outcome(DeliveryStatus.RETRYING, err.reason, err.provider or name, "", attempts.count,
+                           max(1, math.ceil(err.retry_after or 1)), warmup=err)
         except Throttled as err:  # nothing was sent: deferred, and no attempt is spent
             wait = self.policy.requeue_after(1, err.retry_after)
             return Outcome(DeliveryStatus.RETRYING, f"throttled by the provider, will retry: {err.reason}",
-                           err.provider or name, "", attempts.count, wait, throttled=True)
+                           err.provider or name, "", attempts.count, wait, throttled=True,
+                           domain_deferred=isinstance(err, DomainDeferred) and err.code != PACED)
         except TransientSendError as err:
             if not self.policy.exhausted(attempts.count):
                 wait = self.policy.requeue_after(max(1, attempts.count), err.retry_after)

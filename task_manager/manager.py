@@ -25,6 +25,9 @@ only terminal facts it observed, never ``retrying`` (``task_manager/lease.py``).
 Throttling (429, ``Retry-After``) is not failure: a throttled recipient is deferred as
 ``retrying`` without spending an attempt, for ``THROTTLE_HORIZON_SECONDS`` at most (from
 ``throttled_since`` on its delivery row), after which it is ``failed`` with the reason.
+A recipient the sending domain's warm-up allowance turned away waits for the next UTC day the
+same way, with no horizon (``hold_job_for_warmup`` tells the job). A task whose only leftovers
+were deferred by their own domain parks off its job's window (``requeue_for_retry``).
 
 Transient failures that outlast the task's retry budget (DESIGN §5) do not keep the host:
 their delivery rows say ``retrying`` (with the attempts so far and the last reason), their
@@ -61,7 +64,13 @@ from task_manager.mark_budget import MarkShare
 from task_manager.outcomes import close_unsent, finish_task
 from task_manager.run import CHUNK, Backlog, TaskOutcome, TaskRun, in_chunks
 from task_manager.sending import GroupSender, open_group_sender, refresh_erasures, send_group_size
-from task_manager.stops import pause_for_provider, record_task_failure, requeue_for_retry, stop_if_job_halted
+from task_manager.stops import (
+    hold_job_for_warmup,
+    pause_for_provider,
+    record_task_failure,
+    requeue_for_retry,
+    stop_if_job_halted,
+)
 
 # Importable from here as before the split (callers and tests name them by this module).
 __all__ = ["CHUNK", "TaskOutcome", "record_task_failure", "run_claimed_task", "send_group_size", "send_task"]
@@ -154,7 +163,9 @@ def send_chunks(run: TaskRun, sends: GroupSender, pending: list[int]) -> TaskOut
         log.warning("task lease lost before its last outcomes job=%s task=%d", task.job_id, task.index)
         return TaskOutcome.LOST
     if backlog.retry_later:
-        return requeue_for_retry(run, backlog.retry_later, backlog.retry_after)
+        if backlog.warmup is not None:
+            hold_job_for_warmup(run, backlog.warmup)
+        return requeue_for_retry(run, backlog.retry_later, backlog.retry_after, park=backlog.parks)
     # Running counts stand, except after leftovers: their rows may have moved (events, a
     # reconciliation's resolutions) since the task's counts were written.
     finish_task(run, recount=had_leftover)

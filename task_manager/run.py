@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from core.clock import Clock
+from core.errors import WarmupDeferred
 from core.models import Job, Recipient, Task
 from core.settings import Settings
 from core.status import DeliveryStatus
@@ -61,6 +62,13 @@ class Backlog:
     waiting: list[int]  # earlier leftovers not yet handed to a group
     retry_later: list[int] = field(default_factory=list)  # answered ``retrying``: for a re-queue
     retry_after: int = 0  # the longest delay a provider asked for
+    only_domain_deferred: bool = True  # every ``retrying`` one was deferred by its recipient domain
+    warmup: WarmupDeferred | None = None  # the sending domain's warm-up allowance ran out
+
+    @property
+    def parks(self) -> bool:
+        """What is left waits only for recipient domains: the task may hand its window slot on."""
+        return bool(self.retry_later) and self.only_domain_deferred and not self.waiting
 
     def take(self, chunk: list[int]) -> None:
         """The chunk's earlier leftovers are about to be handed over: no longer waiting."""
@@ -74,6 +82,8 @@ class Backlog:
             if outcome.status == DeliveryStatus.RETRYING:
                 self.retry_later.append(index)
                 self.retry_after = max(self.retry_after, outcome.retry_after)
+                self.only_domain_deferred = self.only_domain_deferred and outcome.domain_deferred
+                self.warmup = outcome.warmup or self.warmup
         task.leftover = self.waiting + self.retry_later
         task.cursor = max(task.cursor, chunk[-1] + 1)
         return halted

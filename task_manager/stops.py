@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
-from core.clock import Clock, iso, later, utcnow
-from core.errors import Conflict, NotFound
+from core.clock import Clock, iso, later, parse_iso, utcnow
+from core.counts import sum_task_counts
+from core.errors import Conflict, NotFound, WarmupDeferred
 from core.ids import task_id
 from core.job_state import pause_job_for
 from core.messages import TaskTicket
-from core.models import Job, Task, unpack_recipients
+from core.models import TASK_SUMMARY_COLUMNS, Job, Task, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import JOBS, TASKS, Storage
-from core.task_window import enqueue_task
+from core.task_window import enqueue_next_in_window, enqueue_task
+from core.warmup_schedule import days_to_send
 from task_manager.claim import recover_in_flight
 from task_manager.dispatch import HALTED, NOT_ATTEMPTED, Outcome
 from task_manager.job_cache import HALTING, JobCache
@@ -63,15 +66,25 @@ def stop_if_job_halted(
     return TaskOutcome.PAUSED
 
 
-def requeue_for_retry(run: TaskRun, indexes: list[int], delay: int) -> TaskOutcome:
+def requeue_for_retry(run: TaskRun, indexes: list[int], delay: int, park: bool = False) -> TaskOutcome:
     """Put the task back on the queue, invisible for ``delay`` s, for its ``retrying`` recipients.
 
     The ticket goes first: if saving the task fails after it, the ticket finds the task
     still ours and harmless; if the ticket fails, the host's retry of this message still
     finds the leftovers (saved with every ``in_flight`` write).
+
+    ``park``: every recipient left was deferred by its own domain (a deferral burst, or its pace
+    had no token). Such a task must not hold its job's window: other domains' recipients in the
+    tasks behind it would wait out the burst with it. So it *parks*: no ticket (the Status
+    Manager re-enqueues parked tasks when due, a few per job per pass, so a long burst cannot
+    fill the queue with them) and, after its row says ``parked``, the task ``TASK_WINDOW``
+    places ahead is enqueued exactly as if this one had finished (``core/task_window.py``).
     """
     task, job = run.task, run.job
-    enqueue_task(run.storage, job.tenant_id, job.id, task.index, delay)
+    if park:
+        task.parked = True
+    else:
+        enqueue_task(run.storage, job.tenant_id, job.id, task.index, delay)
     task.status, task.in_flight, task.lease_owner = TaskStatus.RETRYING.value, [], ""
     task.lease_until = later(run.clock, delay)  # not before: an early duplicate waits
     task.updated_at = iso(run.clock())
@@ -79,9 +92,39 @@ def requeue_for_retry(run: TaskRun, indexes: list[int], delay: int) -> TaskOutco
         task.etag = run.storage.table(TASKS).update(task.progress_entity(), etag=task.etag)
     except Conflict:
         log.warning("task changed before its retry was saved job=%s task=%d", task.job_id, task.index)
-    log.info("task re-queued job=%s task=%d retrying=%d delay=%ds",
-             task.job_id, task.index, len(indexes), delay)
+        return TaskOutcome.RETRYING
+    if park:
+        enqueue_next_in_window(run.storage, job.tenant_id, job.id, task.index, run.settings.task_window)
+    log.info("task re-queued job=%s task=%d retrying=%d delay=%ds parked=%s",
+             task.job_id, task.index, len(indexes), delay, park)
     return TaskOutcome.RETRYING
+
+
+def hold_job_for_warmup(run: TaskRun, held: WarmupDeferred) -> None:
+    """Say on the job why it stopped sending and when it goes on: its sending domain's warm-up.
+
+    ``waiting_until`` is the next UTC day; ``waiting_eta`` the start of the day the rest of the
+    roster fits the ramp (what is left: the roster less the outcomes in the other task rows and
+    this run's own). A read of the job's task rows and one merge of three columns, once a day
+    per job and host (skipped when the job already says so); the Status Manager does not refill
+    the window of a job that waits, and ``GET /jobs/{id}`` shows the reason and that ETA until
+    the wait is over.
+    """
+    job, task = run.job, run.task
+    if job.waiting_until == held.continues_at:
+        return
+    others = [row for row in run.storage.table(TASKS).partition(job.id, select=TASK_SUMMARY_COLUMNS)
+              if int(row["RowKey"]) != task.index]
+    counts = sum_task_counts(others).counts
+    done = sum(n for counted in (counts, task.counts) for status, n in counted.items()
+               if DeliveryStatus(status).is_terminal)
+    remaining = max(1, job.roster_size - done)
+    eta = parse_iso(held.continues_at) + timedelta(days=days_to_send(held.allowances_ahead, remaining))
+    job.waiting_reason, job.waiting_until, job.waiting_eta = held.reason, held.continues_at, iso(eta)
+    run.storage.table(JOBS).update(Job.changes(
+        (job.tenant_id, job.id), waiting_reason=held.reason, waiting_until=held.continues_at,
+        waiting_eta=iso(eta)))
+    log.info("job waits for warm-up job=%s until=%s", job.id, held.continues_at)
 
 
 def pause_for_provider(

@@ -50,10 +50,15 @@ EmailFilter = Annotated[str | None, Query(max_length=254, description="Only this
 
 def job_public(job: Job, now: datetime | None = None) -> JobPublic:
     done = sum(n for status, n in job.counts.items() if status in _TERMINAL)
+    now = now or utcnow()
+    waiting = waits_for_warmup(job, now)
     return JobPublic(
         id=job.id, campaign_id=job.campaign_id, status=job.status, roster_size=job.roster_size,
         counts=dict(job.counts), progress=progress(job, done), started_at=job.started_at or None,
-        completed_at=job.completed_at or None, eta=eta(job, done, now or utcnow()),
+        completed_at=job.completed_at or None,
+        eta=(job.waiting_eta or job.waiting_until) if waiting else eta(job, done, now),
+        waiting_reason=job.waiting_reason if waiting else None,
+        waiting_until=job.waiting_until if waiting else None,
         failure_reason=job.failure_reason or None, last_error=job.last_error or None,
         tasks_total=job.tasks_total, tasks_done=job.tasks_done, created_at=job.created_at or None,
         time_to_send_seconds=time_to_send_seconds(job.started_at, job.completed_at) if job.completed_at
@@ -62,6 +67,21 @@ def job_public(job: Job, now: datetime | None = None) -> JobPublic:
         paused_by=job.actors.get("paused_by"), resumed_by=job.actors.get("resumed_by"),
         cancelled_by=job.actors.get("cancelled_by"), unknown_resolution=dict(job.unknown_resolution),
     )
+
+
+def waits_for_warmup(job: Job, now: datetime) -> bool:
+    """A running job its sending domain's warm-up holds until the next UTC day.
+
+    Its ETA is then the start of the day the rest of its roster fits the ramp (the Task Manager
+    worked it out when it stopped: ``task_manager/stops.hold_job_for_warmup``), not an
+    extrapolation of a rate that includes the wait.
+    """
+    if job.status in _NO_ETA or not job.waiting_until:
+        return False
+    try:
+        return parse_iso(job.waiting_until) > now
+    except ValueError:
+        return False
 
 
 def progress(job: Job, done: int) -> float:

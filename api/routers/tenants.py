@@ -26,6 +26,7 @@ from core.keys import hash_key, new_api_key
 from core.models import KEY_PARTITION, TENANT_PARTITION, ApiKey, Tenant
 from core.storage import API_KEYS, TENANTS, Storage
 from core.tenant_settings import update_tenant
+from core.warmup_schedule import OFF, ON
 
 router = APIRouter(tags=["operator"], responses=ERROR_RESPONSES)
 DirectoryDep = Annotated[Directory, Depends(get_directory)]
@@ -37,8 +38,16 @@ def tenant_public(tenant: Tenant) -> TenantPublic:
         id=tenant.id, name=tenant.name, rate_limit_per_minute=tenant.rate_limit_per_minute,
         max_roster=tenant.max_roster, providers=tenant.providers or None,
         delivery_semantics=tenant.delivery_semantics or None, sender_domains=tenant.sender_domains,
-        state=tenant.state, created_at=tenant.created_at or None, updated_at=tenant.updated_at or None,
+        warmup=warmup_shown(tenant.warmup), state=tenant.state, created_at=tenant.created_at or None,
+        updated_at=tenant.updated_at or None,
     )
+
+
+def warmup_shown(setting: str) -> str | list[int] | None:
+    """A tenant's ``warmup`` as it was given: ``"on"``, ``"off"``, the allowances, or null."""
+    if not setting or setting in (ON, OFF):
+        return setting or None
+    return [int(day) for day in setting.split(",")]
 
 
 @router.post("/tenants", status_code=201, response_model=TenantPublic)
@@ -81,7 +90,7 @@ def get_tenant(tenant_id: str, principal: OperatorReaderDep, storage: StorageDep
 def patch_tenant(
     tenant_id: str, body: TenantUpdate, _: AdminDep, storage: StorageDep, directory: DirectoryDep
 ) -> TenantPublic:
-    """Change a tenant's name, limits, provider order, delivery semantics or sender domains.
+    """Change a tenant's name, limits, provider order, delivery semantics, sender domains or warm-up.
 
     Only the fields given change; ``null`` clears one back to the deployment's default.
     """

@@ -42,6 +42,9 @@ def fields(answer) -> list[str]:
     ("delivery_semantics", "at-least-once"),
     ("delivery_semantics", "reconcile"),
     ("sender_domains", ["uni.example", "mail.uni.example"]),
+    ("warmup", [50, 100, 250]),
+    ("warmup", "off"),
+    ("warmup", "on"),
 ])
 def test_patch_sets_a_field_that_get_then_shows(client, admin, tenant, field, value):
     answer = patch(client, tenant.id, {field: value}, admin)
@@ -101,6 +104,12 @@ def test_an_unknown_provider_is_422_naming_its_position(client, admin, tenant):
     ({"delivery_semantics": "reconciled"}, "delivery_semantics"),
     ({"sender_domains": ["not a domain"]}, "sender_domains.0"),
     ({"name": None}, "name"),
+    ({"warmup": [100, 50]}, "warmup"),  # a ramp never steps down
+    ({"warmup": [0, 10]}, "warmup"),
+    ({"warmup": []}, "warmup"),
+    ({"warmup": [50, 1.5]}, "warmup"),
+    ({"warmup": "sometimes"}, "warmup"),
+    ({"warmup": [True]}, "warmup"),
 ])
 def test_an_invalid_value_is_422_naming_the_field(client, admin, tenant, body, field):
     answer = patch(client, tenant.id, body, admin)
