@@ -25,10 +25,11 @@ from typing import Any
 
 from api.errors import ApiError, invalid, too_large
 from core.clock import iso, utcnow
+from core.contact_tables import ContactTables
 from core.errors import AlreadyExists, FieldProblem
 from core.ids import contact_id_for, normalize_email
 from core.models import Contact, Tenant
-from core.storage import CONTACTS, Entity, Storage, Table
+from core.storage import Entity, Storage, Table
 from core.templates import is_email
 
 MAX_NAME_CHARS = 200
@@ -314,11 +315,13 @@ def import_contacts(storage: Storage, tenant: Tenant, raw_rows: list[Any]) -> Im
         latest.pop(contact_id, None)  # re-insert so the dict keeps the winning row's order
         latest[contact_id] = row
     now = iso(utcnow())
-    table = storage.table(CONTACTS)
+    tables = ContactTables(storage)
     as_new = (contact_entity(tenant.id, cid, row, now, is_new=True) for cid, row in latest.items())
     created = 0
-    for batch in table.legal_batches(as_new):
-        created += upsert_batch(table, tenant.id, batch, latest, now)
+    for digit, entities in tables.by_table(as_new).items():
+        table = tables.table(digit)
+        for batch in table.legal_batches(entities):
+            created += upsert_batch(table, tenant.id, batch, latest, now)
     return ImportOutcome(created=created, updated=len(latest) - created, rejected=rejected)
 
 

@@ -10,12 +10,13 @@ from email.utils import formataddr
 
 from api.errors import ApiError, not_found
 from api.schemas import PreviewPublic, PreviewRequest
+from core.contact_tables import ContactTables
 from core.criteria import ContactView, parse_criteria
 from core.errors import FieldProblem, InvalidInput, RenderError
 from core.ids import contact_id_for, normalize_email
 from core.models import Campaign, Contact, Tenant
 from core.settings import Settings
-from core.storage import CONTACTS, Storage
+from core.storage import Storage
 from core.templates import TemplateSpec, build_context, compile_template
 from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 
@@ -62,7 +63,7 @@ def preview_headers(spec: TemplateSpec, contact: Contact, url: str) -> dict[str,
 
 def choose_contact(storage: Storage, tenant: Tenant, campaign: Campaign, request: PreviewRequest) -> Contact:
     """The named contact; else the first of the tenant the criteria select; else a sample."""
-    table = storage.table(CONTACTS)
+    table = ContactTables(storage)
     if request.contact_id is not None:
         entity = table.find(tenant.id, request.contact_id)
         if entity is None:
@@ -80,8 +81,8 @@ def choose_contact(storage: Storage, tenant: Tenant, campaign: Campaign, request
 
 def _first_selected(storage: Storage, tenant: Tenant, campaign: Campaign) -> Contact | None:
     criteria = parse_criteria(campaign.criteria or None, path="criteria")
-    page = storage.table(CONTACTS).query_page("PartitionKey eq @t", {"t": tenant.id}, limit=SAMPLE_SCAN_ROWS)
-    for entity in page.items:
+    items, _ = ContactTables(storage).page_after(tenant.id, "", SAMPLE_SCAN_ROWS)
+    for entity in items:
         contact = Contact.from_entity(entity)
         if criteria.matches(_view(contact)):
             return contact

@@ -23,9 +23,10 @@ from bench.procstats import diff_counts
 from bench.profile import Profiler, top_functions
 from bench.stack import BenchStack
 from core.clock import parse_iso
+from core.contact_tables import ContactTables
 from core.errors import StorageError
 from core.ids import contact_id_for
-from core.storage import CONTACTS, JOBS, TENANTS, Storage
+from core.storage import JOBS, TENANTS, Storage
 
 IMPORT_CHUNK = 20_000  # well under MAX_REQUEST_BYTES per request
 # Larger rosters are written straight to the table, so the 10k/100k figures stay comparable
@@ -116,7 +117,7 @@ def _upsert_with_retries(storage: Storage, rows: list[dict[str, Any]], attempts:
     """Azurite resets a connection now and then once its store holds ~10^6 rows; upserts repeat safely."""
     for attempt in range(1, attempts + 1):
         try:
-            storage.table(CONTACTS).batch_upsert(rows)
+            ContactTables(storage).batch_upsert(rows)
             return
         except StorageError:
             if attempt == attempts:

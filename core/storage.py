@@ -60,7 +60,8 @@ from core.table_batches import INSERT, MERGE, REPLACE, LeanBatchClient, Unsuppor
 # Tables (PascalCase, read by people in the portal's Storage browser).
 TENANTS = "Tenants"
 API_KEYS = "ApiKeys"
-CONTACTS = "Contacts"
+# Contacts are spread over sixteen tables by the first hex digit of their id (core/contact_tables.py).
+CONTACT_TABLES = tuple(f"Contacts{digit}" for digit in "0123456789ABCDEF")
 SUPPRESSIONS = "Suppressions"
 CAMPAIGNS = "Campaigns"
 SCHEDULE = "Schedule"
@@ -85,7 +86,7 @@ WARMUP = "Warmup"
 ALL_TABLES = (
     TENANTS,
     API_KEYS,
-    CONTACTS,
+    *CONTACT_TABLES,
     SUPPRESSIONS,
     CAMPAIGNS,
     SCHEDULE,

@@ -46,7 +46,7 @@ var local = loadJsonContent('../local.settings.json.example').Values
 
 // Names as in core/storage.py (tables PascalCase, queues kebab-case with -poison twins); a unit test
 // (tests/unit/test_infra.py) fails when they drift. The app also creates any missing one on first use.
-var tables = ['Tenants', 'ApiKeys', 'Contacts', 'Suppressions', 'Campaigns', 'Schedule', 'Jobs', 'ActiveJobs', 'Tasks', 'Deliveries', 'DeliveryEvents', 'ProviderHealth', 'ContactHistory', 'MessageIndex', 'RateLimits', 'IdempotencyKeys', 'SupportAudit', 'Recounts', 'Erasures', 'Reputation', 'Compliance', 'Pacing', 'Warmup']
+var tables = ['Tenants', 'ApiKeys', 'Contacts0', 'Contacts1', 'Contacts2', 'Contacts3', 'Contacts4', 'Contacts5', 'Contacts6', 'Contacts7', 'Contacts8', 'Contacts9', 'ContactsA', 'ContactsB', 'ContactsC', 'ContactsD', 'ContactsE', 'ContactsF', 'Suppressions', 'Campaigns', 'Schedule', 'Jobs', 'ActiveJobs', 'Tasks', 'Deliveries', 'DeliveryEvents', 'ProviderHealth', 'ContactHistory', 'MessageIndex', 'RateLimits', 'IdempotencyKeys', 'SupportAudit', 'Recounts', 'Reconciles', 'Erasures', 'Reputation', 'Compliance', 'Pacing', 'Warmup']
 var queues = ['job-queue', 'task-queue', 'events-queue', 'job-queue-poison', 'task-queue-poison', 'events-queue-poison']
 
 // -- storage --------------------------------------------------------------------------------------

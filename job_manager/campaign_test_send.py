@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 
 from core.clock import Clock, iso, utcnow
+from core.contact_tables import ContactTables
 from core.errors import FieldProblem, InvalidInput
 from core.ids import contact_id_for, new_id, normalize_email
 from core.models import Campaign, Contact, Job, Recipient, Tenant
 from core.status import JobStatus
-from core.storage import CONTACTS, Storage
+from core.storage import Storage
 from core.templates import MAX_SUBJECT_CHARS
 from job_manager.transactional import queue_one_task_job
 
@@ -65,7 +66,7 @@ def mark_subject_as_test(template: dict[str, object]) -> dict[str, object]:
 def recipient_for_test(storage: Storage, tenant: Tenant, address: str) -> Recipient:
     """The tenant's contact with this address as the campaign would render it, else sample data."""
     contact_id = contact_id_for(tenant.contact_salt, address)
-    entity = storage.table(CONTACTS).find(tenant.id, contact_id)
+    entity = ContactTables(storage).find(tenant.id, contact_id)
     if entity is None:
         return Recipient(contact_id, address, SAMPLE_NAME, {})
     contact = Contact.from_entity(entity)

@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from core.clock import Clock, iso, later, parse_iso, utcnow
+from core.contact_tables import ContactTables
 from core.counts import balance_pending, count_columns
 from core.criteria import ContactView, Criteria, parse_criteria
 from core.errors import AlreadyExists, Conflict, NotFound
@@ -32,10 +33,10 @@ from core.messages import JobTicket
 from core.models import TENANT_PARTITION, Job, Recipient, Task, pack_recipients, packed_size
 from core.settings import Settings
 from core.status import JobStatus
-from core.storage import CONTACTS, JOB_QUEUE, JOBS, TASKS, TENANTS, Entity, Storage
+from core.storage import JOB_QUEUE, JOBS, TASKS, TENANTS, Entity, Storage
 from core.task_window import enqueue_if_in_window
 from job_manager.retry_failed import stream_failed_roster
-from job_manager.roster_ranges import scan_partition_in_ranges
+from job_manager.roster_ranges import scan_contacts
 
 log = logging.getLogger("mailroom.job_manager")
 
@@ -186,8 +187,7 @@ def stream_roster(
     far the scan has gone: that RowKey is the resume cursor. Pages come in key ranges
     (``roster_ranges``), so a page costs the same at the start of a 1M roster as at its end.
     """
-    contacts = storage.table(CONTACTS)
-    for entity in scan_partition_in_ranges(contacts, tenant_id, after, CONTACT_COLUMNS):
+    for entity in scan_contacts(ContactTables(storage), tenant_id, after, CONTACT_COLUMNS):
         view = ContactView(
             email=entity.get("email", ""),
             name=entity.get("name", "") or "",

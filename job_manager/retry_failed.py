@@ -19,13 +19,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from core.clock import Clock, iso, parse_iso, utcnow
+from core.contact_tables import ContactTables
 from core.errors import StateConflict
 from core.ids import job_id_for
 from core.job_state import open_job
 from core.messages import JobTicket
 from core.models import Job, Recipient
 from core.status import DeliveryStatus, JobStatus
-from core.storage import CONTACTS, DELIVERIES, JOB_QUEUE, JOBS, Storage
+from core.storage import DELIVERIES, JOB_QUEUE, JOBS, Storage
 
 log = logging.getLogger("mailroom.job_manager")
 _FAILED = DeliveryStatus.FAILED.value
@@ -79,7 +80,7 @@ def stream_failed_roster(
         partition, _, row_key = after.partition("|")
         query += " and ( PartitionKey gt @pk or ( PartitionKey eq @pk and RowKey gt @rk ) )"
         params.update(pk=partition, rk=row_key)
-    contacts = storage.table(CONTACTS)
+    contacts = ContactTables(storage)
     for row in storage.table(DELIVERIES).query(query, params, select=["PartitionKey", "RowKey"]):
         cursor = f"{row['PartitionKey']}|{row['RowKey']}"
         contact = contacts.find(tenant_id, row["RowKey"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from core.contact_tables import ContactTables, last_key
 from core.storage import Entity, Table
 
 PAGE = 1000
@@ -44,21 +45,24 @@ def position_of(key: str) -> int:
 
 
 def scan_partition_in_ranges(
-    table: Table, partition: str, after: str, select: list[str], page: int = PAGE
+    table: Table, partition: str, after: str, select: list[str], page: int = PAGE,
+    until: str | None = None,
 ) -> Iterator[Entity]:
-    """Every entity of ``partition`` with a RowKey after ``after``, in RowKey order.
+    """Every entity of ``partition`` with a RowKey after ``after`` (and before ``until``), in RowKey order.
 
     Each query covers one key range ``[lower, upper)`` expected to hold under a page; a
     range that fills a page is left after that page and the scan goes on with a narrower
     one from the last row read, so no query asks the service to order more than about a
     page of rows. A small partition is read with one query (the first range is all of it).
+    ``until`` bounds the scan to one contact table's keys (``core.contact_tables``).
     """
     lower, inclusive = after, False
     width = KEY_SPACE
+    stop = position_of(until) if until is not None else KEY_SPACE
     while True:
         start = position_of(lower) if lower else 0
         end = start + width
-        upper = boundary(end) if end < KEY_SPACE else None
+        upper = boundary(end) if end < stop else until
         query, params = "PartitionKey eq @t", {"t": partition}
         if lower:
             query += f" and RowKey {'ge' if inclusive else 'gt'} @lo"
@@ -82,9 +86,17 @@ def scan_partition_in_ranges(
             yield from rows  # keys this range cannot split: read the rest of it page by page
         elif read < page * _FILL / 2:
             width = min(KEY_SPACE, width * 2)  # sparse: widen the next range
-        if upper is None:
+        if upper is None or upper == until:
             return
         lower, inclusive = upper, True
+
+
+def scan_contacts(
+    tables: ContactTables, tenant_id: str, after: str, select: list[str], page: int = PAGE
+) -> Iterator[Entity]:
+    """A tenant's contacts after ``after`` in id order: each contact table in turn, in key ranges."""
+    for digit, table in tables.tables_after(after):
+        yield from scan_partition_in_ranges(table, tenant_id, after, select, page, until=last_key(digit))
 
 
 def _close(rows: Iterator[Entity]) -> None:

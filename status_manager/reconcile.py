@@ -9,7 +9,8 @@ is terminal and whose job is open, looks only at that task's ``unknown`` rows:
   ``resolution=accepted_by_event``): nothing to do;
 - sent through a provider without an event feed: ``resolution=no_event_feed``, stays ``unknown``;
 - younger than the window: the mark is moved to its end;
-- older, ``at-most-once`` (marked only by an older Task Manager): ``failed`` with "not accepted by the provider: no event within N s",
+- older, ``at-most-once`` (marked only by an older Task Manager): ``failed``
+  with "not accepted by the provider: no event within N s",
   ``resolution=not_accepted`` (retry-failed may pick it; a late event still lifts it);
 - older, ``reconcile`` or ``at-least-once``, never resent: ``retrying`` with ``resolution=resent``,
   and the task is re-opened over exactly those rows and re-queued. The Task Manager sends them

@@ -16,13 +16,14 @@ from typing import Any
 
 from campaign_manager import start_due_campaigns
 from core.clock import Clock, iso, utcnow
+from core.contact_tables import ContactTables
 from core.ids import contact_id_for, contact_salt, new_id, normalize_email
 from core.messages import JobTicket, TaskTicket
 from core.models import SCHEDULE_PARTITION, Campaign, Job, Tenant, schedule_key
 from core.retry import RetryPolicy
 from core.settings import Settings
 from core.status import CampaignStatus, zero_counts
-from core.storage import CAMPAIGNS, CONTACTS, JOB_QUEUE, JOBS, SCHEDULE, TASK_QUEUE, TENANTS, Storage
+from core.storage import CAMPAIGNS, JOB_QUEUE, JOBS, SCHEDULE, TASK_QUEUE, TENANTS, Storage
 from core.suppressions import SuppressionCache
 from job_manager import expand_roster
 from providers.base import EmailProvider, OutboundEmail, SendResult
@@ -65,7 +66,7 @@ def add_contacts(storage: Storage, tenant: Tenant, rows: list[dict[str, Any]]) -
                 "state": "active",
             }
         )
-    storage.table(CONTACTS).batch_upsert(entities)
+    ContactTables(storage).batch_upsert(entities)
     return ids
 
 

@@ -15,8 +15,9 @@ from api.dependencies import StorageDep
 from api.errors import not_found
 from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, TenantPageCursor
 from api.schemas import ContactDeliveryPublic, Page
+from core.contact_tables import ContactTables
 from core.models import ACTIVE_PARTITION, Job
-from core.storage import ACTIVE_JOBS, CONTACT_HISTORY, CONTACTS, JOBS, Entity, Storage
+from core.storage import ACTIVE_JOBS, CONTACT_HISTORY, JOBS, Entity, Storage
 from status_manager.delivery_logs import find_delivery
 
 router = APIRouter(tags=["contacts"], responses=ERROR_RESPONSES)
@@ -69,6 +70,6 @@ def list_contact_deliveries(
         closed = {item.job_id for item in items}
         running = running_deliveries(storage, tenant.id, contact_id)
         items = [d for d in running if d.job_id not in closed] + items
-        if not items and storage.table(CONTACTS).find(tenant.id, contact_id) is None:
+        if not items and ContactTables(storage).find(tenant.id, contact_id) is None:
             raise not_found("contact")
     return Page[ContactDeliveryPublic](items=items, continuation=cursor.next_token(page.continuation))

@@ -14,10 +14,11 @@ from api.dependencies import SettingsDep, StorageDep
 from api.errors import ApiError, json_loads_or_400, not_found
 from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, PageCursor, TenantPageCursor
 from api.schemas import ContactIn, ContactPublic, ImportRejection, ImportResult, Page
+from core.contact_tables import ContactTables
 from core.errors import FieldProblem, InvalidContinuation
 from core.ids import contact_id_for, normalize_email
 from core.models import Contact, Delivery, Tenant
-from core.storage import CONTACTS, DELIVERIES, JOBS, Entity, Storage
+from core.storage import DELIVERIES, JOBS, Entity, Storage
 from privacy.erasure import erase_contact_traces
 
 router = APIRouter(tags=["contacts"], responses=ERROR_RESPONSES)
@@ -104,19 +105,26 @@ def list_contacts(
         return _by_email(storage, tenant, email, list_name)
     if list_name is not None:
         return _in_list(storage, tenant.id, list_name, limit, cursor)
-    page = storage.table(CONTACTS).query_page(
-        "PartitionKey eq @t", {"t": tenant.id}, limit=limit, continuation=cursor.position
-    )
+    items, last = ContactTables(storage).page_after(tenant.id, _after(cursor), limit)
     return Page[ContactPublic](
-        items=[contact_public(Contact.from_entity(e)) for e in page.items],
-        continuation=cursor.next_token(page.continuation),
+        items=[contact_public(Contact.from_entity(e)) for e in items],
+        continuation=cursor.next_token({"after": last}) if last else None,
     )
+
+
+def _after(cursor: PageCursor) -> str:
+    """The id a page continues after (listing and list-filter tokens are both "after this id")."""
+    after = (cursor.position or {}).get("after", "")
+    if cursor.position is not None and not after:
+        raise InvalidContinuation("invalid continuation token",
+                                  [FieldProblem("continuation", "not a token this API issued for this list")])
+    return str(after)
 
 
 def _by_email(storage: Storage, tenant: Tenant, email: str, list_name: str | None) -> Page[ContactPublic]:
     """Ids derive from the address, so an email filter is one point read."""
     contact_id = contact_id_for(tenant.contact_salt, normalize_email(email))
-    entity = storage.table(CONTACTS).find(tenant.id, contact_id)
+    entity = ContactTables(storage).find(tenant.id, contact_id)
     contact = Contact.from_entity(entity) if entity else None
     if contact is None or (list_name is not None and list_name not in contact.lists):
         return Page[ContactPublic](items=[], continuation=None)
@@ -128,22 +136,15 @@ def _in_list(
 ) -> Page[ContactPublic]:
     """Lists live inside a JSON column Table Storage cannot filter on, so filter here.
 
-    The token is "after this RowKey" (contacts sort by id in one partition), which lets a
+    The token is "after this id" (the contact tables read in turn are in id order), which lets a
     page stop in the middle of a storage page without skipping or repeating anyone.
     """
-    after = (cursor.position or {}).get("after", "")
-    if cursor.position is not None and not after:  # a token of the unfiltered list
-        raise InvalidContinuation("invalid continuation token",
-                                  [FieldProblem("continuation", "not a token this API issued for this list")])
-    query, params = "PartitionKey eq @t", {"t": tenant_id}
-    if after:
-        query += " and RowKey gt @after"
-        params["after"] = after
+    after = _after(cursor)
     items: list[ContactPublic] = []
     scanned = 0
     last_seen = ""
     page_size = min(1000, max(limit * 2, 100))
-    rows = storage.table(CONTACTS).query(query, params, page_size=page_size)
+    rows = ContactTables(storage).scan_after(tenant_id, after, page_size=page_size)
     for entity in rows:
         scanned += 1
         last_seen = entity["RowKey"]
@@ -159,7 +160,7 @@ def _in_list(
 
 @router.get("/contacts/{contact_id}", response_model=ContactPublic)
 def get_contact(contact_id: str, tenant: TenantDep, storage: StorageDep) -> ContactPublic:
-    entity = storage.table(CONTACTS).find(tenant.id, contact_id)
+    entity = ContactTables(storage).find(tenant.id, contact_id)
     if entity is None:
         raise not_found("contact")
     return contact_public(Contact.from_entity(entity))
@@ -173,12 +174,13 @@ def delete_contact(contact_id: str, tenant: TenantDep, storage: StorageDep) -> R
     finishes the redaction instead of answering 404 with addresses left behind. A chunk sending
     the contact for longer than the erasure waits is a 409 (``SendInProgress``), retried the same way.
     """
-    contact = storage.table(CONTACTS).find(tenant.id, contact_id)
+    contacts = ContactTables(storage)
+    contact = contacts.find(tenant.id, contact_id)
     if contact is None:
         raise not_found("contact")
     erase_contact_traces(storage, tenant.id, contact_id, contact.get("email", ""))
     redact_deliveries(storage, tenant.id, contact_id)
-    storage.table(CONTACTS).delete(tenant.id, contact_id)
+    contacts.delete(tenant.id, contact_id)
     return Response(status_code=204)
 
 

@@ -21,7 +21,8 @@ from fastapi.responses import HTMLResponse
 from api.dependencies import SettingsDep, StorageDep
 from api.errors import not_found
 from api.routers.conventions import ERROR_RESPONSES
-from core.storage import CONTACTS, TENANTS, Storage
+from core.contact_tables import ContactTables
+from core.storage import TENANTS, Storage
 from core.suppressions import add_suppression
 from core.unsubscribe import UnsubscribeClaim, read_token
 
@@ -75,7 +76,7 @@ def unsubscribe_one_click(token: str, settings: SettingsDep, storage: StorageDep
 
 def unsubscribe_contact(storage: Storage, claim: UnsubscribeClaim) -> bool:
     """Suppress the claim's contact; ``False`` when the contact no longer exists (erased)."""
-    contact = storage.table(CONTACTS).find(claim.tenant_id, claim.contact_id)
+    contact = ContactTables(storage).find(claim.tenant_id, claim.contact_id)
     if contact is None or not contact.get("email"):
         log.info("one-click unsubscribe for a missing contact tenant=%s", claim.tenant_id)
         return False

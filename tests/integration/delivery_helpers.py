@@ -11,7 +11,7 @@ from core.blobs import delivery_logs
 from core.models import Job, Tenant, unpack_recipients
 from core.provider_events import DeliveryLogRequest, EventBatch, split_into_messages
 from core.settings import Settings
-from core.storage import ALL_TABLES, DELIVERIES, EVENTS_QUEUE, TASKS, Storage
+from core.storage import ALL_TABLES, CONTACT_TABLES, DELIVERIES, EVENTS_QUEUE, TASKS, Storage
 from devhost.sendgrid_events import events_for
 from status_manager import close_finished_jobs
 from status_manager.delivery_logs import write_delivery_log
@@ -105,7 +105,7 @@ def addresses_everywhere(storage: Storage, email: str) -> set[str]:
         for entity in storage.table(name).query("RowKey ne @x", {"x": ""}):
             text = " ".join(str(v) for v in entity.values() if isinstance(v, str))
             if email in text:
-                found.add(name)
+                found.add("Contacts" if name in CONTACT_TABLES else name)  # one of the sixteen
             if name == TASKS and any(r.email == email for r in unpack_recipients(entity)):
                 found.add(name)
     blobs = delivery_logs(storage)
