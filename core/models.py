@@ -776,6 +776,9 @@ class ReconcileMark(Row):
     job_id: str
     task_id: str
     due_at: str = ""
+    # False: the job does not wait for it (an at-most-once tenant: its unknowns are only
+    # reported); True, or absent on an older row: the job stays open until it is settled.
+    holds_job_open: bool | None = None
 
     def keys(self) -> RowKeys:
         return RECONCILE_PARTITION, f"{self.tenant_id}|{self.job_id}|{self.task_id}"

@@ -7,15 +7,17 @@ accepted, "in nearly real time" and retried for 24 hours when our webhook fails.
 
 - an event arrives: the message was accepted (``accepted_by_event``; the event processor merges it);
 - no event within ``RECONCILE_WINDOW_SECONDS``: it was not accepted. An ``at-most-once`` tenant's
-  unknowns are not marked (its jobs close at once; the row stays ``unknown``); a ``reconcile`` (or
-  ``at-least-once``) tenant's is sent once more under the same ids (``resent``), so a late event
-  for the first attempt still matches its row;
+  job does not wait for that (it closes as soon as its tasks are done): once the window has passed
+  its row is reported ``not_accepted`` and stays ``unknown``, so the closed job's counts do not
+  change (only provider events change a closed job's counts); a ``reconcile`` (or
+  ``at-least-once``) tenant's job stays open and the row is sent once more under the same ids
+  (``resent``), so a late event for the first attempt still matches its row;
 - a provider without an event feed (SMTP, ACS here, or SendGrid without
   ``SENDGRID_WEBHOOK_PUBLIC_KEY``): nothing will ever tell, so it stays ``unknown`` (``no_event_feed``).
 
 Whoever records an ``unknown`` outcome (the Task Manager) marks its task in ``Reconciles`` with the
 end of that window; ``status_manager/reconcile.py`` acts on due marks, and a job does not close
-while it has one.
+while it has one that holds it open (a resending tenant's).
 """
 
 from __future__ import annotations
@@ -61,23 +63,33 @@ def not_accepted_reason(window_seconds: float) -> str:
 
 
 def mark_unknowns(
-    storage: Storage, tasks: Iterable[tuple[str, str, str]], due_in_seconds: float, clock: Clock = utcnow
+    storage: Storage, tasks: Iterable[tuple[str, str, str]], due_in_seconds: float, clock: Clock = utcnow,
+    holds_job_open: bool = True,
 ) -> None:
     """Ask the Status Manager to settle these (tenant, job, task)s' ``unknown`` rows after the window.
 
     A mark is overwritten with the later ``due_at``, so the task's newest unknown decides when it
     is looked at; rows younger than the window at that time wait for a new mark.
+    ``holds_job_open``: whether the job waits for it (a tenant whose unknowns may be resent).
     """
     due = iso(clock() + timedelta(seconds=max(0.0, due_in_seconds)))
-    marks = [ReconcileMark(t, j, k, due_at=due).to_entity() for t, j, k in sorted(set(tasks))]
+    marks = [ReconcileMark(t, j, k, due_at=due, holds_job_open=holds_job_open).to_entity()
+             for t, j, k in sorted(set(tasks))]
     if marks:
         storage.table(RECONCILES).batch_upsert(marks, replace=True)
 
 
-def marks_of_job(storage: Storage, tenant_id: str, job_id: str) -> list[Entity]:
-    """The job's reconciliation marks (one small key range of one partition)."""
+def marks_of_job(storage: Storage, tenant_id: str, job_id: str, holding_only: bool = False) -> list[Entity]:
+    """The job's reconciliation marks (one small key range of one partition); ``holding_only``:
+    just those the job waits for (``mark_holds_job_open``)."""
     prefix = f"{tenant_id}|{job_id}|"
-    return list(storage.table(RECONCILES).query(
+    marks = storage.table(RECONCILES).query(
         "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
         {"pk": RECONCILE_PARTITION, "lo": prefix, "hi": prefix[:-1] + "}"},
-    ))
+    )
+    return [m for m in marks if not holding_only or mark_holds_job_open(m)]
+
+
+def mark_holds_job_open(mark: Entity) -> bool:
+    """Whether a job must stay open for this mark (older rows, written before the column: yes)."""
+    return mark.get("holds_job_open") is not False

@@ -62,7 +62,7 @@ def close_finished_jobs(storage: Storage, settings: Settings, clock: Clock = utc
     settled = reconcile_unknowns(storage, settings, clock)
     report.unknowns_settled = settled.not_accepted + settled.resent + settled.no_event_feed
     recounted = recount_marked_tasks(storage)
-    for tenant_id, job_id in sorted(recounted):
+    for tenant_id, job_id in sorted(recounted | settled.jobs):  # a closed job's report follows its rows
         refresh_closed_job_counts(storage, tenant_id, job_id, clock)
     report.jobs_recounted = len(recounted)
     for row in storage.table(ACTIVE_JOBS).partition(ACTIVE_PARTITION):
@@ -203,7 +203,8 @@ def update_job(storage: Storage, job: Job, settings: Settings, clock: Clock, rep
 def awaits_reconciliation(storage: Storage, job: Job, counts: dict[str, int]) -> bool:
     """Whether a job whose tasks are all terminal must stay open for its unknowns' reconciliation.
 
-    It has a ``Reconciles`` mark (an unknown inside its window, or one being settled), or a
+    It has a ``Reconciles`` mark that holds it open (a resending tenant's unknown inside its
+    window, or one being settled; an at-most-once tenant's marks are settled after the close), or a
     ``retrying`` row waiting for its resend: closing now would leave a non-terminal row in a
     closed job, or change a closed job's counts other than through provider events. The marks
     are read after the task rows, and a task's mark is written before it can be terminal, so a
@@ -211,7 +212,7 @@ def awaits_reconciliation(storage: Storage, job: Job, counts: dict[str, int]) ->
     """
     if counts.get(DeliveryStatus.RETRYING.value, 0):
         return True
-    return bool(marks_of_job(storage, job.tenant_id, job.id))
+    return bool(marks_of_job(storage, job.tenant_id, job.id, holding_only=True))
 
 
 def requeue_stalled(

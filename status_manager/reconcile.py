@@ -9,9 +9,12 @@ is terminal and whose job is open, looks only at that task's ``unknown`` rows:
   ``resolution=accepted_by_event``): nothing to do;
 - sent through a provider without an event feed: ``resolution=no_event_feed``, stays ``unknown``;
 - younger than the window: the mark is moved to its end;
-- older, ``at-most-once`` (marked only by an older Task Manager): ``failed``
-  with "not accepted by the provider: no event within N s",
-  ``resolution=not_accepted`` (retry-failed may pick it; a late event still lifts it);
+- older, ``at-most-once`` (a mark that does not hold the job open; the job may have closed
+  already): stays ``unknown`` with "not accepted by the provider: no event within N s" and
+  ``resolution=not_accepted``, so the job's counts stay as they were at its close and its
+  ``unknown_resolution`` says how many were not accepted (a late event still lifts the row);
+  from a mark an older Task Manager wrote (it holds the job open): ``failed`` with that reason
+  and ``resolution=not_accepted`` (retry-failed may pick it; a late event still lifts it);
 - older, ``reconcile`` or ``at-least-once``, never resent: ``retrying`` with ``resolution=resent``,
   and the task is re-opened over exactly those rows and re-queued. The Task Manager sends them
   through the usual claim, lease and fencing, as the same task, so the message carries the same
@@ -51,6 +54,7 @@ from core.reconciliation import (
     RESENDING_SEMANTICS,
     RESENT,
     has_event_feed,
+    mark_holds_job_open,
     mark_unknowns,
     not_accepted_reason,
 )
@@ -102,8 +106,11 @@ def settle_marked_task(
     tenant_id, job_id, task_id = mark["tenant_id"], mark["job_id"], mark["task_id"]
     job_row = storage.table(JOBS).find(tenant_id, job_id)
     task_row = storage.table(TASKS).find(job_id, task_id, select=None)
-    if job_row is None or task_row is None or JobStatus(job_row.get("status", "queued")).is_final:
-        _drop_mark(storage, mark)  # gone, or closed (a cancel): its rows stay as they are
+    holds = mark_holds_job_open(mark)
+    status = JobStatus(job_row.get("status", "queued")) if job_row is not None else None
+    closed = status is not None and status.is_final
+    if job_row is None or task_row is None or (closed and (holds or status != JobStatus.COMPLETED)):
+        _drop_mark(storage, mark)  # gone, or closed by a cancel: its rows stay as they are
         return
     job = Job.from_entity(job_row)
     if job.status == JobStatus.PAUSED or TaskStatus(task_row.get("status", "pending")) != TaskStatus.DONE:
@@ -122,8 +129,8 @@ def settle_marked_task(
         _UNSETTLED, {"pk": partition, "unknown": DeliveryStatus.UNKNOWN.value,
                      "retrying": DeliveryStatus.RETRYING.value},
     ):
-        if row["status"] != DeliveryStatus.UNKNOWN or row.get("resolution") == NO_EVENT_FEED:
-            continue  # a ``retrying`` row of a terminal task waits for its resend (below)
+        if row["status"] != DeliveryStatus.UNKNOWN or row.get("resolution") in (NO_EVENT_FEED, NOT_ACCEPTED):
+            continue  # settled already; a ``retrying`` row of a terminal task waits for its resend (below)
         if not has_event_feed(row.get("provider") or first_provider, settings):
             changed |= settle_row(storage, row, NO_EVENT_FEED, report, iso(now))
             continue
@@ -131,29 +138,36 @@ def settle_marked_task(
         if since + window > now:
             wait_until = max(wait_until or since + window, since + window)
             continue
-        resend = semantics in RESENDING_SEMANTICS and not row.get("resolution")
+        resend = holds and semantics in RESENDING_SEMANTICS and not row.get("resolution")
         changed |= settle_row(storage, row, RESENT if resend else NOT_ACCEPTED, report, iso(now),
-                              reason=not_accepted_reason(settings.reconcile_window_seconds))
-    resends = resend_rows(storage, partition)
+                              reason=not_accepted_reason(settings.reconcile_window_seconds),
+                              keep_unknown=not holds)
+    resends = [] if closed else resend_rows(storage, partition)
     if resends:
         if not reopen_task(storage, job, task_row, resends, clock):
             mark_unknowns(storage, [(tenant_id, job_id, task_id)], 0, clock)  # re-open next pass
             return
         report.tasks_reopened += 1
     elif changed:
-        recount_settled_task(storage, job_id, task_id, task_row)
+        recount_settled_task(storage, job_id, task_id, task_row, holds)
     if changed or resends:
         report.jobs.add((tenant_id, job_id))
     if wait_until is not None:
-        mark_unknowns(storage, [(tenant_id, job_id, task_id)], (wait_until - now).total_seconds(), clock)
+        mark_unknowns(storage, [(tenant_id, job_id, task_id)], (wait_until - now).total_seconds(), clock,
+                      holds_job_open=holds)
     else:
         _drop_mark(storage, mark)
 
 
 def settle_row(
-    storage: Storage, row: Entity, resolution: str, report: ReconcileReport, at: str, reason: str = ""
+    storage: Storage, row: Entity, resolution: str, report: ReconcileReport, at: str, reason: str = "",
+    keep_unknown: bool = False,
 ) -> bool:
-    """Write one unknown row's resolution, only if it is still the ``unknown`` we read (ETag)."""
+    """Write one unknown row's resolution, only if it is still the ``unknown`` we read (ETag).
+
+    ``keep_unknown``: a not-accepted row keeps its ``unknown`` status (an at-most-once job's
+    counts do not change for it; only its ``resolution`` and reason say what is known now).
+    """
     before = row.get("resolution") or ""
 
     def change(stored: Entity | None) -> Entity | None:
@@ -168,8 +182,9 @@ def settle_row(
             columns.update(status=DeliveryStatus.RETRYING.value, resolution=RESENT,
                            reason=f"{reason}; sent once more (reconcile)")
         else:  # not accepted; a row resent once keeps saying so
-            columns.update(status=DeliveryStatus.FAILED.value, reason=reason,
-                           resolution=before or NOT_ACCEPTED)
+            columns.update(reason=reason, resolution=before or NOT_ACCEPTED)
+            if not keep_unknown:
+                columns["status"] = DeliveryStatus.FAILED.value
         return Delivery.changes(stored, **columns)
 
     written = storage.table(DELIVERIES).modify(row["PartitionKey"], row["RowKey"], change, current=row)
@@ -218,7 +233,9 @@ def reopen_task(storage: Storage, job: Job, task_row: Entity, contact_ids: list[
     return True
 
 
-def recount_settled_task(storage: Storage, job_id: str, task_id: str, task_row: Entity) -> None:
+def recount_settled_task(
+    storage: Storage, job_id: str, task_id: str, task_row: Entity, holds_job_open: bool = True
+) -> None:
     """The task's counts and resolutions as its rows say now (ETag-guarded; a lost race: next pass)."""
     counts, resolutions = tally_delivery_rows(storage, f"{job_id}-{task_id}")
     changes = Task.changes((job_id, task_id), counts=counts_json(counts),
@@ -226,7 +243,8 @@ def recount_settled_task(storage: Storage, job_id: str, task_id: str, task_row: 
     try:
         storage.table(TASKS).update(changes, etag=etag_of(task_row))
     except Conflict:
-        mark_unknowns(storage, [(task_row.get("tenant_id", ""), job_id, task_id)], 0)
+        mark_unknowns(storage, [(task_row.get("tenant_id", ""), job_id, task_id)], 0,
+                      holds_job_open=holds_job_open)
 
 
 def first_provider_of(tenant: Tenant | None, settings: Settings) -> str:

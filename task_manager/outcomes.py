@@ -60,11 +60,12 @@ def record_outcomes(
 
 
 def resends_unknowns(run: TaskRun) -> bool:
-    """Whether the tenant chose ``reconcile`` (or ``at-least-once``): only then is an unknown settled.
+    """Whether the tenant chose ``reconcile`` (or ``at-least-once``): only then may an unknown be resent.
 
-    At-most-once jobs close as soon as their tasks are done: holding every job with an unknown
-    for the whole window (15 min by default) would delay the close of most crash-hit jobs, and
-    settling one after its close would change a closed job's counts other than through events.
+    Only those jobs wait for the reconciliation window. An at-most-once job closes as soon as its
+    tasks are done: holding every job with an unknown for the whole window (15 min by default)
+    would delay the close of most crash-hit jobs; its unknowns are settled after the close as a
+    report only (``resolution``), which leaves the closed job's counts as they are.
     """
     tenant_row = run.jobs.tenant(run.storage, run.job.tenant_id)
     tenant = Tenant.from_entity({"RowKey": run.job.tenant_id, **tenant_row})
@@ -75,15 +76,16 @@ def mark_unknown_outcomes(run: TaskRun, outcomes: Iterable[tuple[int, Outcome]])
     """Ask the Status Manager to settle this task's ``unknown`` recipients (``core.reconciliation``).
 
     Written after their rows and before the task can finish, so a job never looks finished to
-    the Status Manager while an unknown it would reconcile has no mark.
+    the Status Manager while an unknown it would reconcile has no mark. Every tenant's unknowns
+    are marked (each job reports how its unknowns were resolved); only a resending tenant's
+    mark holds the job open.
     """
-    if not resends_unknowns(run):
-        return  # at-most-once: an unknown stays unknown (a provider event still moves it)
     waits = [reconcile_due_in(o.provider, run.settings)
              for _, o in outcomes if o.status == DeliveryStatus.UNKNOWN]
     if waits:
         task = run.task
-        mark_unknowns(run.storage, [(task.tenant_id, task.job_id, task.row_key)], max(waits), run.clock)
+        mark_unknowns(run.storage, [(task.tenant_id, task.job_id, task.row_key)], max(waits), run.clock,
+                      holds_job_open=resends_unknowns(run))
 
 
 def owns_task_for(run: TaskRun, outcomes: list[tuple[int, Outcome]]) -> bool:

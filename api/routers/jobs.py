@@ -141,7 +141,8 @@ def get_job(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPublic:
     public = job_public(job)
     public.compliance = CompliancePublic(**asdict(compliance_report(storage, job)))
     if not JobStatus(job.status).is_final:
-        due = [mark.get("due_at", "") for mark in marks_of_job(storage, job.tenant_id, job.id)]
+        marks = marks_of_job(storage, job.tenant_id, job.id, holding_only=True)
+        due = [mark.get("due_at", "") for mark in marks]
         public.reconciling_until = max(due) if any(due) else None
     return public
 

@@ -167,6 +167,33 @@ def test_an_at_most_once_tenants_job_closes_at_once_with_its_unknowns_unknown_an
     assert job.status == JobStatus.COMPLETED
     assert sum(sends_per_address(sim).values()) == 10  # the two lost ones were never handed over again
     assert job.counts[DeliveryStatus.UNKNOWN] == 2 and sum(job.counts.values()) == job.roster_size == 12
+    assert marks_of_job(storage, job.tenant_id, job.id, holding_only=True) == []
+    assert job.unknown_resolution == report(awaiting=2)  # settled after the window, as a report
+
+
+def test_an_at_most_once_tenants_unknowns_are_reported_not_accepted_after_the_close_with_its_counts_unchanged(
+    storage, settings, simulator
+):
+    sim, url = simulator
+    sim.set_faults({"lose_then_hang": 2, "hang_seconds": 1})
+    fast = with_event_feed(settings)
+    tenant, _ = tenant_with(storage, "", 12)
+    job = stored_job(storage, run_to_close(storage, host_for(storage, fast, url), tenant))
+    counts_at_close = dict(job.counts)
+    due = max(parse_iso(m["due_at"]) for m in marks_of_job(storage, job.tenant_id, job.id))
+    wait_for(lambda: utcnow() >= due, 10, "the reconciliation window")
+
+    def reported() -> bool:
+        close_finished_jobs(storage, fast)
+        return stored_job(storage, job).unknown_resolution == report(not_accepted=2)
+
+    wait_for(reported, 20, "the closed job's report of its not-accepted unknowns")
+
+    after = stored_job(storage, job)
+    assert after.status == JobStatus.COMPLETED and after.counts == counts_at_close
+    assert sum(sends_per_address(sim).values()) == 10  # nobody sent again
+    unknown = [r for r in delivery_rows(storage, job.id) if r["status"] == DeliveryStatus.UNKNOWN]
+    assert [r["resolution"] for r in unknown] == ["not_accepted", "not_accepted"]
     assert marks_of_job(storage, job.tenant_id, job.id) == []
 
 
