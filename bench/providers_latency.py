@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.providers_latency", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--recipients", type=int, default=1200)
-    parser.add_argument("--concurrency", type=int, default=32,
-                        help="SEND_CONCURRENCY for the run (32, the value for a real provider's latency)")
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="SEND_CONCURRENCY for the run (50, the default)")
     parser.add_argument("--task-workers", type=int, default=4, help="tasks in progress at once per host")
     parser.add_argument("--serial-sample", type=int, default=30)
     parser.add_argument("--min-ratio", type=float, default=10.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from core.settings import load_settings
 from devhost.stack import wait_for
 from task_manager.mark_budget import MarkBudget, MarkShare, mark_budget_size
 
@@ -19,7 +20,10 @@ def start_taking(budget: MarkBudget, tenant: str, recipients: int, granted: list
 
 
 def test_the_budget_is_twice_the_sending_threads_or_twice_a_group_when_a_group_is_larger():
-    assert mark_budget_size(send_concurrency=32, send_group_size=50) == 100  # the defaults
+    default = load_settings()
+    assert mark_budget_size(default.send_concurrency, default.send_group_size) == 2 * default.send_concurrency
+    assert mark_budget_size(send_concurrency=50, send_group_size=50) == 100  # the defaults: 2 x threads
+    assert mark_budget_size(send_concurrency=32, send_group_size=50) == 100
     assert mark_budget_size(send_concurrency=8, send_group_size=8) == 16
     assert mark_budget_size(send_concurrency=64, send_group_size=50) == 128
     assert mark_budget_size(send_concurrency=4, send_group_size=500) == 100  # a group is at most 50
