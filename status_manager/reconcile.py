@@ -3,18 +3,20 @@
 The Task Manager marks a task in ``Reconciles`` when it records an ``unknown`` outcome, due at
 the end of ``RECONCILE_WINDOW_SECONDS`` (``core.reconciliation``). Each Status Manager pass reads
 that one partition (empty when nothing is unknown: one request) and, for a due mark whose task
-is terminal and whose job is open, looks only at that task's ``unknown`` rows:
+is terminal (of an open job, or of a closed one: then as a report only), looks only at that
+task's ``unknown`` rows:
 
 - a row an event reached is no longer ``unknown`` (the event processor merged it and wrote
   ``resolution=accepted_by_event``): nothing to do;
 - sent through a provider without an event feed: ``resolution=no_event_feed``, stays ``unknown``;
 - younger than the window: the mark is moved to its end;
 - older, ``at-most-once`` (a mark that does not hold the job open; the job may have closed
-  already): stays ``unknown`` with "not accepted by the provider: no event within N s" and
-  ``resolution=not_accepted``, so the job's counts stay as they were at its close and its
-  ``unknown_resolution`` says how many were not accepted (a late event still lifts the row);
-  from a mark an older Task Manager wrote (it holds the job open): ``failed`` with that reason
-  and ``resolution=not_accepted`` (retry-failed may pick it; a late event still lifts it);
+  already), or of a job a cancel closed: stays ``unknown`` with "not accepted by the provider:
+  no event within N s" and ``resolution=not_accepted``, so the job's counts stay as they were
+  at its close and its ``unknown_resolution`` says how many were not accepted (a late event
+  still lifts the row); from a mark an older Task Manager wrote (it holds the job open):
+  ``failed`` with that reason and ``resolution=not_accepted`` (retry-failed may pick it; a late
+  event still lifts it);
 - older, ``reconcile`` or ``at-least-once``, never resent: ``retrying`` with ``resolution=resent``,
   and the task is re-opened over exactly those rows and re-queued. The Task Manager sends them
   through the usual claim, lease and fencing, as the same task, so the message carries the same
@@ -106,15 +108,22 @@ def settle_marked_task(
     tenant_id, job_id, task_id = mark["tenant_id"], mark["job_id"], mark["task_id"]
     job_row = storage.table(JOBS).find(tenant_id, job_id)
     task_row = storage.table(TASKS).find(job_id, task_id, select=None)
-    holds = mark_holds_job_open(mark)
-    status = JobStatus(job_row.get("status", "queued")) if job_row is not None else None
-    closed = status is not None and status.is_final
-    if job_row is None or task_row is None or (closed and (holds or status != JobStatus.COMPLETED)):
-        _drop_mark(storage, mark)  # gone, or closed by a cancel: its rows stay as they are
+    if job_row is None or task_row is None:
+        _drop_mark(storage, mark)  # gone: nothing left to report on
         return
     job = Job.from_entity(job_row)
-    if job.status == JobStatus.PAUSED or TaskStatus(task_row.get("status", "pending")) != TaskStatus.DONE:
+    task_status = TaskStatus(task_row.get("status", "pending"))
+    closed = JobStatus(job.status).is_final
+    if closed and not job.completed_at:
+        return  # a cancel still settling its tasks: looked at again once the job has closed
+    if closed and not task_status.is_terminal:
+        _drop_mark(storage, mark)
+        return
+    if not closed and (job.status == JobStatus.PAUSED or task_status != TaskStatus.DONE):
         return  # running, re-queued or paused: its own outcomes come first; a later pass looks
+    # A closed job (an at-most-once job closes without waiting; a cancel closes any job) is only
+    # reported on: its rows keep their status, so its counts move only through provider events.
+    report_only = closed or not mark_holds_job_open(mark)
     if tenant_id not in tenants:
         found = storage.table(TENANTS).find(TENANT_PARTITION, tenant_id)
         tenants[tenant_id] = Tenant.from_entity(found) if found else None
@@ -138,10 +147,10 @@ def settle_marked_task(
         if since + window > now:
             wait_until = max(wait_until or since + window, since + window)
             continue
-        resend = holds and semantics in RESENDING_SEMANTICS and not row.get("resolution")
+        resend = not report_only and semantics in RESENDING_SEMANTICS and not row.get("resolution")
         changed |= settle_row(storage, row, RESENT if resend else NOT_ACCEPTED, report, iso(now),
                               reason=not_accepted_reason(settings.reconcile_window_seconds),
-                              keep_unknown=not holds)
+                              keep_unknown=report_only)
     resends = [] if closed else resend_rows(storage, partition)
     if resends:
         if not reopen_task(storage, job, task_row, resends, clock):
@@ -149,12 +158,12 @@ def settle_marked_task(
             return
         report.tasks_reopened += 1
     elif changed:
-        recount_settled_task(storage, job_id, task_id, task_row, holds)
+        recount_settled_task(storage, job_id, task_id, task_row, not report_only)
     if changed or resends:
         report.jobs.add((tenant_id, job_id))
     if wait_until is not None:
         mark_unknowns(storage, [(tenant_id, job_id, task_id)], (wait_until - now).total_seconds(), clock,
-                      holds_job_open=holds)
+                      holds_job_open=not report_only)
     else:
         _drop_mark(storage, mark)
 

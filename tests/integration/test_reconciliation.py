@@ -28,6 +28,7 @@ from core.status import DeliveryStatus, JobStatus, TaskStatus
 from core.storage import JOBS, TASK_QUEUE, TASKS, TENANTS, Storage
 from devhost.sendgrid_sim import SendGridSimulator
 from devhost.stack import serve_in_thread, wait_for
+from job_manager.control import cancel_job
 from providers.sendgrid import SendGridProvider
 from status_manager import close_finished_jobs
 from task_manager import Dispatcher
@@ -194,6 +195,35 @@ def test_an_at_most_once_tenants_unknowns_are_reported_not_accepted_after_the_cl
     assert sum(sends_per_address(sim).values()) == 10  # nobody sent again
     unknown = [r for r in delivery_rows(storage, job.id) if r["status"] == DeliveryStatus.UNKNOWN]
     assert [r["resolution"] for r in unknown] == ["not_accepted", "not_accepted"]
+    assert marks_of_job(storage, job.tenant_id, job.id) == []
+
+
+def test_a_cancelled_jobs_unknowns_are_reported_after_the_window_and_not_resent(storage, settings, simulator):
+    sim, url = simulator
+    sim.set_faults({"lose_then_hang": 2, "hang_seconds": 1})
+    fast = with_event_feed(settings)
+    host = host_for(storage, fast, url)
+    tenant, _ = tenant_with(storage, "reconcile", 10)
+    campaign = schedule_campaign(storage, tenant)
+    while not tasks_all_done(storage, job_of(storage, campaign)):  # the Task Manager only, no pass
+        host.expand_round()
+        for message in storage.queue(TASK_QUEUE).receive(32, visibility_timeout=60):
+            host.send(TaskTicket.model_validate_json(message.content))
+            storage.queue(TASK_QUEUE).delete(message)
+    job = job_of(storage, campaign)
+    assert job is not None
+    cancel_job(storage, job.tenant_id, job.id)  # before the window ends: nothing is resent
+
+    def reported() -> bool:
+        close_finished_jobs(storage, fast)
+        return stored_job(storage, job).unknown_resolution == report(not_accepted=2)
+
+    wait_for(reported, 20, "the cancelled job's report of its not-accepted unknowns")
+
+    after = stored_job(storage, job)
+    assert after.status == JobStatus.CANCELLED and after.completed_at
+    assert after.counts[DeliveryStatus.UNKNOWN] == 2 and sum(after.counts.values()) == 10
+    assert sum(sends_per_address(sim).values()) == 8
     assert marks_of_job(storage, job.tenant_id, job.id) == []
 
 
