@@ -234,3 +234,12 @@ def test_a_batch_size_of_zero_sends_one_request_per_recipient(storage, settings,
 
     assert job.send_mode == PER_RECIPIENT and "SENDGRID_BATCH_SIZE" in job.send_mode_reason
     assert sim[0].stats()["requests"] == 12 and job.counts["sent"] == 12
+
+
+def test_a_batched_request_holds_at_most_one_send_group(storage, settings, sim):
+    host = batched_host(storage, settings, sim[1], batch=50, send_group_size=10)
+
+    job = run_job(storage, host, recipients(40))
+
+    assert job.send_mode == BATCHED and job.counts["sent"] == 40
+    assert sim[0].stats()["requests"] == 4  # SENDGRID_BATCH_SIZE 50 is cut to the group of 10
