@@ -451,6 +451,10 @@ class JobPublic(BaseModel):
     reconciling_until: str | None = Field(
         None, description="The job stays sending until then for its unknowns' window (GET /jobs/{id} only).")
     dry_run: bool = Field(False, description="Validated, never delivered: counts say what a real run would.")
+    send_mode: Literal["batched", "per-recipient"] | None = Field(None, description=(
+        "How its recipients go to the provider, decided at its first send: 'batched' (one SendGrid "
+        "request per send group) or 'per-recipient'; null before the first send."))
+    send_mode_reason: str | None = Field(None, description="Why this send mode.")
     created_by: str | None = Field(None, description="Key id (never the key) that created or scheduled it.")
     paused_by: str | None = None
     resumed_by: str | None = None

@@ -40,6 +40,8 @@ from core.settings import PROJECT_ROOT
 from devhost.stack import SIMULATOR_KEY
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
+# The host settings that select a SendGrid path (issue 18): the default batch size, or none.
+SEND_PATH_SETTINGS: dict[str, dict[str, str]] = {"batched": {}, "per-recipient": {"SENDGRID_BATCH_SIZE": "0"}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,6 +81,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=10_000,
         help="the SMTP phase's roster (1 host, local SMTP sink); 0 skips it",
+    )
+    parser.add_argument(
+        "--send-paths",
+        nargs="*",
+        choices=["batched", "per-recipient"],
+        default=["batched", "per-recipient"],
+        help="SendGrid paths of the largest end-to-end run (default both, side by side): batched "
+        "(SendGrid personalizations, the default SENDGRID_BATCH_SIZE) and per-recipient "
+        "(SENDGRID_BATCH_SIZE=0); the smaller runs take the first",
     )
     parser.add_argument("--no-fairness", action="store_true")
     parser.add_argument("--no-providers-latency", action="store_true", help="skip bench.providers_latency")
@@ -155,10 +166,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if last and not args.no_profile and profile.available()
             else None
         )
-        _log(f"mailroom end to end, {size} recipients, 1 host{' + fairness' if fairness else ''}")
-        with BenchStack(workers=1) as stack:
-            runs.append(run_mailroom(stack, size, fairness=fairness, profile=spy))
-        _save(results, args.out)
+        paths = args.send_paths if last else args.send_paths[:1]
+        for path in paths or ["batched"]:
+            first = path == (paths or ["batched"])[0]
+            _log(f"mailroom end to end, {size} recipients, 1 host, SendGrid {path}"
+                 f"{' + fairness' if fairness and first else ''}")
+            with BenchStack(workers=1, settings=SEND_PATH_SETTINGS[path]) as stack:
+                run = run_mailroom(stack, size, fairness=fairness and first, profile=spy if first else None)
+            run["send_path"] = path
+            if first:
+                runs.append(run)
+            else:
+                results.setdefault("other_send_paths", []).append(run)
+            _save(results, args.out)
     if args.baseline_recipients:
         _log(f"seed design baseline, {args.baseline_recipients} recipients")
         results["baseline"] = run_baseline(args.baseline_recipients)
@@ -215,6 +235,21 @@ def _headline(results: dict[str, Any]) -> dict[str, Any]:
         out["usd_per_million_emails"] = usd_per_million_emails(
             main["requests_by_operation"], main["roster_size"]
         )
+    if main:
+        out["send_path"] = main.get("send_path")
+        out["ratio_to_lean_ceiling"] = main["emails_per_second"] / ceiling["lean_batch_writes_per_second"]
+    size = (main or {}).get("roster_size")
+    others = [r for r in results.get("other_send_paths", []) if r["roster_size"] == size]
+    if main and others:
+        # The same roster through the other SendGrid path, in the same run (issue 18).
+        other = others[-1]
+        out["other_send_path"] = other["send_path"]
+        out["other_emails_per_second"] = other["emails_per_second"]
+        out["other_cpu_us_per_email"] = other["cpu_us_per_email"]
+        out["other_storage_requests_per_email"] = other["storage_requests_per_email"]
+        lean = ceiling["lean_batch_writes_per_second"]
+        out["other_ratio_to_lean_ceiling"] = other["emails_per_second"] / lean
+        out["cpu_ratio_to_other_send_path"] = main["cpu_us_per_email"] / other["cpu_us_per_email"]
     smtp = results.get("smtp")
     if smtp:
         # Beside the SendGrid run of the same size when there is one (else the largest).

@@ -52,7 +52,8 @@ def render_table(results: dict[str, Any]) -> str:
         "CPU µs/email | peak RSS MB/host | wall s | $/1M emails (storage) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = [("Mailroom", r) for r in results.get("mailroom", [])]
+    rows = [(f"Mailroom, SendGrid {r.get('send_path', 'batched')}", r) for r in results.get("mailroom", [])]
+    rows += [(f"Mailroom, SendGrid {r['send_path']}", r) for r in results.get("other_send_paths", [])]
     rows += [("Mailroom scale-out", r) for r in results.get("scale_out", [])]
     rows += [("Mailroom over SMTP (local sink)", results["smtp"])] if results.get("smtp") else []
     for label, r in rows:
@@ -119,6 +120,21 @@ def render_table(results: dict[str, Any]) -> str:
     latency = results.get("providers_latency")
     if latency:
         lines += ["", "Provider latency (python -m bench.providers_latency):", latency["output"].rstrip()]
+    if results.get("other_send_path"):
+        lines += [
+            "",
+            f"SendGrid paths side by side, {_f(results['recipients'])} recipients (issue 18):",
+            f"  {results['send_path']}: {_f(results['emails_per_second'])} emails/s = "
+            f"{_f(results['ratio_to_lean_ceiling'], 3)}× the lean ceiling, "
+            f"{_f(results['cpu_us_per_email'])} µs CPU/email, "
+            f"{_f(results['storage_requests_per_email'], 4)} storage req/email",
+            f"  {results['other_send_path']}: {_f(results['other_emails_per_second'])} emails/s = "
+            f"{_f(results['other_ratio_to_lean_ceiling'], 3)}× the lean ceiling, "
+            f"{_f(results['other_cpu_us_per_email'])} µs CPU/email, "
+            f"{_f(results['other_storage_requests_per_email'], 4)} storage req/email",
+            f"  CPU per email {results['send_path']} ÷ {results['other_send_path']}: "
+            f"{_f(results['cpu_ratio_to_other_send_path'], 2)}× (target ≤ 0.4×)",
+        ]
     lines += ["", "DESIGN §9 targets (largest end-to-end run):"]
     for key, target in TARGETS.items():
         value = results.get(key)

@@ -61,20 +61,24 @@ def per_recipient(provider: SendGridProvider, contexts: list[dict[str, Any]]) ->
     return (time.thread_time() - started) / len(contexts)
 
 
-def batched(provider: SendGridProvider, contexts: list[dict[str, Any]]) -> float:
+def batched(provider: SendGridProvider, contexts: list[dict[str, Any]], size: int | None = None) -> float:
+    """The recipients in requests of ``size`` (all in one when ``None``), skeleton rendered once."""
     started = time.thread_time()
     skeleton = render_skeleton(TEMPLATE, "Bench")
-    messages = []
-    for i, ctx in enumerate(contexts):
-        message, values = skeleton.message_for(ctx)
-        messages.append(OutboundEmail(
-            to_email=ctx["contact"]["email"], to_name=ctx["contact"]["name"], subject=message.subject,
-            from_email=TEMPLATE.from_email, from_name=TEMPLATE.from_name, html=message.html,
-            text=message.text, headers=_unsubscribe(ctx), custom_args=_ids(i),
-            substitutions=values,
-        ))
-    outcomes = provider.send_batch(messages)
-    assert all(not isinstance(o, Exception) for o in outcomes)
+    size = size or len(contexts)
+    for first in range(0, len(contexts), size):
+        messages = []
+        for i in range(first, min(len(contexts), first + size)):
+            ctx = contexts[i]
+            message, values = skeleton.message_for(ctx)
+            messages.append(OutboundEmail(
+                to_email=ctx["contact"]["email"], to_name=ctx["contact"]["name"], subject=message.subject,
+                from_email=TEMPLATE.from_email, from_name=TEMPLATE.from_name, html=message.html,
+                text=message.text, headers=_unsubscribe(ctx), custom_args=_ids(i),
+                substitutions=values,
+            ))
+        outcomes = provider.send_batch(messages)
+        assert all(not isinstance(o, Exception) for o in outcomes)
     return (time.thread_time() - started) / len(contexts)
 
 
@@ -82,6 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipients", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[],
+                        help="also send the same recipients in requests of each size, side by side "
+                        "(e.g. 50 500: a send group against the old default)")
     args = parser.parse_args()
     contexts = _contexts(args.recipients)
     sim = SendGridSimulator(api_key=SIMULATOR_KEY)
@@ -89,11 +96,14 @@ def main() -> None:
         provider = SendGridProvider(SIMULATOR_KEY, url)
         single = min(per_recipient(provider, contexts) for _ in range(args.rounds))
         batch = min(batched(provider, contexts) for _ in range(args.rounds))
+        sized = {n: min(batched(provider, contexts, n) for _ in range(args.rounds)) for n in args.batch_sizes}
         provider.close()
         requests = sim.stats()["requests"]
     print(f"{args.recipients} recipients, best of {args.rounds} rounds ({requests} requests in all)")
     print(f"  one request per recipient: {single * 1e6:7.0f} µs CPU per email (render + send)")
     print(f"  one request for the batch: {batch * 1e6:7.0f} µs CPU per email = {batch / single:.2f}×")
+    for n, cpu in sized.items():
+        print(f"  requests of {n:>4}:         {cpu * 1e6:7.0f} µs CPU per email = {cpu / single:.2f}×")
 
 
 if __name__ == "__main__":

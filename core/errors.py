@@ -186,5 +186,16 @@ class ProviderUnavailable(SendError):
     """Permanent for the provider (bad credentials, suspended, quota): stop the job."""
 
 
+@dataclass
+class NotBatchable(MailroomError):
+    """The provider a batch would go to now takes one message per request, so nothing was sent.
+
+    Failover chose a provider without personalizations (SMTP, ACS), or a dry run validates
+    locally: the caller renders each recipient whole and sends them one by one through it.
+    """
+
+    provider: str = ""
+
+
 class AmbiguousSendError(SendError):
     """The provider may have accepted the message: record ``unknown``, never resend."""

@@ -361,6 +361,8 @@ class Job(Keyed):
     template_ref: str = ""  # a template too large for its column: its blob (core.template_store)
     test_of: str = ""  # a test send (``POST /campaigns/{id}/test``): the campaign it tests
     dry_run: bool = False  # validated and accounted for like a real run, handed to nobody for delivery
+    send_mode: str = ""  # ``batched`` or ``per-recipient``: decided once, at the job's first claim
+    send_mode_reason: str = ""  # why (task_manager/batch_send.py decides it)
     actors: dict[str, str] = field(default_factory=dict)  # who did it: ``created_by`` → key id, …
     # How its ``unknown`` recipients were resolved (``core.counts.unknown_report``); empty: none yet.
     unknown_resolution: dict[str, int] = field(default_factory=dict)
@@ -406,6 +408,8 @@ class Job(Keyed):
         if self.waiting_until:
             entity.update(waiting_reason=self.waiting_reason, waiting_until=self.waiting_until,
                           waiting_eta=self.waiting_eta)
+        if self.send_mode:
+            entity["send_mode"], entity["send_mode_reason"] = self.send_mode, self.send_mode_reason
         entity.update(self.actors)
         return entity
 
@@ -439,6 +443,8 @@ class Job(Keyed):
             template_ref=e.get("template_ref", "") or "",
             test_of=e.get("test_of", "") or "",
             dry_run=bool(e.get("dry_run", False)),
+            send_mode=e.get("send_mode", "") or "",
+            send_mode_reason=e.get("send_mode_reason", "") or "",
             actors=actors_of(e),
             unknown_resolution=_loads(e.get(UNKNOWN_RESOLUTION_COLUMN), {}),
             waiting_reason=e.get("waiting_reason", "") or "",

@@ -132,6 +132,16 @@ class ProviderEvent:
     provider_response: str
     soft_bounce: bool
     email_hash: str  # sha256 of the normalized address: an orphan keeps it; the address never travels
+    # This email's own id, ``<X-Message-Id>.<k>`` (``sg_message_id`` is ``<X-Message-Id>.<filter>.<k>``):
+    # the emails of one batched request share the X-Message-Id and differ in ``k``. Empty when the
+    # event's ``sg_message_id`` has no such suffix.
+    email_message_id: str = ""
+
+    @property
+    def message_ids(self) -> list[str]:
+        """The ids a delivery may be indexed by, the most specific first: a batched send records
+        ``<X-Message-Id>.<k>``, a send of one recipient per request the bare ``X-Message-Id``."""
+        return [i for i in (self.email_message_id, self.message_id) if i]
 
     @property
     def matched_by_custom_args(self) -> bool:
@@ -189,12 +199,21 @@ def parse_sendgrid_event(raw: Any) -> ProviderEvent | None:
         task_id=_text(raw, "task_id"),
         contact_id=_text(raw, "contact_id"),
         message_id=_text(raw, "sg_message_id").split(".", 1)[0],
+        email_message_id=email_message_id(_text(raw, "sg_message_id")),
         reason_code=reason_code[:64],
         detail=describe(kind, bounce_type, raw),
         provider_response=response,
         soft_bounce=soft,
         email_hash=_text(raw, "email_hash") or _hash_of_address(_text(raw, "email")),
     )
+
+
+def email_message_id(sg_message_id: str) -> str:
+    """``<X-Message-Id>.<k>`` from SendGrid's ``<X-Message-Id>.<filter...>.<k>``, else ``""``."""
+    parts = sg_message_id.split(".")
+    if len(parts) < 3 or not parts[0] or not parts[-1].isdigit():
+        return ""
+    return f"{parts[0]}.{parts[-1]}"
 
 
 def _hash_of_address(address: str) -> str:

@@ -133,6 +133,16 @@ class Settings(BaseSettings):
         "group, so a killed host leaves at most 2x this unknown; at 100 ms of provider latency 50 gives "
         "~420 emails/s (32: ~290; 8 would cap it near 80 emails/s).",
     )
+    sendgrid_batch_size: int = Field(
+        50,
+        alias="SENDGRID_BATCH_SIZE",
+        ge=0,
+        le=50,
+        description="Recipients of one job sent in one SendGrid request (personalizations) when the job's "
+        "template is substitutable and its providers route to SendGrid; 0 sends one request per recipient. "
+        "A batch is a send group: capped by SEND_GROUP_SIZE (at most 50), so batched jobs leave no more "
+        "`unknown` than per-recipient ones.",
+    )
     send_group_size: int = Field(
         50,
         alias="SEND_GROUP_SIZE",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from core.errors import RecipientRejected
+from core.errors import NotBatchable, RecipientRejected, SendError
 from core.templates import is_email
 from providers.base import EmailProvider, OutboundEmail, SendResult
 
@@ -73,6 +73,18 @@ class DryRunSender:
             result: SendResult = validate(email)
             return SendResult(result.provider or name)  # a sandboxed answer names no message
         return validate_locally(email, name)
+
+    def send_batch_via(
+        self, messages: Sequence[OutboundEmail], order: Sequence[str] | None
+    ) -> list[SendResult | SendError]:
+        """A batched job's dry run: the provider a real batch would use validates the batch as one
+        request (SendGrid's sandbox mode); ``NotBatchable`` where it cannot (each is validated alone)."""
+        name, provider = self._route(order)
+        validate_batch = getattr(provider, "validate_batch", None)
+        if validate_batch is None:
+            raise NotBatchable(provider=name)
+        results: list[SendResult | SendError] = validate_batch(messages)
+        return [SendResult(r.provider or name) if isinstance(r, SendResult) else r for r in results]
 
     def _route(self, order: Sequence[str] | None) -> tuple[str, Any]:
         """The provider the real sender would use now (``FailoverSender.would_route``)."""

@@ -20,9 +20,11 @@ from collections.abc import Callable, Sequence
 
 from core.errors import (
     AmbiguousSendError,
+    NotBatchable,
     ProviderHeld,
     ProviderUnavailable,
     RecipientRejected,
+    SendError,
     Throttled,
     TransientSendError,
 )
@@ -75,6 +77,56 @@ class FailoverSender:
             "every provider is unhealthy or asked to wait", provider=names[0] if names else "",
             code="held", retry_after=max(0.05, min(waits, default=1.0)),
         )
+
+    def send_batch_via(
+        self, messages: Sequence[OutboundEmail], order: Sequence[str] | None
+    ) -> list[SendResult | SendError]:
+        """A batch of one body (``SendGridProvider.send_batch``) through the first provider of
+        ``order`` that may take it now: the whole batch moves on together, never split.
+
+        ``NotBatchable`` when that provider sends one message per request (nothing was sent: the
+        caller sends each recipient through it and the ones after it). One request is one health
+        sample, and the provider's rate limit is spent per recipient.
+        """
+        names = [n for n in (order or self.order) if n in self.providers] or self.order
+        waits: list[float] = []
+        for name in names:
+            held = self._held_for(name)
+            if held > 0:
+                waits.append(held)
+                continue
+            send_batch = getattr(self.providers[name], "send_batch", None)
+            if send_batch is None:
+                raise NotBatchable(provider=name)
+            permit = self.health.permit(name) if self.health else Permit(name)
+            if permit is None:
+                waits.append(self.health.reopens_in(name) if self.health else 1.0)
+                continue
+            if self.limiter is not None:
+                for _ in messages:
+                    self.limiter.acquire(f"provider:{name}", self.rates.get(name))
+            results: list[SendResult | SendError] = send_batch(messages)
+            self._record_batch(name, permit, results)
+            return results
+        raise ProviderHeld(
+            "every provider is unhealthy or asked to wait", provider=names[0] if names else "",
+            code="held", retry_after=max(0.05, min(waits, default=1.0)),
+        )
+
+    def _record_batch(self, name: str, permit: Permit, results: list[SendResult | SendError]) -> None:
+        """A batch's answer is the provider's answer to one request: a 429 holds it, a 5xx or no
+        answer counts one failure, anything it answered for recipients counts one success."""
+        first = results[0] if results else None
+        whole = isinstance(first, SendError) and all(r is first for r in results)
+        if whole and isinstance(first, Throttled):
+            self._hold(name, first.retry_after)
+            if permit.probe:
+                self._record(permit, ok=True)
+        elif whole and isinstance(first, ProviderUnavailable):
+            return
+        else:
+            failed = whole and isinstance(first, (TransientSendError, AmbiguousSendError))
+            self._record(permit, ok=not failed)
 
     def would_route(self, order: Sequence[str] | None) -> str:
         """The provider ``send_via`` would pick now, decided without writing anything.

@@ -37,7 +37,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from core.errors import Conflict, DomainDeferred, StorageError, Throttled, TransientSendError
+from core.errors import (
+    Conflict,
+    DomainDeferred,
+    NotBatchable,
+    SendError,
+    StorageError,
+    Throttled,
+    TransientSendError,
+)
 from core.models import PacingRow
 from core.settings import Settings
 from core.storage import PACING, Entity, Storage
@@ -279,6 +287,41 @@ class PacedSender:
                                  ) from err
         self.pacer.succeeded(scope)
         return result
+
+    def send_batch_via(
+        self, messages: Sequence[OutboundEmail], order: Sequence[str] | None
+    ) -> list[SendResult | SendError]:
+        """A batch, paced per recipient: each takes a token of its own domain's pace, then one of
+        its sending domain's warm-up allowance (one refused either is ``DomainDeferred`` or
+        ``WarmupDeferred`` and left out of the request, as ``send_via`` would refuse it alone), the
+        rest go in one request, and each answer speeds up or slows down its own domain."""
+        send_batch_via = getattr(self.inner, "send_batch_via", None)
+        if send_batch_via is None:
+            raise NotBatchable(provider=self.name)
+        scopes = [scope_of(m.custom_args.get("tenant_id", ""), m.from_email, m.to_email) for m in messages]
+        results: list[SendResult | SendError | None] = [None] * len(messages)
+        admitted: list[int] = []
+        for index, scope in enumerate(scopes):
+            message = messages[index]
+            try:
+                self.pacer.admit(scope)
+                if self.warmup is not None:  # after the pace: a paced-out recipient spends no allowance
+                    self.warmup.admit(message.custom_args.get("tenant_id", ""), message.from_email)
+                admitted.append(index)
+            except Throttled as err:  # the pace, the warm-up allowance, or its row could not be counted
+                results[index] = err
+        if admitted:
+            answers = send_batch_via([messages[i] for i in admitted], order)
+            for index, answer in zip(admitted, answers, strict=True):
+                if isinstance(answer, SendResult):
+                    self.pacer.succeeded(scopes[index])
+                elif isinstance(answer, TransientSendError) and is_deferral(answer):
+                    self.pacer.deferred(scopes[index])
+                    answer = DomainDeferred(f"deferred by the recipient's domain: {answer.reason}",
+                                            provider=answer.provider, code=answer.code,
+                                            retry_after=answer.retry_after or self.pacer.config.retry_seconds)
+                results[index] = answer
+        return [r for r in results if r is not None]
 
     def close(self) -> None:
         self.inner.close()

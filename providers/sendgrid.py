@@ -165,7 +165,14 @@ class SendGridProvider:
         payload["mail_settings"] = {"sandbox_mode": {"enable": True}}
         return self._post(email, payload)
 
-    def send_batch(self, messages: Sequence[OutboundEmail]) -> list[SendResult | SendError]:
+    def validate_batch(self, messages: Sequence[OutboundEmail]) -> list[SendResult | SendError]:
+        """``send_batch`` in SendGrid's sandbox mode: validated as one request, delivered to nobody
+        (a dry run of a batched job); a 400 names the recipients it refuses, as a real send's does."""
+        return self.send_batch(messages, sandbox=True)
+
+    def send_batch(
+        self, messages: Sequence[OutboundEmail], sandbox: bool = False
+    ) -> list[SendResult | SendError]:
         """Send up to ``MAX_BATCH`` recipients of one shared body in one request; an outcome each.
 
         ``messages`` share from, reply-to, html and text (the job's skeleton with placeholders);
@@ -197,9 +204,10 @@ class SendGridProvider:
         pending = list(range(len(messages)))
         for attempt in (1, 2):
             try:
-                message_id = self._post_payload(
-                    build_batch_payload([messages[i] for i in pending]), recipient="", refusals=True
-                )
+                payload = build_batch_payload([messages[i] for i in pending])
+                if sandbox:
+                    payload["mail_settings"] = {"sandbox_mode": {"enable": True}}
+                message_id = self._post_payload(payload, recipient="", refusals=True)
             except _Refused as refused:
                 refused.named = {k: v for k, v in refused.named.items() if k < len(pending)}
                 if not refused.named:

@@ -242,9 +242,11 @@ def locate(storage: Storage, event: ProviderEvent) -> ProviderEvent | None:
     """The event with its delivery's ids filled in, or ``None`` when we cannot tell yet."""
     if event.matched_by_custom_args:
         return event
-    if not event.message_id:
-        return None
-    entry = storage.table(MESSAGE_INDEX).find(*MessageIndexEntry.key(event.message_id))
+    entry = None
+    for message_id in event.message_ids:  # a batched email's own id first, then the request's
+        entry = storage.table(MESSAGE_INDEX).find(*MessageIndexEntry.key(message_id))
+        if entry is not None:
+            break
     if entry is None:
         return None
     return replace(
@@ -312,8 +314,8 @@ def merge_into_delivery(
         if not stored.get("outcome"):
             columns.update(outcome=old, outcome_at=stored.get("updated_at", ""),
                            outcome_reason=stored.get("reason", ""))
-        if winner.message_id and not stored.get("provider_message_id"):
-            columns["provider_message_id"] = winner.message_id
+        if winner.message_ids and not stored.get("provider_message_id"):
+            columns["provider_message_id"] = winner.message_ids[0]
         if not stored.get("provider"):
             columns["provider"] = "sendgrid"
         merged = (old, status, winner.detail)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from core.errors import (
     AmbiguousSendError,
@@ -34,6 +35,8 @@ from providers.pacing import PACED
 from providers.rate_limits import RateLimiter
 from task_manager.mark_budget import MAX_SEND_GROUP, MarkBudget, mark_budget_size
 from task_manager.send_pool import FairSendPool
+
+R = TypeVar("R")
 
 HALTED = "halted"
 NOT_ATTEMPTED = "not attempted: the provider refused this task's earlier sends"
@@ -129,39 +132,52 @@ class Dispatcher:
         try:
             result = call_with_retries(lambda: self._attempt(email, route), self.policy, attempts,
                                        deadline=route.deadline)
-        except RecipientRejected as err:
-            return Outcome(DeliveryStatus.FAILED, f"rejected by provider: {err.reason}",
-                           err.provider or name, "", attempts.count)
-        except WarmupDeferred as err:  # nothing was sent; no attempt spent, no throttle horizon
-            return Outcome(DeliveryStatus.RETRYING, err.reason, err.provider or name, "", attempts.count,
+        except SendError as err:
+            return self.outcome_of(err, attempts.count, route, name, halt)
+        return Outcome(DeliveryStatus.SENT, "", result.provider or name, result.message_id, attempts.count)
+
+    def outcome_of(
+        self, err: SendError, attempts: int, route: Route, name: str = "", halt: threading.Event | None = None
+    ) -> Outcome:
+        """What a recipient's send ended in when the provider (after any retries) raised ``err``;
+        ``attempts``: the real attempts it has had, earlier runs included."""
+        provider = err.provider or name
+        if isinstance(err, RecipientRejected):
+            reason = f"rejected by provider: {err.reason}"
+            return Outcome(DeliveryStatus.FAILED, reason, provider, "", attempts)
+        if isinstance(err, WarmupDeferred):  # nothing was sent; no attempt spent, no throttle horizon
+            return Outcome(DeliveryStatus.RETRYING, err.reason, provider, "", attempts,
                            max(1, math.ceil(err.retry_after or 1)), warmup=err)
-        except Throttled as err:  # nothing was sent: deferred, and no attempt is spent
+        if isinstance(err, Throttled):  # nothing was sent: deferred, and no attempt is spent
             wait = self.policy.requeue_after(1, err.retry_after)
             return Outcome(DeliveryStatus.RETRYING, f"throttled by the provider, will retry: {err.reason}",
-                           err.provider or name, "", attempts.count, wait, throttled=True,
+                           provider, "", attempts, wait, throttled=True,
                            domain_deferred=isinstance(err, DomainDeferred) and err.code != PACED)
-        except TransientSendError as err:
-            if not self.policy.exhausted(attempts.count):
-                wait = self.policy.requeue_after(max(1, attempts.count), err.retry_after)
-                return Outcome(DeliveryStatus.RETRYING, f"will retry: {err.reason}", err.provider or name, "",
-                               attempts.count, wait)
-            reason = f"gave up after {attempts.count} attempts: {err.reason}"
-            return Outcome(DeliveryStatus.FAILED, reason, err.provider or name, "", attempts.count)
-        except AmbiguousSendError as err:
-            if route.resend_ambiguous and not self.policy.exhausted(attempts.count):
-                wait = self.policy.requeue_after(attempts.count)
+        if isinstance(err, TransientSendError):
+            if not self.policy.exhausted(attempts):
+                wait = self.policy.requeue_after(max(1, attempts), err.retry_after)
+                reason = f"will retry: {err.reason}"
+                return Outcome(DeliveryStatus.RETRYING, reason, provider, "", attempts, wait)
+            reason = f"gave up after {attempts} attempts: {err.reason}"
+            return Outcome(DeliveryStatus.FAILED, reason, provider, "", attempts)
+        if isinstance(err, AmbiguousSendError):
+            if route.resend_ambiguous and not self.policy.exhausted(attempts):
+                wait = self.policy.requeue_after(attempts)
                 return Outcome(DeliveryStatus.RETRYING, f"outcome unknown, will resend (at-least-once): "
-                               f"{err.reason}", err.provider or name, "", attempts.count, wait)
-            reason = f"outcome unknown, not resent: {err.reason}"
-            return Outcome(DeliveryStatus.UNKNOWN, reason, err.provider or name, "", attempts.count)
-        except ProviderUnavailable as err:
+                               f"{err.reason}", provider, "", attempts, wait)
+            return Outcome(DeliveryStatus.UNKNOWN, f"outcome unknown, not resent: {err.reason}", provider, "",
+                           attempts)
+        if isinstance(err, ProviderUnavailable):
             if halt is not None:
                 halt.set()
-            return Outcome(HALTED, err.reason, err.provider or name, "", attempts.count)
-        except SendError as err:  # an adapter's own subclass we do not know: be safe
-            return Outcome(DeliveryStatus.UNKNOWN, f"outcome unknown: {err.reason}", err.provider or name, "",
-                           attempts.count)
-        return Outcome(DeliveryStatus.SENT, "", result.provider or name, result.message_id, attempts.count)
+            return Outcome(HALTED, err.reason, provider, "", attempts)
+        # an adapter's own subclass we do not know: be safe
+        return Outcome(DeliveryStatus.UNKNOWN, f"outcome unknown: {err.reason}", provider, "", attempts)
+
+    def in_turn(self, tenant_id: str, work: Callable[[], R], weight: int) -> R:
+        """Run ``work`` on a sending thread in ``tenant_id``'s line, counted as ``weight`` sends
+        (a batch of n recipients takes n sends' share of the threads, not one)."""
+        return self._pool.map(tenant_id, lambda _: work(), [None], weight=weight)[0]
 
     def _attempt(self, email: OutboundEmail, route: Route) -> SendResult:
         if self.limiter is not None and route.tenant_per_second:

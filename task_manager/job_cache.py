@@ -11,6 +11,7 @@ Shared here, per host process:
   the host's latest copy if it is younger than ``JOB_STATUS_CHECK_SECONDS``. Only "keep
   sending" is decided on a cached row: a row that says paused, cancelled or failed is read
   again before a task acts on it, so a resume is never undone by a stale copy;
+- a batched job's skeleton (its bodies rendered once with placeholders, ``batch_send.py``);
 - the tenant's route settings (providers, send rate, delivery semantics), re-read after
   ``TENANT_CACHE_SECONDS``: a change to them reaches running jobs within that time.
 """
@@ -26,7 +27,7 @@ from core.models import TENANT_PARTITION, Job
 from core.status import JobStatus
 from core.storage import JOBS, TENANTS, Storage
 from core.template_store import load_template
-from core.templates import CompiledTemplate, TemplateSpec, compile_template
+from core.templates import CompiledTemplate, Skeleton, TemplateSpec, compile_template, render_skeleton
 
 HALTING = frozenset({JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.FAILED})
 TENANT_CACHE_SECONDS = 30.0
@@ -63,6 +64,7 @@ class JobCache:
 
     def __init__(self, size: int = 64, tenant_seconds: float = TENANT_CACHE_SECONDS) -> None:
         self._templates: _Recent[CompiledTemplate] = _Recent(size)
+        self._skeletons: _Recent[Skeleton] = _Recent(size)
         self._jobs: _Recent[Job] = _Recent(size)
         self._tenants: _Recent[dict[str, Any]] = _Recent(size)
         self._tenant_seconds = tenant_seconds
@@ -80,6 +82,14 @@ class JobCache:
             compiled = compile_template(TemplateSpec.model_validate(template))
             self._templates.put(key, compiled)
         return compiled
+
+    def skeleton(self, job: Job, template: CompiledTemplate) -> Skeleton:
+        """A batched job's bodies with placeholders (``core.templates.render_skeleton``), rendered
+        once per job on this host."""
+        skeleton = self._skeletons.get(job.id, float("inf"))
+        if skeleton is None:
+            skeleton = self._skeletons.put(job.id, render_skeleton(template.spec, job.campaign_name))
+        return skeleton
 
     def job(self, storage: Storage, tenant_id: str, job_id: str, max_age: float) -> Job:
         """The job row, at most ``max_age`` seconds old; a halting status is always fresh."""

@@ -25,18 +25,25 @@ class PoolClosed(RuntimeError):
 
 
 class _Job(Generic[T, R]):
-    __slots__ = ("fn", "item", "future")
+    __slots__ = ("fn", "item", "future", "weight")
 
-    def __init__(self, fn: Callable[[T], R], item: T) -> None:
-        self.fn, self.item = fn, item
+    def __init__(self, fn: Callable[[T], R], item: T, weight: int = 1) -> None:
+        self.fn, self.item, self.weight = fn, item, weight
         self.future: Future[R] = Future()
 
 
 class FairSendPool:
-    """``workers`` threads serving per-key lines round-robin (one item per line per turn)."""
+    """``workers`` threads serving per-key lines round-robin (one item per line per turn).
+
+    Turns are weighed in sends: an item of ``weight`` n (a batch of n recipients in one request)
+    counts as n sends, and the next item comes from the waiting line served least so far (a
+    line that starts waiting starts level with the least served), so a tenant whose recipients
+    go out in batches takes no bigger share of the sends than one sending them one by one.
+    """
 
     def __init__(self, workers: int, name: str = "send") -> None:
         self._lines: OrderedDict[str, deque[_Job]] = OrderedDict()
+        self._served: dict[str, int] = {}  # sends handed out per waiting line (weights summed)
         self._ready = threading.Condition()
         self._closed = False
         self._threads = [
@@ -46,12 +53,15 @@ class FairSendPool:
         for thread in self._threads:
             thread.start()
 
-    def map(self, key: str, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """``fn`` over ``items`` in ``key``'s line; results in order, the first error re-raised."""
-        jobs = [_Job(fn, item) for item in items]
+    def map(self, key: str, fn: Callable[[T], R], items: Iterable[T], weight: int = 1) -> list[R]:
+        """``fn`` over ``items`` in ``key``'s line, each counted as ``weight`` sends; results in
+        order, the first error re-raised."""
+        jobs = [_Job(fn, item, weight) for item in items]
         with self._ready:
             if self._closed:
                 raise PoolClosed("the send pool was shut down")
+            if key not in self._lines:
+                self._served[key] = min(self._served.values(), default=0)
             line = self._lines.setdefault(key, deque())
             line.extend(jobs)
             self._ready.notify(len(jobs))
@@ -76,12 +86,14 @@ class FairSendPool:
                 if self._closed:
                     return None
                 self._ready.wait()
-            key, line = next(iter(self._lines.items()))
+            key = min(self._lines, key=self._served.__getitem__)  # the first of the least served
+            line = self._lines[key]
             job = line.popleft()
+            self._served[key] += job.weight
             if line:
                 self._lines.move_to_end(key)  # this line's next item waits for the others' turn
             else:
-                del self._lines[key]
+                del self._lines[key], self._served[key]
             return job
 
     def _work(self) -> None:

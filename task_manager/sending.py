@@ -19,9 +19,10 @@ from core.settings import Settings
 from core.status import DeliveryStatus
 from core.storage import DELIVERIES
 from core.suppressions import SuppressionCache
-from core.templates import CompiledTemplate, build_context
+from core.templates import CompiledTemplate, Skeleton, build_context
 from core.unsubscribe import UnsubscribeClaim, one_click_headers, unsubscribe_url
 from providers.base import OutboundEmail
+from task_manager.batch_send import BatchSend, open_batch_send, too_large_to_batch
 from task_manager.dispatch import HALTED, NOT_ATTEMPTED, Dispatcher, Outcome, Route
 from task_manager.mark_budget import MAX_SEND_GROUP, MarkShare
 from task_manager.outcomes import owns_task_for, record_as_stale_owner, record_outcomes
@@ -40,14 +41,18 @@ def open_group_sender(
     storage, job, jobs = run.storage, run.job, run.jobs
     template = jobs.template(storage, job)
     route = route_for(job, run.settings, jobs.tenant(storage, job.tenant_id))
+    batch = open_batch_send(run, template, route, dispatcher)
     if job.dry_run:  # validated by the provider a real run would use, delivered by none
         dispatcher = dispatcher.dry_run()
     prior = prior_attempts(run)
     suppressed = suppressions.suppressed(job.tenant_id, [run.recipients[i].email for i in pending])
     size = max(1, min(send_group_size(run.settings), dispatcher.marks.capacity // 2))
+    if batch is not None:  # a batched job's send group is its batch: one request, within the same share
+        size = min(size, batch.size)
     share = share or MarkShare(dispatcher.marks, job.tenant_id, size)
     share.resize(max(1, min(size, len(pending))))
-    return GroupSender(run, template, dispatcher, suppressed, route, prior, share=share, group_size=size)
+    return GroupSender(run, template, dispatcher, suppressed, route, prior, share=share, group_size=size,
+                       batch=batch)
 
 
 def send_group_size(settings: Settings) -> int:
@@ -111,7 +116,8 @@ def prior_attempts(run: TaskRun) -> dict[int, int]:
 
 
 def decide_unsendable(
-    run: TaskRun, chunk: list[int], template: CompiledTemplate, suppressed: set[str]
+    run: TaskRun, chunk: list[int], template: CompiledTemplate, suppressed: set[str],
+    skeleton: Skeleton | None = None,
 ) -> tuple[dict[int, Outcome], list[tuple[int, OutboundEmail]]]:
     """Split a chunk: outcomes known without the provider, and the rendered messages to hand over."""
     decided: dict[int, Outcome] = {}
@@ -126,7 +132,7 @@ def decide_unsendable(
             decided[index] = Outcome(DeliveryStatus.SKIPPED, "invalid address")
         else:
             try:
-                emails.append((index, render_email(run, recipient, template)))
+                emails.append((index, render_email(run, recipient, template, skeleton)))
             except RenderError as err:
                 decided[index] = Outcome(DeliveryStatus.SKIPPED, f"template error: {err}")
     return decided, emails
@@ -158,11 +164,13 @@ class GroupSender:
     erasures_checked_at: float | None = None  # monotonic time of the last erasure check
     share: MarkShare | None = None  # this task's part of the host's ``sending`` budget
     group_size: int = 0  # recipients per send group (0: ``send_group_size`` of the settings)
+    batch: BatchSend | None = None  # the job goes out batched: each send group is one request
 
     def send_chunk(self, chunk: list[int]) -> list[Outcome]:
         """The chunk's outcomes in chunk order (``HALTED`` for what was not attempted)."""
         run = self.run
-        decided, emails = decide_unsendable(run, chunk, self.template, self.suppressed)
+        skeleton = self.batch.skeleton if self.batch is not None else None
+        decided, emails = decide_unsendable(run, chunk, self.template, self.suppressed, skeleton)
         outcomes: dict[int, Outcome] = dict(decided)
         self.unwritten.extend(decided.items())
         size = self.group_size or send_group_size(run.settings)
@@ -181,13 +189,19 @@ class GroupSender:
             self.unwritten = []
             group = self.without_erased(group, outcomes)
             indexes = [index for index, _ in group]
-            answers = self.dispatcher.send_all([email for _, email in group], self.route,
-                                               [self.prior.get(index, 0) for index in indexes])
+            answers = self.hand_over([email for _, email in group], [self.prior.get(i, 0) for i in indexes])
             answers = fail_past_throttle_horizon(run, indexes, answers)
             outcomes.update(zip(indexes, answers, strict=True))
             self.unwritten.extend((i, o) for i, o in zip(indexes, answers, strict=True) if o.status != HALTED)
             halted = any(o.status == HALTED for o in answers)
         return [outcomes[i] for i in chunk]
+
+    def hand_over(self, emails: list[OutboundEmail], prior: list[int]) -> list[Outcome]:
+        """The seam where a marked group goes to the provider: one request for a batched job
+        (``task_manager/batch_send.py``), one per recipient otherwise."""
+        if self.batch is not None:
+            return self.batch.send(self.dispatcher, emails, self.route, prior)
+        return self.dispatcher.send_all(emails, self.route, prior)
 
     def without_erased(
         self, group: list[tuple[int, OutboundEmail]], outcomes: dict[int, Outcome]
@@ -241,14 +255,25 @@ def mark_group_sending(run: TaskRun, outcomes: list[tuple[int, Outcome]], group:
     return run.lease is None or run.lease.still_ours()
 
 
-def render_email(run: TaskRun, recipient: Recipient, template: CompiledTemplate) -> OutboundEmail:
+def render_email(
+    run: TaskRun, recipient: Recipient, template: CompiledTemplate, skeleton: Skeleton | None = None
+) -> OutboundEmail:
+    """The recipient's message: rendered whole, or for a batched job (``skeleton``) its subject and
+    substitutions on the job's skeleton bodies (whole again when they are too large to batch)."""
     job, task = run.job, run.task
     url = unsubscribe_url(
         run.settings.public_url,
         run.settings.signing_key,
         UnsubscribeClaim(job.tenant_id, recipient.contact_id, job.campaign_id or job.test_of),
     )
-    rendered = template.render(build_context(recipient, job.campaign_name, url))
+    context = build_context(recipient, job.campaign_name, url)
+    substitutions: dict[str, str] = {}
+    if skeleton is not None:
+        rendered, substitutions = skeleton.message_for(context)
+        if too_large_to_batch(substitutions):
+            skeleton, substitutions = None, {}
+    if skeleton is None:
+        rendered = template.render(context)
     spec = template.spec  # the job row's template may be a blob reference; the compiled one is whole
     return OutboundEmail(
         to_email=recipient.email,
@@ -266,6 +291,7 @@ def render_email(run: TaskRun, recipient: Recipient, template: CompiledTemplate)
             "task_id": task.row_key,
             "contact_id": recipient.contact_id,
         },
+        substitutions=substitutions,
     )
 
 

@@ -63,7 +63,9 @@ def job_public(job: Job, now: datetime | None = None) -> JobPublic:
         tasks_total=job.tasks_total, tasks_done=job.tasks_done, created_at=job.created_at or None,
         time_to_send_seconds=time_to_send_seconds(job.started_at, job.completed_at) if job.completed_at
         and job.status == JobStatus.COMPLETED.value else None,
-        retry_of=job.retry_of or None, dry_run=job.dry_run, created_by=job.actors.get("created_by"),
+        retry_of=job.retry_of or None, dry_run=job.dry_run,
+        send_mode=job.send_mode or None, send_mode_reason=job.send_mode_reason or None,
+        created_by=job.actors.get("created_by"),
         paused_by=job.actors.get("paused_by"), resumed_by=job.actors.get("resumed_by"),
         cancelled_by=job.actors.get("cancelled_by"), unknown_resolution=dict(job.unknown_resolution),
     )

@@ -61,10 +61,17 @@ def client(stack: Stack) -> TenantClient:
     return new_tenant(stack)
 
 
-def run(client: TenantClient, n: int) -> tuple[dict[str, Any], list[dict[str, str]]]:
+# Recipient data in logic: the job goes per recipient (one request each) whatever SENDGRID_BATCH_SIZE says.
+PER_RECIPIENT_TEMPLATE = {
+    **TEMPLATE, "html": "<p>{% if contact.name %}Hello {{ contact.name }}{% endif %}</p>",
+}
+
+
+def run(client: TenantClient, n: int, template: dict[str, Any] | None = None
+        ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     rows = people(n)
     client.call("POST", "/contacts", json=rows)
-    campaign = client.call("POST", "/campaigns", json={"name": "faults", "template": TEMPLATE})
+    campaign = client.call("POST", "/campaigns", json={"name": "faults", "template": template or TEMPLATE})
     client.call("POST", f"/campaigns/{campaign['id']}/schedule", json={})
     return client.wait_job_done(campaign["id"], timeout=120), rows
 
@@ -120,12 +127,24 @@ def test_503_on_the_primary_fails_over_then_one_probe_brings_it_back(client, sta
 def test_timeout_after_accept_k_times_gives_k_unknown_none_resent(client, stack):
     k = 3
     stack.simulator.set_faults({"accept_then_hang": k, "hang_seconds": 3})
-    job, _ = run(client, 30)
+    job, _ = run(client, 30, PER_RECIPIENT_TEMPLATE)
 
+    assert job["send_mode"] == "per-recipient"
     assert job["counts"]["unknown"] == k and job["counts"]["sent"] == 30 - k
     assert set(accepted(stack).values()) == {1} and sum(accepted(stack).values()) == 30
     hung = [e for e in stack.simulator.request_log() if e["status"] == "hang"]
     assert len(hung) == k and len(stack.simulator.request_log()) + len(ACS.request_log()) == 30
+
+
+def test_timeout_after_accept_of_a_batch_leaves_that_batch_unknown_none_resent(client, stack):
+    stack.simulator.set_faults({"accept_then_hang": 1, "hang_seconds": 3})
+    job, _ = run(client, 30)  # two tasks (20 + 10): one batched request each
+
+    assert job["send_mode"] == "batched"
+    assert job["counts"]["unknown"] in (10, 20) and job["counts"]["sent"] == 30 - job["counts"]["unknown"]
+    assert set(accepted(stack).values()) == {1} and sum(accepted(stack).values()) == 30
+    log = stack.simulator.request_log()
+    assert [e["status"] for e in log].count("hang") == 1 and len(log) + len(ACS.request_log()) == 2
 
 
 def test_401_from_the_provider_pauses_the_job_with_the_reason_and_fails_nobody(client, stack):

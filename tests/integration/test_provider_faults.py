@@ -126,7 +126,8 @@ def test_transient_errors_beyond_the_budget_are_requeued_then_failed_after_the_l
     storage, settings, sims
 ):
     sims.sendgrid.set_faults({"status": 503, "for_seconds": 600})
-    fast = settings.model_copy(update={"task_size": 5, "retry_budget_seconds": 0.3})
+    # One request per recipient (the batched path's own: tests/integration/test_batched_sends.py).
+    fast = settings.model_copy(update={"task_size": 5, "retry_budget_seconds": 0.3, "sendgrid_batch_size": 0})
     policy = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.1, budget_seconds=0.3)
     breaker = BreakerConfig(min_requests=1000)  # keep the breaker out of this one
     host = host_with(storage, fast, sender_for(storage, sims, breaker=breaker), policy, concurrency=2)
@@ -199,7 +200,8 @@ def test_only_one_of_many_hosts_claims_the_probe(storage, sims):
 def test_timeout_after_accept_k_times_gives_exactly_k_unknown_none_resent(storage, settings, sims):
     k = 3
     sims.sendgrid.set_faults({"accept_then_hang": k, "hang_seconds": 2})
-    fast = settings.model_copy(update={"task_size": 10})
+    # One request per recipient, so k hung requests are k recipients (batched: test_batched_sends.py).
+    fast = settings.model_copy(update={"task_size": 10, "sendgrid_batch_size": 0})
     host = host_with(storage, fast, sender_for(storage, sims, timeout=0.5), RetryPolicy(base_delay=0.02))
 
     job, rows = run_campaign(storage, host, 15)
@@ -286,7 +288,8 @@ def test_one_task_message_three_times_at_once_on_two_hosts_hands_each_recipient_
 
 def test_ambiguous_sends_are_resent_only_for_a_tenant_that_chose_at_least_once(storage, settings, sims):
     sims.sendgrid.set_faults({"accept_then_hang": 2, "hang_seconds": 2})
-    fast = settings.model_copy(update={"task_size": 10, "retry_budget_seconds": 0.5})
+    fast = settings.model_copy(update={"task_size": 10, "retry_budget_seconds": 0.5,
+                                       "sendgrid_batch_size": 0})
     host = host_with(storage, fast, sender_for(storage, sims, timeout=0.5),
                      RetryPolicy(base_delay=0.02, budget_seconds=0.5))
     tenant = make_tenant(storage)

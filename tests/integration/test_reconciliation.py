@@ -54,9 +54,11 @@ def with_event_feed(settings: Settings, window: float = WINDOW) -> Settings:
     })
 
 
-def host_for(storage: Storage, settings: Settings, url: str) -> InProcessHost:
+def host_for(storage: Storage, settings: Settings, url: str, batch: int = 0) -> InProcessHost:
+    """A host sending one request per recipient (``batch`` 0: the faults here count requests, so
+    ``accept_then_hang: 2`` is two recipients), or SendGrid batches of ``batch``."""
     provider = SendGridProvider(SG_KEY, url, timeout=0.5)
-    host = InProcessHost(storage, settings, provider)
+    host = InProcessHost(storage, settings.model_copy(update={"sendgrid_batch_size": batch}), provider)
     host.dispatcher = Dispatcher(provider, RetryPolicy(base_delay=0.02), 4)
     return host
 
@@ -152,6 +154,56 @@ def test_a_reconcile_tenants_unaccepted_unknowns_are_resent_exactly_once_with_th
     assert job.counts[DeliveryStatus.SENT] == 12 and sum(job.counts.values()) == job.roster_size == 12
     assert job.unknown_resolution == report(resent=2)
     assert job_public(job).unknown_resolution == report(resent=2)
+    assert marks_of_job(storage, job.tenant_id, job.id) == []
+
+
+def test_a_batched_jobs_accepted_but_unanswered_batch_is_resolved_by_its_events_and_not_resent(
+    storage, settings, simulator
+):
+    sim, url = simulator
+    sim.set_faults({"accept_then_hang": 1, "hang_seconds": 1})  # one request: the first task's batch of 10
+    fast = with_event_feed(settings, window=60)
+    host = host_for(storage, fast, url, batch=50)
+    tenant, emails = tenant_with(storage, "reconcile", 20)
+    campaign = schedule_campaign(storage, tenant)
+    host.run_until(lambda: tasks_all_done(storage, job_of(storage, campaign)))
+    host.run_round()
+    job = job_of(storage, campaign)
+    assert job is not None and job.send_mode == "batched" and job.status == JobStatus.SENDING
+    assert job.counts[DeliveryStatus.UNKNOWN] == 10 and job.unknown_resolution == report(awaiting=10)
+
+    apply_events(storage, fast, events_of(sim.messages()))
+    after_window = utcnow() + timedelta(seconds=61)
+    close_finished_jobs(storage, fast, clock=lambda: after_window)
+
+    job = stored_job(storage, job)
+    assert job.status == JobStatus.COMPLETED
+    assert sends_per_address(sim) == Counter(dict.fromkeys(emails, 1))  # nobody resent
+    assert job.unknown_resolution == report(accepted_by_event=10)
+    assert sum(job.counts.values()) == job.roster_size == 20
+
+
+def test_a_batched_reconcile_tenants_unaccepted_batch_is_resent_exactly_once_with_the_same_ids(
+    storage, settings, simulator
+):
+    sim, url = simulator
+    sim.set_faults({"lose_then_hang": 1, "hang_seconds": 1})  # one request: the first task's batch of 10
+    fast = with_event_feed(settings)
+    tenant, emails = tenant_with(storage, "reconcile", 20)
+
+    job = run_to_close(storage, host_for(storage, fast, url, batch=50), tenant)
+
+    job = stored_job(storage, job)
+    assert job.status == JobStatus.COMPLETED and job.send_mode == "batched"
+    assert sends_per_address(sim) == Counter(dict.fromkeys(emails, 1))  # one accepted message each
+    rows = delivery_rows(storage, job.id)
+    resent = [r for r in rows if r.get("resolution") == "resent"]
+    assert len(resent) == 10 and {r["status"] for r in rows} == {DeliveryStatus.SENT}
+    for row in resent:
+        [message] = sim.messages(to=row["email"])
+        ids = message["custom_args"]
+        assert (ids["job_id"], ids["contact_id"]) == (job.id, row["RowKey"])
+    assert job.unknown_resolution == report(resent=10)
     assert marks_of_job(storage, job.tenant_id, job.id) == []
 
 
