@@ -203,7 +203,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.million_recipients:
         _log(f"through the API, {args.million_recipients} recipients")
         _save(results, args.out)
-        results["million"] = run_million(args.million_recipients, args.million_slice)
+
+        def save_million(partial: dict[str, Any]) -> None:
+            results["million"] = partial
+            _save(results, args.out)
+
+        results["million"] = run_million(args.million_recipients, args.million_slice, save=save_million)
         _save(results, args.out)
     if not args.no_providers_latency and (PROJECT_ROOT / "bench" / "providers_latency.py").exists():
         _log("provider latency (bench.providers_latency)")

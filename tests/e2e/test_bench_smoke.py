@@ -35,7 +35,8 @@ def test_a_small_bench_run_reports_every_figure_and_sends_each_recipient_once(tm
     command = [
         sys.executable, "-m", "bench", "--recipients", "500", "--baseline-recipients", "50",
         "--scale-hosts", "2", "--scale-recipients", "200", "--ceiling-entities", "200",
-        "--smtp-recipients", "200", "--no-profile", "--no-providers-latency", "--out", str(out),
+        "--smtp-recipients", "200", "--million-recipients", "2000", "--million-slice", "1000",
+        "--no-profile", "--no-providers-latency", "--out", str(out),
     ]  # fmt: skip
     finished = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
@@ -50,3 +51,9 @@ def test_a_small_bench_run_reports_every_figure_and_sends_each_recipient_once(tm
     assert results["scale_out"][0]["hosts"] == 2 and results["scale_out"][0]["sent"] == 200
     assert results["smtp"]["roster_size"] == 200 and results["smtp"]["sent"] == 200
     assert results["smtp_cpu_us_per_email"] > 0 and "over SMTP" in finished.stdout
+    million = results["million"]  # through the API, slice by slice (bench.million)
+    assert million["phase"] == "closed" and million["counts_add_up"] and million["sent_twice"] == 0
+    assert [s["upto"] for s in million["import_slices"]] == [1000, 2000]
+    assert all(s["contacts_per_azurite_cpu_second"] > 0 for s in million["import_slices"])
+    assert million["expansion_slices"][-1]["upto"] == 2000 and million["peak_rss_mb_per_host"]
+    assert "imported 2,000 through the API" in finished.stderr
