@@ -93,6 +93,19 @@ def run_to_close(storage: Storage, host: InProcessHost, tenant: Tenant, timeout:
     return job
 
 
+def run_tasks_without_a_pass(storage: Storage, host: InProcessHost, tenant: Tenant) -> Job:
+    """Schedule a campaign and run its tasks to done with the Task Manager only (no Status Manager pass)."""
+    campaign = schedule_campaign(storage, tenant)
+    while not tasks_all_done(storage, job_of(storage, campaign)):  # the Task Manager only, no pass
+        host.expand_round()
+        for message in storage.queue(TASK_QUEUE).receive(32, visibility_timeout=60):
+            host.send(TaskTicket.model_validate_json(message.content))
+            storage.queue(TASK_QUEUE).delete(message)
+    job = job_of(storage, campaign)
+    assert job is not None
+    return job
+
+
 def sends_per_address(sim: SendGridSimulator) -> Counter[str]:
     return Counter(m["to"] for m in sim.messages())
 
@@ -256,14 +269,7 @@ def test_a_cancelled_jobs_unknowns_are_reported_after_the_window_and_not_resent(
     fast = with_event_feed(settings)
     host = host_for(storage, fast, url)
     tenant, _ = tenant_with(storage, "reconcile", 10)
-    campaign = schedule_campaign(storage, tenant)
-    while not tasks_all_done(storage, job_of(storage, campaign)):  # the Task Manager only, no pass
-        host.expand_round()
-        for message in storage.queue(TASK_QUEUE).receive(32, visibility_timeout=60):
-            host.send(TaskTicket.model_validate_json(message.content))
-            storage.queue(TASK_QUEUE).delete(message)
-    job = job_of(storage, campaign)
-    assert job is not None
+    job = run_tasks_without_a_pass(storage, host, tenant)
     cancel_job(storage, job.tenant_id, job.id)  # before the window ends: nothing is resent
 
     def reported() -> bool:
@@ -303,14 +309,7 @@ def test_two_status_manager_passes_at_once_resend_nobody_twice(storage, settings
     fast = with_event_feed(settings)
     host = host_for(storage, fast, url)
     tenant, emails = tenant_with(storage, "reconcile", 10)
-    campaign = schedule_campaign(storage, tenant)
-    while not tasks_all_done(storage, job_of(storage, campaign)):  # the Task Manager only, no pass
-        host.expand_round()
-        for message in storage.queue(TASK_QUEUE).receive(32, visibility_timeout=60):
-            host.send(TaskTicket.model_validate_json(message.content))
-            storage.queue(TASK_QUEUE).delete(message)
-    job = job_of(storage, campaign)
-    assert job is not None
+    job = run_tasks_without_a_pass(storage, host, tenant)
     due = max(parse_iso(m["due_at"]) for m in marks_of_job(storage, job.tenant_id, job.id))
     wait_for(lambda: utcnow() >= due, 10, "the reconciliation window")
 
