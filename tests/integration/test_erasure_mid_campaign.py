@@ -120,7 +120,8 @@ def test_a_contact_deleted_between_its_sending_mark_and_the_send_is_not_sent(
 
 
 class HookedProvider(SendGridProvider):
-    """SendGrid, with a hook run just before one address is handed over (in the send thread)."""
+    """SendGrid, with a hook run just before one address is handed over, alone or in a batch (in the
+    send thread)."""
 
     def __init__(self, api_key: str, url: str, address: str, hook) -> None:
         super().__init__(api_key, url)
@@ -134,6 +135,14 @@ class HookedProvider(SendGridProvider):
             self.sent_at = time.monotonic()
             return result
         return super().send(email)
+
+    def send_batch(self, messages, sandbox: bool = False):  # type: ignore[no-untyped-def]
+        if any(m.to_email == self.address for m in messages):
+            self.hook()
+            outcomes = super().send_batch(messages, sandbox)
+            self.sent_at = time.monotonic()
+            return outcomes
+        return super().send_batch(messages, sandbox)
 
 
 def test_a_delete_during_the_send_of_its_chunk_returns_after_the_send_and_blanks_the_row(
