@@ -12,6 +12,7 @@ compiled once per campaign and reused for every recipient.
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 from collections.abc import Mapping
@@ -157,6 +158,10 @@ class CompiledTemplate:
         self._subject = subject
         self._html = html
         self._text = text
+
+    def render_subject(self, context: dict[str, Any]) -> str:
+        """The subject alone, rendered and checked exactly as ``render`` does."""
+        return CompiledTemplate(self.spec, self._subject, None, None).render(context).subject
 
     def render(self, context: dict[str, Any]) -> RenderedMessage:
         """Render for one recipient; any failure is a RenderError naming the part."""
@@ -313,9 +318,24 @@ class Skeleton:
     text: str
     # placeholder -> a one-expression template in the part's environment
     values: dict[str, Template]
+    # every value in one template (text values in an ``autoescape false`` scope), each followed by
+    # ``separator``: one render per recipient instead of one per value (see ``_all_values``)
+    together: Template | None = None
+    separator: str = ""
 
     def substitutions_for(self, context: dict[str, Any]) -> dict[str, str]:
-        """One recipient's values by placeholder; RenderError where the whole render would fail."""
+        """One recipient's values by placeholder; RenderError where the whole render would fail.
+
+        The values are rendered together in one pass; should that fail, or should a value hold
+        the separator (a recipient would have to guess the job's nonce), each is rendered alone,
+        which gives the same values and the same error as before."""
+        if self.together is not None:
+            try:
+                pieces = self.together.render(context).split(self.separator)
+            except Exception:  # rendered alone below, to name the failure exactly as before
+                pieces = []
+            if len(pieces) == len(self.values) + 1 and pieces[-1] == "":
+                return dict(zip(self.values, pieces, strict=False))
         out: dict[str, str] = {}
         for key, template in self.values.items():
             try:
@@ -327,8 +347,7 @@ class Skeleton:
     def message_for(self, context: dict[str, Any]) -> tuple[RenderedMessage, dict[str, str]]:
         """The recipient's message as a batch sends it: its own subject, the skeleton bodies and
         its substitutions (the subject renders and checks exactly as ``CompiledTemplate.render``)."""
-        subject_only = CompiledTemplate(self.compiled.spec, self.compiled._subject, None, None)
-        subject = subject_only.render(context).subject
+        subject = self.compiled.render_subject(context)
         message = RenderedMessage(subject=subject, html=self.html, text=self.text)
         return message, self.substitutions_for(context)
 
@@ -349,6 +368,7 @@ def render_skeleton(template: TemplateSpec, campaign_name: str) -> Skeleton:
     values: dict[str, Template] = {}
     keys: dict[tuple[str, str], str] = {}
     bodies: dict[str, str] = {}
+    value_nodes: list[tuple[str, nodes.Expr]] = []  # (part, node) in the order of ``values``
     for part, env in (("html", _HTML_ENV), ("text", _PLAIN_ENV)):
         source = getattr(template, part)
         pieces = _plain_pieces(env, source) if source else []
@@ -365,10 +385,30 @@ def render_skeleton(template: TemplateSpec, campaign_name: str) -> Skeleton:
                 out.append(one.render(shared))
                 continue
             key = keys.setdefault((part, expression), f"-mr{len(keys)}-{nonce}-")
+            if key not in values:
+                value_nodes.append((part, piece))
             values[key] = one
             out.append(key)
         bodies[part] = "".join(out)
-    return Skeleton(compiled, bodies["html"], bodies["text"], values)
+    separator = f"\x00-mr-{nonce}-\x00"
+    together = _all_values(value_nodes, separator) if values else None
+    return Skeleton(compiled, bodies["html"], bodies["text"], values, together, separator)
+
+
+def _all_values(value_nodes: list[tuple[str, nodes.Expr]], separator: str) -> Template:
+    """One template printing every value, each followed by ``separator``, in the HTML environment:
+    html values autoescaped, text values inside an ``autoescape false`` scope. The two sandboxes
+    differ only in ``autoescape``, so each value renders exactly as its one-expression template."""
+    body: list[nodes.Node] = []
+    for part, node in value_nodes:
+        output = nodes.Output([copy.deepcopy(node)], lineno=1)
+        if part == "text":
+            body.append(nodes.ScopedEvalContextModifier(
+                [nodes.Keyword("autoescape", nodes.Const(False), lineno=1)], [output], lineno=1))
+        else:
+            body.append(output)
+        body.append(nodes.Output([nodes.TemplateData(separator, lineno=1)], lineno=1))
+    return _HTML_ENV.from_string(nodes.Template(body, lineno=1))
 
 
 def substitutions_for(skeleton: Skeleton, context: dict[str, Any]) -> dict[str, str]:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from core.errors import RenderError
 from core.templates import (
+    MAX_SUBSTITUTION_BYTES,
     TemplateSpec,
     build_context,
     compile_template,
@@ -16,6 +17,7 @@ from core.templates import (
     substitutions_for,
 )
 from devhost.sendgrid_sim import substitute
+from task_manager.batch_send import substitution_bytes, too_large_to_batch
 
 VALUES = [
     "{{ contact.name }}", "{{contact.email}}", "{{ contact.attributes.plan }}",
@@ -119,3 +121,46 @@ def test_a_template_with_logic_has_no_skeleton() -> None:
 
     with pytest.raises(ValueError):
         render_skeleton(spec, "News")
+
+
+def test_a_recipient_value_holding_the_values_separator_still_gets_its_exact_values() -> None:
+    spec = TemplateSpec(subject="Hi", html="<p>{{ contact.name }}</p>", text="{{ contact.attributes.plan }}",
+                        from_email="news@example.org")
+    skeleton = render_skeleton(spec, "News")
+    tricky = f"a{skeleton.separator}b"  # as if a recipient had guessed the job's nonce
+    ctx = build_context({"name": tricky, "attributes": {"plan": "<gold>"}}, "News", "https://u")
+
+    values = substitutions_for(skeleton, ctx)
+
+    assert substitute(skeleton.html, values) == compile_template(spec).render(ctx).html
+    assert substitute(skeleton.text, values) == "<gold>"
+
+
+def test_all_of_a_recipients_values_render_in_one_pass() -> None:
+    spec = TemplateSpec(subject="Hi", html="<p>{{ contact.name }} {{ unsubscribe_url }}</p>",
+                        text="{{ contact.name }}", from_email="news@example.org")
+    skeleton = render_skeleton(spec, "News")
+    ctx = build_context({"name": "A & B"}, "News", "https://u?a=1&b=2")
+    renders: list[object] = []
+    assert skeleton.together is not None
+    original = skeleton.together.render
+    object.__setattr__(skeleton.together, "render", lambda c: renders.append(c) or original(c))
+    for template in skeleton.values.values():
+        object.__setattr__(template, "render", lambda c: pytest.fail("a value was rendered alone"))
+
+    values = substitutions_for(skeleton, ctx)
+
+    assert len(renders) == 1
+    assert sorted(values.values()) == ["A & B", "A &amp; B", "https://u?a=1&amp;b=2"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.dictionaries(
+    st.sampled_from(["-mr0-n-", "-mr1-n-", "-mr2-n-"]),
+    st.one_of(st.text(max_size=40),
+              st.text(st.sampled_from("a\x00é\u2028\"\\"), min_size=1600, max_size=2600)),
+))
+def test_a_recipient_goes_alone_exactly_when_its_values_pass_sendgrids_personalization_limit(
+    values: dict[str, str],
+) -> None:
+    assert too_large_to_batch(values) is (substitution_bytes(values) > MAX_SUBSTITUTION_BYTES)
