@@ -123,8 +123,12 @@ def substitution_bytes(substitutions: dict[str, str]) -> int:
 
 
 def too_large_to_batch(substitutions: dict[str, str]) -> bool:
-    """A recipient whose values pass SendGrid's limit per personalization is sent alone."""
-    return substitution_bytes(substitutions) > MAX_SUBSTITUTION_BYTES
+    """A recipient whose values pass SendGrid's limit per personalization is sent alone.
+
+    A character takes at most 6 bytes in that JSON (``\\uXXXX``) and each pair adds 6 (quotes,
+    colon, comma), so values whose bound is under the limit need no JSON to know it."""
+    bound = 2 + sum(6 * (len(key) + len(value)) + 6 for key, value in substitutions.items())
+    return bound > MAX_SUBSTITUTION_BYTES and substitution_bytes(substitutions) > MAX_SUBSTITUTION_BYTES
 
 
 def fill(email: OutboundEmail) -> OutboundEmail:
