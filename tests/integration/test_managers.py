@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import job_manager.manager
 from campaign_manager import start_due_campaigns
 from core.clock import iso, later, utcnow
 from core.messages import JobTicket, TaskTicket
@@ -62,6 +64,39 @@ def test_roster_is_split_into_tasks_of_task_size_covering_each_match_once(storag
     assert job.roster_size == 250 and job.expanded and job.status == JobStatus.SENDING
     assert [t.size for t in tasks] == [50] * 5
     assert len(emails) == len(set(emails)) == 250
+
+
+def test_a_task_is_cut_short_when_its_recipients_would_pack_past_the_entity_budget(
+    storage, settings, monkeypatch
+):
+    monkeypatch.setattr(job_manager.manager, "MAX_TASK_BYTES", 30_000)
+    tenant = make_tenant(storage)
+    noisy = [{"email": f"e{i}@example.com", "attributes": {"i": i, "noise": secrets.token_hex(200)}}
+             for i in range(400)]
+    add_contacts(storage, tenant, noisy)
+    campaign = schedule_campaign(storage, tenant)
+    start_due_campaigns(storage)
+
+    assert expand_roster(storage, _tickets(storage)[0], settings, "h1") == ExpansionOutcome.EXPANDED
+    entities = list(storage.table(TASKS).partition(job_of(storage, campaign).id))
+    sizes = [Task.from_entity(e).size for e in entities]
+    emails = [r.email for e in entities for r in unpack_recipients(e)]
+    assert len(sizes) > 1 and all(size % 50 == 0 and size < settings.task_size for size in sizes[:-1])
+    assert len(emails) == len(set(emails)) == 400
+
+
+def test_a_roster_far_below_the_entity_budget_is_not_packed_while_it_is_gathered(
+    storage, settings, monkeypatch
+):
+    packs: list[int] = []
+    real_pack = job_manager.manager.pack_recipients
+    monkeypatch.setattr(job_manager.manager, "pack_recipients",
+                        lambda rs: packs.append(len(rs)) or real_pack(rs))
+    tenant, campaign, ticket, small = _expanded_job(storage, settings, 260, task_size=200)
+
+    assert expand_roster(storage, ticket, small, "h1") == ExpansionOutcome.EXPANDED
+    assert job_of(storage, campaign).tasks_total == 2
+    assert packs == []  # each task is packed once, when it is written
 
 
 def test_only_the_task_window_goes_on_the_queue(storage, settings):
