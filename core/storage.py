@@ -18,11 +18,13 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import requests
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
@@ -31,6 +33,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import (
     TableEntity,
     TableServiceClient,
@@ -556,6 +559,20 @@ class Queue:
             raise _translate(err) from err
 
 
+_ENVIRONMENT_SETTINGS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE",
+                         "CURL_CA_BUNDLE", "NETRC")
+
+
+def sdk_transport() -> RequestsTransport:
+    """The SDK clients' HTTP transport: a ``requests`` session that reads proxies, CA bundles and
+    ``.netrc`` from the environment only when one of those is set. Otherwise it would look for
+    ``~/.netrc`` on the disk before every storage request (a few % of a host's CPU)."""
+    session = requests.Session()
+    session.trust_env = any(os.environ.get(name) or os.environ.get(name.lower())
+                            for name in _ENVIRONMENT_SETTINGS)
+    return RequestsTransport(session=session, session_owner=True)
+
+
 class Storage:
     """Entry point: hands out ``Table`` and ``Queue`` objects for one storage account."""
 
@@ -578,6 +595,7 @@ class Storage:
         if request_counter is not None:
             table_kwargs["raw_request_hook"] = request_counter.hook("table")
             queue_kwargs["raw_request_hook"] = request_counter.hook("queue")
+        table_kwargs["transport"], queue_kwargs["transport"] = sdk_transport(), sdk_transport()
         self._table_service = TableServiceClient.from_connection_string(connection_string, **table_kwargs)
         self._queue_service = QueueServiceClient.from_connection_string(connection_string, **queue_kwargs)
         self._lean = self._lean_client() if lean_batches else None
