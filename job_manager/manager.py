@@ -27,16 +27,19 @@ from core.clock import Clock, iso, later, parse_iso, utcnow
 from core.contact_tables import ContactTables
 from core.counts import balance_pending, count_columns
 from core.criteria import ContactView, Criteria, parse_criteria
-from core.errors import AlreadyExists, Conflict, NotFound
+from core.errors import AlreadyExists, Conflict, NotFound, StorageError
 from core.job_state import fail_job, load_job, write_job
 from core.messages import JobTicket
-from core.models import TENANT_PARTITION, Job, Recipient, Task, pack_recipients, packed_size
+from core.models import TENANT_PARTITION, Job, Recipient, Task, Tenant, pack_recipients, packed_size
 from core.settings import Settings
 from core.status import JobStatus
 from core.storage import JOB_QUEUE, JOBS, TASKS, TENANTS, Entity, Storage
 from core.task_window import enqueue_if_in_window
+from core.template_store import load_template
+from core.templates import TemplateSpec, substitutable
 from job_manager.retry_failed import stream_failed_roster
 from job_manager.roster_ranges import scan_contacts
+from providers.factory import first_provider
 
 log = logging.getLogger("mailroom.job_manager")
 
@@ -89,6 +92,7 @@ def expand_roster(
     first_run = not job.tasks_total and not job.roster_cursor
     if first_run and refuse_oversized_roster(storage, job, criteria, clock):
         return ExpansionOutcome.REFUSED
+    size = task_size_for(storage, job, settings)
     deadline = monotonic() + settings.job_time_budget_seconds
     renewed = deadline - settings.job_time_budget_seconds  # the claim wrote the lease
     buffer = _Buffer(recipients=[])
@@ -96,7 +100,7 @@ def expand_roster(
         buffer.cursor = row_key
         if recipient is not None:
             buffer.recipients.append(recipient)
-        full = len(buffer.recipients) >= settings.task_size or _too_big(buffer)
+        full = len(buffer.recipients) >= size or _too_big(buffer)
         now = monotonic()
         out_of_time = now > deadline
         if full or (out_of_time and buffer.recipients):
@@ -144,6 +148,27 @@ def claim_expansion(storage: Storage, job: Job, settings: Settings, owner: str, 
         return write_job(storage, job, changes)
     except Conflict:
         return None
+
+
+def task_size_for(storage: Storage, job: Job, settings: Settings) -> int:
+    """``BATCHED_TASK_SIZE`` for a job the Task Manager will send batched, else ``TASK_SIZE``.
+
+    Batched means what ``task_manager.batch_send.decide_send_mode`` decides at the job's first
+    claim: batching on, SendGrid first in the tenant's order, a substitutable template. The
+    answer only sizes the tasks; the send mode itself is still decided (and shown) there, so a
+    job that ends up sent one by one merely has larger tasks.
+    """
+    if settings.batched_task_size <= 0 or settings.sendgrid_batch_size <= 0:
+        return settings.task_size
+    tenant = storage.table(TENANTS).find(TENANT_PARTITION, job.tenant_id) or {}
+    providers = Tenant.from_entity({"RowKey": job.tenant_id, **tenant}).providers
+    if first_provider(settings, providers) != "sendgrid":
+        return settings.task_size
+    try:
+        spec = TemplateSpec.model_validate(load_template(storage, job.template, job.template_ref))
+    except (ValueError, StorageError):
+        return settings.task_size  # the Task Manager will say what is wrong with it
+    return settings.batched_task_size if substitutable(spec) else settings.task_size
 
 
 def refuse_oversized_roster(storage: Storage, job: Job, criteria: Criteria, clock: Clock) -> bool:

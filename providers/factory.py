@@ -26,6 +26,12 @@ def provider_order(settings: Settings) -> list[str]:
     return names
 
 
+def first_provider(settings: Settings, tenant_providers: list[str] | tuple[str, ...] = ()) -> str:
+    """The provider a tenant's sends try first: its own list (``Tenants.providers``), else
+    ``EMAIL_PROVIDERS``/``EMAIL_PROVIDER``."""
+    return tenant_providers[0] if tenant_providers else provider_order(settings)[0]
+
+
 def build_provider(settings: Settings, name: str | None = None) -> EmailProvider:
     """One provider (``name``, default ``EMAIL_PROVIDER``), configured from the settings.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 
@@ -11,6 +12,12 @@ from core.settings import Settings, load_settings
 from core.storage import Storage
 
 ADMIN_KEY = "test-admin-key-0123456789"
+
+# Specs size their tasks with TASK_SIZE whatever the send mode: batched jobs' larger tasks
+# (BATCHED_TASK_SIZE) are specified on their own (tests/integration/test_managers.py) and the bench
+# runs with them. Set here, in the environment, so in-process settings and every host a test starts
+# (devhost reads app settings from the environment) agree.
+os.environ.setdefault("BATCHED_TASK_SIZE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from core.models import Task, unpack_recipients
 from core.status import JobStatus
 from core.storage import CAMPAIGNS, JOB_QUEUE, JOBS, SCHEDULE, TASK_QUEUE, TASKS
 from job_manager import ExpansionOutcome, expand_roster
+from job_manager.manager import task_size_for
 from status_manager import close_finished_jobs
 from tests.pipeline import add_contacts, job_of, make_tenant, schedule_campaign
 
@@ -97,6 +98,40 @@ def test_a_roster_far_below_the_entity_budget_is_not_packed_while_it_is_gathered
     assert expand_roster(storage, ticket, small, "h1") == ExpansionOutcome.EXPANDED
     assert job_of(storage, campaign).tasks_total == 2
     assert packs == []  # each task is packed once, when it is written
+
+
+def test_a_job_that_will_be_sent_batched_gets_tasks_of_batched_task_size(storage, settings):
+    tenant, campaign, ticket, sized = _expanded_job(storage, settings, 130, task_size=20,
+                                                    batched_task_size=50)
+
+    assert expand_roster(storage, ticket, sized, "h1") == ExpansionOutcome.EXPANDED
+    tasks = [Task.from_entity(e) for e in storage.table(TASKS).partition(job_of(storage, campaign).id)]
+    assert [t.size for t in tasks] == [50, 50, 20]
+
+
+def test_a_job_whose_template_has_recipient_logic_keeps_task_size(storage, settings):
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, [{"email": f"e{i}@example.com"} for i in range(60)])
+    logic = {"subject": "Hi", "from_email": "news@example.org",
+             "html": "{% if contact.name %}<p>{{ contact.name }}</p>{% endif %}"}
+    campaign = schedule_campaign(storage, tenant, template=logic)
+    start_due_campaigns(storage)
+    sized = settings.model_copy(update={"task_size": 20, "batched_task_size": 50})
+
+    assert expand_roster(storage, _tickets(storage)[0], sized, "h1") == ExpansionOutcome.EXPANDED
+    tasks = [Task.from_entity(e) for e in storage.table(TASKS).partition(job_of(storage, campaign).id)]
+    assert [t.size for t in tasks] == [20, 20, 20]
+
+
+def test_a_job_routed_to_another_provider_first_or_with_batching_off_keeps_task_size(storage, settings):
+    tenant, campaign, ticket, sized = _expanded_job(storage, settings, 70, task_size=20, batched_task_size=50,
+                                                    email_provider="smtp")
+    off = settings.model_copy(update={"task_size": 20, "batched_task_size": 50, "sendgrid_batch_size": 0})
+
+    assert expand_roster(storage, ticket, sized, "h1") == ExpansionOutcome.EXPANDED
+    assert [Task.from_entity(e).size for e in storage.table(TASKS).partition(job_of(storage, campaign).id)] \
+        == [20, 20, 20]
+    assert task_size_for(storage, job_of(storage, campaign), off) == 20
 
 
 def test_only_the_task_window_goes_on_the_queue(storage, settings):
