@@ -335,7 +335,7 @@ class Skeleton:
             except Exception:  # rendered alone below, to name the failure exactly as before
                 pieces = []
             if len(pieces) == len(self.values) + 1 and pieces[-1] == "":
-                return dict(zip(self.values, pieces, strict=False))
+                return dict(zip(self.values, pieces[:-1], strict=True))
         out: dict[str, str] = {}
         for key, template in self.values.items():
             try:
