@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from core.clock import Clock, iso, utcnow
+from core.in_flight import only_delivery_rows
 from core.status import DeliveryStatus, zero_counts
 from core.storage import DELIVERIES, RECOUNTS, Entity, Storage
 
@@ -63,7 +64,9 @@ def counts_json(counts: Mapping[str, int]) -> str:
 
 def count_delivery_rows(storage: Storage, delivery_partition: str) -> dict[str, int]:
     """A task's counts as its delivery rows say them now (one partition scan, status only)."""
-    rows = storage.table(DELIVERIES).partition(delivery_partition, select=["status"])
+    rows = storage.table(DELIVERIES).query(
+        only_delivery_rows("PartitionKey eq @pk"), {"pk": delivery_partition}, select=["status"]
+    )
     return dict(Counter(row["status"] for row in rows))
 
 
@@ -78,7 +81,9 @@ def tally_delivery_rows(storage: Storage, delivery_partition: str) -> tuple[dict
     Used where resolutions may have changed (after provider events and reconciliation); the
     plain ``count_delivery_rows`` stays the cheaper path everywhere else.
     """
-    rows = storage.table(DELIVERIES).partition(delivery_partition, select=["status", "resolution"])
+    rows = storage.table(DELIVERIES).query(
+        only_delivery_rows("PartitionKey eq @pk"), {"pk": delivery_partition}, select=["status", "resolution"]
+    )
     counts: Counter[str] = Counter()
     resolutions: Counter[str] = Counter()
     for row in rows:

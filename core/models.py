@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Self
 
 from core.counts import RECOUNT_PARTITION, count_columns, counts_from_columns, counts_from_json
 from core.ids import email_hash, normalize_email, task_id
+from core.in_flight import IN_FLIGHT_NOTE
 from core.status import DeliveryStatus, JobStatus, TaskStatus, zero_counts
 from core.storage import Entity, etag_of
 
@@ -638,24 +639,6 @@ def delivery_entity(
     }
 
 
-def delivery_mark_entity(task: Task, recipient: Recipient, at: str) -> Entity:
-    """A recipient's row just before its hand-over to the provider: ``sending``.
-
-    Merged over what is there, so a ``retrying`` row keeps its ``attempts`` and
-    ``throttled_since``; the outcome replaces it once the provider answers.
-    """
-    return {
-        "PartitionKey": task.delivery_partition,
-        "RowKey": recipient.contact_id,
-        "job_id": task.job_id,
-        "tenant_id": task.tenant_id,
-        "email": recipient.email,
-        "status": DeliveryStatus.SENDING.value,
-        "reason": "handed to the provider; no answer recorded yet",
-        "updated_at": at,
-    }
-
-
 def schedule_key(send_at: str, tenant_id: str, campaign_id: str) -> str:
     """RowKey of a campaign's row in the Schedule index: sorts by due time."""
     return f"{send_at}|{tenant_id}|{campaign_id}"
@@ -707,6 +690,33 @@ class Delivery(Row):
 
     def keys(self) -> RowKeys:
         return self.partition, self.contact_id
+
+
+@dataclass
+class InFlightRow(Row):
+    """A Deliveries row that is not a recipient's: the recipients one task run has handed to the
+    provider and not yet recorded (``core/in_flight.py`` says why it exists and who reads it)."""
+
+    partition: str = partition_key_field()  # {job id}-{task index}, the task's delivery partition
+    row_key: str = row_key_field()  # ~in-flight-{attempt}: after every contact id
+    job_id: str = ""
+    tenant_id: str = ""
+    in_flight: list[str] = json_column(list)  # contact ids; empty: nothing in the provider's hands
+    in_flight_count: int = 0
+    note: str = IN_FLIGHT_NOTE
+    updated_at: str = ""
+
+    def keys(self) -> RowKeys:
+        return self.partition, self.row_key
+
+    def as_sending(self) -> list[Entity]:
+        """Its recipients as ``sending`` delivery rows, for readers that show each recipient."""
+        return [
+            Delivery(self.partition, contact_id, job_id=self.job_id, tenant_id=self.tenant_id,
+                     status=DeliveryStatus.SENDING.value, updated_at=self.updated_at,
+                     reason="handed to the provider; no answer recorded yet").to_entity()
+            for contact_id in self.in_flight
+        ]
 
 
 @dataclass

@@ -32,10 +32,11 @@ from core.clock import Clock, iso, utcnow
 from core.counts import count_columns
 from core.erasures import erased_contacts_of_job
 from core.errors import Conflict, NotFound
+from core.in_flight import IN_FLIGHT_PREFIX, only_delivery_rows
 from core.job_state import campaign_follows_job, load_job, write_job
-from core.models import ContactHistory, Job, MessageIndexEntry
+from core.models import ContactHistory, InFlightRow, Job, MessageIndexEntry
 from core.provider_events import DeliveryLogRequest, timeline, timeline_event_from_entity
-from core.status import FINAL_JOB_STATUSES, zero_counts
+from core.status import FINAL_JOB_STATUSES, TaskStatus, zero_counts
 from core.storage import (
     CONTACT_HISTORY,
     DELIVERIES,
@@ -43,6 +44,7 @@ from core.storage import (
     EVENTS_QUEUE,
     JOBS,
     MESSAGE_INDEX,
+    TASKS,
     Entity,
     Storage,
 )
@@ -201,7 +203,8 @@ def job_rows_with_events(storage: Storage, job_id: str) -> Iterator[tuple[Entity
     current = ""
     events: dict[str, list[Entity]] = {}
     rows = storage.table(DELIVERIES).query(
-        "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": f"{job_id}-", "hi": f"{job_id}."}
+        only_delivery_rows("PartitionKey ge @lo and PartitionKey lt @hi"),
+        {"lo": f"{job_id}-", "hi": f"{job_id}."},
     )
     for row in rows:
         if row["PartitionKey"] != current:
@@ -262,6 +265,33 @@ def find_delivery(storage: Storage, tenant_id: str, job_id: str, contact_id: str
     return next(iter(rows), None)
 
 
+def in_flight_deliveries(storage: Storage, job_id: str) -> list[Entity]:
+    """The job's recipients in a provider's hands right now, as ``sending`` delivery rows.
+
+    A recipient handed over is named in its task run's in-flight row (``core/in_flight.py``)
+    until the answer is recorded; its own row is written once, with the outcome. Only a task
+    that says ``sending`` can have one in flight, so this reads the job's task summaries (one
+    partition) and each such task's in-flight rows (a key range within its partition).
+    """
+    tasks = storage.table(TASKS).query("PartitionKey eq @j and status eq @s",
+                                       {"j": job_id, "s": TaskStatus.SENDING.value}, select=["RowKey"])
+    rows: list[Entity] = []
+    for task in tasks:
+        partition = f"{job_id}-{task['RowKey']}"
+        marks = storage.table(DELIVERIES).query(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            {"pk": partition, "lo": IN_FLIGHT_PREFIX, "hi": IN_FLIGHT_PREFIX[:-1] + "."},
+        )
+        for mark in marks:
+            rows.extend(InFlightRow.from_entity(mark).as_sending())
+    return rows
+
+
+def in_flight_delivery(storage: Storage, job_id: str, contact_id: str) -> Entity | None:
+    """The contact's ``sending`` row when a task run names it as handed over, else ``None``."""
+    return next((row for row in in_flight_deliveries(storage, job_id) if row["RowKey"] == contact_id), None)
+
+
 def cell_text(value: object) -> str:
     """Defused against spreadsheet formula injection, like the API's CSV export."""
     text = "" if value is None else str(value)
@@ -270,6 +300,7 @@ def cell_text(value: object) -> str:
 
 __all__ = [
     "DeliveryLogReport", "LOG_COLUMNS", "events_by_contact", "events_for_rows", "find_delivery",
+    "in_flight_deliveries", "in_flight_delivery",
     "job_rows_with_events", "log_blob_name",
     "request_delivery_log", "summary_blob_name", "timeline_event_from_entity", "write_delivery_log",
 ]

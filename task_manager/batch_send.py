@@ -5,15 +5,15 @@ and whose providers route to SendGrid is sent batched: the bodies are rendered o
 with a placeholder per value (``render_skeleton``), each recipient brings its subject, headers,
 ids and substitutions, and a send group goes to SendGrid as one request
 (``SendGridProvider.send_batch``). A batch is a send group and nothing else: at most
-``MAX_SEND_GROUP`` (50) recipients, marked ``sending`` in the table batch that records the previous
-group's outcomes, taken from the host's budget of ``sending`` marks exactly like a per-recipient
+``MAX_SEND_GROUP`` (50) recipients, named in the run's in-flight row by the table batch that records
+the previous group's outcomes, taken from the host's in-flight budget exactly like a per-recipient
 group (``mark_budget.py``). ``SENDGRID_BATCH_SIZE`` only switches batching off (0) or cuts a
 batched job's groups smaller; it never makes them larger, so the one bound on what a killed host
 leaves ``unknown`` (the mark budget) holds for batched jobs too. The choice is made once per
 job, at its first claim, and written on the job (``send_mode``, ``send_mode_reason``:
 ``GET /jobs/{id}`` shows it).
 
-What stays as it was, per recipient: the group is marked ``sending`` before the request (the
+What stays as it was, per recipient: the group is named in flight before the request (the
 group *is* the batch, so a crash leaves ``unknown`` at most the host's mark budget);
 a 400 naming addresses fails those with SendGrid's message and the rest go once more; a 429
 or 5xx retries the batch within the task's budget (a 429 spends no attempt, a 5xx one for each

@@ -8,13 +8,14 @@ from core.clock import Clock, iso, later, parse_iso
 from core.counts import counts_of_statuses
 from core.errors import Conflict, NotFound
 from core.ids import task_id
+from core.in_flight import is_in_flight_row, listed_in_flight
 from core.messages import TaskTicket
 from core.models import Recipient, Task, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, TaskStatus
 from core.storage import DELIVERIES, TASKS, Storage
 from task_manager.dispatch import Outcome
-from task_manager.outcomes import record_outcomes
+from task_manager.outcomes import in_flight_row, record_outcomes
 from task_manager.run import TaskOutcome, TaskRun
 
 log = logging.getLogger("mailroom.task_manager")
@@ -25,7 +26,7 @@ def claim_task(
 ) -> tuple[Task, list[Recipient], bool] | TaskOutcome:
     """Take the task under a lease (and its recipients, from the same read), or say why not.
 
-    The flag says whether an earlier owner stopped mid-task (the row still says ``sending``, or
+    The flag says whether an earlier owner stopped mid-task (the task row still says ``sending``, or
     an older host left a chunk ``in_flight``): its delivery rows must be recovered first.
     """
     tasks = storage.table(TASKS)
@@ -58,33 +59,50 @@ def claim_task(
 def recover_in_flight(run: TaskRun) -> None:
     """A previous owner stopped mid-task: keep outcomes it recorded; what it handed over is ``unknown``.
 
-    Its delivery rows say how far it got. A row that says ``sending`` was handed to the provider
-    and its answer never recorded, so it may have been sent: ``unknown``, never resent. A
-    recipient without an outcome (no row, or still its earlier ``retrying`` one) never reached
-    the provider: it goes back to ``leftover`` and is sent like any other. A chunk an older host
-    left ``in_flight`` without ``send_marks`` is all ``unknown``, as that host recorded it.
+    Its delivery rows say how far it got, and its in-flight row (``core/in_flight.py``) what it
+    had handed to the provider without recording the answer: those may have been sent, so they
+    are ``unknown``, never resent. A recipient without an outcome (no row, or still its earlier
+    ``retrying`` one) that no in-flight row names never reached the provider: it goes back to
+    ``leftover`` and is sent like any other. A row saying ``sending`` (how hosts before the
+    in-flight row marked a group) counts as named. A chunk an older host left ``in_flight``
+    without ``send_marks`` is all ``unknown``, as that host recorded it. The in-flight rows read
+    here are emptied once the unknowns are recorded: they are settled (a crash in between leaves
+    them naming recipients whose rows are terminal, which a later recovery skips).
     """
     task = run.task
-    recorded = {
-        row["RowKey"]: row["status"]
-        for row in run.storage.table(DELIVERIES).partition(
-            task.delivery_partition, select=["RowKey", "status"]
-        )
-    }
+    recorded: dict[str, str] = {}
+    named: set[str] = set()
+    settled: list[str] = []
+    for row in run.storage.table(DELIVERIES).partition(
+        task.delivery_partition, select=["RowKey", "status", "in_flight"]
+    ):
+        if is_in_flight_row(row):
+            listed = listed_in_flight(row)
+            named.update(listed)
+            if listed:
+                settled.append(row["RowKey"])
+        else:
+            recorded[row["RowKey"]] = row.get("status", "")
+            if row.get("status") == DeliveryStatus.SENDING:
+                named.add(row["RowKey"])
     handed_over_unmarked = set() if task.send_marks else set(task.in_flight)
     unknown: list[tuple[int, Outcome]] = []
     never_handed: list[int] = []
     for index in dict.fromkeys(task.in_flight + task.leftover + list(range(task.cursor, task.size))):
-        status = recorded.get(run.recipients[index].contact_id)
+        contact_id = run.recipients[index].contact_id
+        status = recorded.get(contact_id)
         if status is not None and DeliveryStatus(status).is_terminal:
             continue
-        if status == DeliveryStatus.SENDING or index in handed_over_unmarked:
+        if contact_id in named or index in handed_over_unmarked:
             reason = "the host sending this recipient stopped; it may have been sent, so it is not resent"
             unknown.append((index, Outcome(DeliveryStatus.UNKNOWN, reason)))
         else:
             never_handed.append(index)
     task.counts = counts_of_statuses(recorded.values())
     record_outcomes(run, unknown)
+    if settled:
+        now = iso(run.clock())
+        run.storage.table(DELIVERIES).batch_upsert(in_flight_row(run, [], now, key) for key in settled)
     task.cursor, task.leftover, task.in_flight, task.send_marks = task.size, never_handed, [], True
     log.warning("recovered task job=%s task=%d unknown=%d unsent=%d",
                 task.job_id, task.index, len(unknown), len(never_handed))
@@ -93,8 +111,8 @@ def recover_in_flight(run: TaskRun) -> None:
 def release_after_error(run: TaskRun, err: Exception) -> None:
     """Let the host's retry claim the task at once instead of waiting out our lease.
 
-    The task stays ``sending``: the next owner recovers its delivery rows, and whatever says
-    ``sending`` may have been sent, so it is recorded ``unknown`` rather than sent again.
+    The task stays ``sending``: the next owner recovers its delivery rows, and whatever an
+    in-flight row names may have been sent, so it is recorded ``unknown`` rather than sent again.
     """
     task = run.task
     task.lease_owner, task.lease_until = "", iso(run.clock())

@@ -73,7 +73,7 @@ class Dispatcher:
 
     The calls in flight are shared between tenants in turn (``FairSendPool``), so one tenant's
     many tasks on this host do not queue ahead of another tenant's few. ``marks`` is the host's
-    budget of recipients marked ``sending`` (``mark_budget.py``), shared by the same tasks.
+    budget of recipients named in flight (``mark_budget.py``), shared by the same tasks.
     """
 
     def __init__(

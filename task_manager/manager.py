@@ -5,18 +5,19 @@ The at-most-once argument (DESIGN §4, invariant 2) in two kinds of write:
 1. ``claim_task`` takes the task with an ETag-guarded update and a lease. A duplicate
    message, or a second host, finds the lease held (or the task done) and stops.
 2. Recipients go to the provider in send groups (``SEND_GROUP_SIZE``, at most 50). One table
-   batch per group writes the previous group's outcomes *and* marks this group's delivery
-   rows ``sending``; only then is the group handed over. Suppressed, erased, invalid and
-   unrenderable recipients are decided before any mark and written with the next batch:
-   they are never ``sending``. The task row itself is written again only when the task
-   finishes, pauses or is re-queued (and by the lease's heartbeat): the delivery rows are
-   the progress, so storage work per email is about one request per send group.
+   batch per group writes the previous group's outcomes *and* the run's in-flight row naming
+   this group (``core/in_flight.py``); only then is the group handed over. Suppressed, erased,
+   invalid and unrenderable recipients are decided before any hand-over and written with the
+   next batch: they are never named in flight. A recipient's own row is written once, with
+   its outcome. The task row itself is written again only when the task finishes, pauses or
+   is re-queued (and by the lease's heartbeat): the delivery rows are the progress, so storage
+   work per email is about one request per send group.
 
 A host that dies mid-task leaves the task ``sending`` under a lease that runs out. Whoever
-claims it next reads the task's delivery rows: recorded outcomes stand, a row that says
-``sending`` (handed over, answer not recorded: at most one group) becomes ``unknown``, and
-every other recipient without an outcome (never handed over) goes back to ``leftover`` and
-is sent normally.
+claims it next reads the task's delivery partition: recorded outcomes stand, a recipient an
+in-flight row names (handed over, answer not recorded: at most one group per run) becomes
+``unknown``, and every other recipient without an outcome (never handed over) goes back to
+``leftover`` and is sent normally.
 
 While a chunk's sends are in flight a heartbeat keeps the lease alive, and before its
 outcomes are written the owner shows it still holds the lease; a host that lost it writes
@@ -95,7 +96,7 @@ def send_task(
         return TaskOutcome.MISSING
     if job.status == JobStatus.PAUSED:
         return TaskOutcome.PAUSED  # resume re-enqueues the job's unfinished tasks
-    # Wait for a share of the host's ``sending`` marks before the claim: waiting, the task
+    # Wait for a share of the host's in-flight budget before the claim: waiting, the task
     # holds no lease (no heartbeat to pay) and another host may take it (``mark_budget.py``).
     share = MarkShare(dispatcher.marks, ticket.tenant_id, send_group_size(settings))
     share.hold()
@@ -120,7 +121,7 @@ def run_claimed_task(
 ) -> TaskOutcome:
     """A claimed task, top to bottom: recover → per chunk: stop if halted, send its groups → finish.
 
-    Each group of a chunk is decided, marked ``sending``, handed over and recorded with the next
+    Each group of a chunk is decided, named in flight, handed over and recorded with the next
     group's marks (``GroupSender.send_chunk``); what is left ends in a re-queue, a pause or done.
     """
     task, job = run.task, run.job

@@ -1,23 +1,23 @@
-"""Recipients a host has marked ``sending`` and not yet recorded: bounded host-wide, taken in turn.
+"""Recipients a host has named in flight and not yet recorded: bounded host-wide, taken in turn.
 
-Why. What a crash leaves ``unknown`` is exactly the delivery rows that say ``sending``: per
-running task, the send group in the provider's hands (or answered, its outcomes not yet
-written). A host runs up to ``batchSize`` + ``newBatchThreshold`` task messages at once
-(host.json: 8 + 4), so with a group of 50 per task a killed host could leave ~600 recipients
-``unknown``. Here a host has a budget of ``2 × max(SEND_CONCURRENCY, SEND_GROUP_SIZE)``
-recipients (``mark_budget_size``; 100 with the defaults): a task takes its share before its
-first ``sending`` mark and gives it back once its last outcomes are written, so at any moment
-the host's rows that say ``sending`` are at most the budget.
+Why. What a crash leaves ``unknown`` is exactly what its runs' in-flight rows name
+(``core/in_flight.py``): per running task, the send group in the provider's hands (or answered,
+its outcomes not yet written). A host runs up to ``batchSize`` + ``newBatchThreshold`` task
+messages at once (host.json: 8 + 4), so with a group of 50 per task a killed host could leave
+~600 recipients ``unknown``. Here a host has a budget of ``2 × max(SEND_CONCURRENCY,
+SEND_GROUP_SIZE)`` recipients (``mark_budget_size``; 100 with the defaults): a task takes its
+share before its first hand-over is recorded and gives it back once its last outcomes are
+written, so at any moment the recipients the host's in-flight rows name are at most the budget.
 
 Why twice a group (or twice the sending threads, whichever is larger). One task's group is in
-the provider's hands while another task writes its previous outcomes and next marks, so the
+the provider's hands while another task writes its previous outcomes and next in-flight row, so the
 sending threads do not idle at every table batch; a budget of one group would (each batch
 then stalls the whole host: measured with ``bench.providers_latency`` in the README). Groups
 are not cut smaller to fit more tasks: each group is one table batch, so smaller groups would
 cost more storage requests per email.
 
 Why a share per task, taken once, before the claim. A task's batch records group k's outcomes
-and marks group k+1 in one write, so the share (its largest group: ``SEND_GROUP_SIZE``, cut to
+and names group k+1 in flight in one write, so the share (its largest group: ``SEND_GROUP_SIZE``, cut to
 the task's size once it is claimed) covers every group it sends without giving anything back in
 between. A task waits only while it holds nothing, so no two tasks can wait on each other (no
 deadlock), and a share is at most half the budget, so a waiting task is always served once
@@ -34,12 +34,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 
-# A send group's outcomes and the next group's ``sending`` marks share one table batch (≤100).
+# What a killed host may leave ``unknown`` per task run: a send group's outcomes and the run's
+# in-flight row naming the next group share one table batch (≤100 rows, so up to 99 would fit;
+# 50 keeps the bound where it was when each recipient carried its own mark).
 MAX_SEND_GROUP = 50
 
 
 def mark_budget_size(send_concurrency: int, send_group_size: int) -> int:
-    """Recipients one host may have marked ``sending`` at once: what a killed host leaves ``unknown``."""
+    """Recipients one host may have in flight at once: what a killed host leaves ``unknown``."""
     group = max(1, min(send_group_size, MAX_SEND_GROUP))
     return 2 * max(send_concurrency, group)
 
@@ -105,7 +107,7 @@ class MarkShare:
         self.held = 0
 
     def hold(self) -> None:
-        """Before a ``sending`` mark: wait for the share unless it is held already."""
+        """Before a group is named in flight: wait for the share unless it is held already."""
         if not self.held:
             self.held = self.budget.take(self.tenant_id, self.recipients)
 
@@ -117,7 +119,7 @@ class MarkShare:
             self.held = recipients
 
     def give_back(self) -> None:
-        """Once no row of this task says ``sending`` for this run (or the run ended)."""
+        """Once this run's in-flight row names nobody (or the run ended)."""
         if self.held:
             self.budget.give_back(self.held)
             self.held = 0

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from core.clock import iso
 from core.counts import mark_for_recount, tally, tally_delivery_rows
 from core.errors import Conflict
-from core.models import Recipient, Tenant, delivery_entity, delivery_mark_entity
+from core.in_flight import in_flight_row_key
+from core.models import InFlightRow, Recipient, Tenant, delivery_entity
 from core.reconciliation import RESENDING_SEMANTICS, mark_unknowns, reconcile_due_in
 from core.status import DeliveryStatus, TaskStatus
 from core.storage import DELIVERIES, TASKS
@@ -23,16 +24,18 @@ log = logging.getLogger("mailroom.task_manager")
 
 
 def record_outcomes(
-    run: TaskRun, outcomes: Iterable[tuple[int, Outcome]], sending: Iterable[int] = ()
+    run: TaskRun, outcomes: Iterable[tuple[int, Outcome]], in_flight: Iterable[int] | None = None
 ) -> None:
     """The delivery rows of (at most) one chunk, in table batches of ≤100, and the task's counts.
 
-    ``sending``: recipients about to be handed over, marked in the same batch (not counted:
-    the outcome that replaces the mark is).
+    ``in_flight``: when given, the run's in-flight row (``core/in_flight.py``) is rewritten in the
+    same batch to name exactly these recipients (about to be handed over; an empty list once the
+    run has nothing in the provider's hands). The outcomes' rows come first, so a batch split in
+    two still records an outcome before its recipient leaves the list.
     """
     now = iso(run.clock())
     outcomes = list(outcomes)
-    rows = [delivery_mark_entity(run.task, run.recipients[index], now) for index in sending]
+    rows: list[dict[str, object]] = []
     for index, outcome in outcomes:
         recipient = run.recipients[index]
         if recipient.contact_id in run.erased:  # the row keeps the outcome, not the address
@@ -54,9 +57,19 @@ def record_outcomes(
         replaces = DeliveryStatus.RETRYING.value if index in run.was_retrying else None
         run.was_retrying.discard(index)
         tally(run.task.counts, str(outcome.status), replaces)
+    if in_flight is not None:
+        rows.append(in_flight_row(run, [run.recipients[index].contact_id for index in in_flight], now))
     if rows:
         run.storage.table(DELIVERIES).batch_upsert(rows)
         mark_unknown_outcomes(run, outcomes)
+
+
+def in_flight_row(run: TaskRun, contact_ids: list[str], at: str, row_key: str = "") -> dict[str, object]:
+    """This run's in-flight row (or, with ``row_key``, an earlier run's) naming ``contact_ids``."""
+    task = run.task
+    return InFlightRow(task.delivery_partition, row_key or in_flight_row_key(task.attempt),
+                       job_id=task.job_id, tenant_id=task.tenant_id, in_flight=contact_ids,
+                       in_flight_count=len(contact_ids), updated_at=at).to_entity()
 
 
 def resends_unknowns(run: TaskRun) -> bool:

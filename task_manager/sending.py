@@ -1,7 +1,7 @@
-"""Handing recipients over in send groups: decide the unsendable, render, mark ``sending``, send.
+"""Handing recipients over in send groups: decide the unsendable, render, name in flight, send.
 
 Suppressed, erased, invalid and unrenderable recipients are decided before any mark, so they
-are never ``sending``; a crash leaves ``unknown`` at most the group in the provider's hands.
+are never named in flight; a crash leaves ``unknown`` at most the group in the provider's hands.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def open_group_sender(
     share: MarkShare | None = None,
 ) -> GroupSender:
     """What the task's sends need, read once: template, route, prior attempts, suppressed addresses,
-    and the task's share of the host's ``sending`` marks (``share``: one taken before the claim)."""
+    and the task's share of the host's in-flight budget (``share``: one taken before the claim)."""
     storage, job, jobs = run.storage, run.job, run.jobs
     template = jobs.template(storage, job)
     route = route_for(job, run.settings, jobs.tenant(storage, job.tenant_id))
@@ -56,14 +56,14 @@ def open_group_sender(
 
 
 def send_group_size(settings: Settings) -> int:
-    """Recipients handed over per ``sending`` mark batch: what a crash can leave ``unknown``."""
+    """Recipients handed over per in-flight batch: what a crash can leave ``unknown``."""
     return max(1, min(settings.send_group_size, MAX_SEND_GROUP))
 
 
 def refresh_erasures(run: TaskRun) -> None:
     """Learn which contacts were deleted since the job started (one small range query).
 
-    Asked after a send group's ``sending`` marks land and before the group is handed over, at
+    Asked after a send group's in-flight row lands and before the group is handed over, at
     most once per ``JOB_STATUS_CHECK_SECONDS`` (and always for a task's first group): a contact
     deleted before the check is ``skipped``, never handed over. One deleted after it may still
     be sent by this task, and the DELETE does not return until that is settled: it waits while
@@ -140,15 +140,16 @@ def decide_unsendable(
 
 @dataclass
 class GroupSender:
-    """Hands a task's recipients to the provider one send group at a time, each marked ``sending`` first.
+    """Hands a task's recipients to the provider one send group at a time, each named in flight first.
 
-    Each group's marks ride in one table batch with the outcomes not yet written (the previous
-    group's, across chunk boundaries, and recipients decided without the provider), so the rows
-    that say ``sending`` at any moment are the group in the provider's hands: that, not a chunk,
-    is what a crash leaves ``unknown``. The last group's outcomes wait for ``flush``, which the
-    task calls before it writes its own row. After a refusal as a whole the rest is not attempted.
+    Each group's in-flight row rides in one table batch with the outcomes not yet written (the
+    previous group's, across chunk boundaries, and recipients decided without the provider), so
+    what the run's in-flight row names at any moment is the group in the provider's hands: that,
+    not a chunk, is what a crash leaves ``unknown``. The last group's outcomes (and the emptied
+    in-flight row) wait for ``flush``, which the task calls before it writes its own row. After
+    a refusal as a whole the rest is not attempted.
 
-    Before its first mark the task takes its ``share`` of the host's budget of ``sending`` marks
+    Before its first hand-over the task takes its ``share`` of the host's in-flight budget
     (``mark_budget.py``; it may wait there for other tasks to finish) and gives it back after
     ``flush``, so a killed host leaves at most that budget ``unknown``, however many tasks it ran.
     """
@@ -162,9 +163,10 @@ class GroupSender:
     unwritten: list[tuple[int, Outcome]] = field(default_factory=list)
     lost: bool = False
     erasures_checked_at: float | None = None  # monotonic time of the last erasure check
-    share: MarkShare | None = None  # this task's part of the host's ``sending`` budget
+    share: MarkShare | None = None  # this task's part of the host's in-flight budget
     group_size: int = 0  # recipients per send group (0: ``send_group_size`` of the settings)
     batch: BatchSend | None = None  # the job goes out batched: each send group is one request
+    marked: bool = False  # this run's in-flight row exists (``flush`` empties it)
 
     def send_chunk(self, chunk: list[int]) -> list[Outcome]:
         """The chunk's outcomes in chunk order (``HALTED`` for what was not attempted)."""
@@ -186,7 +188,7 @@ class GroupSender:
                 self.lost, self.unwritten = True, []
                 self.give_back_marks()
                 return [outcomes.get(i, Outcome(HALTED, NOT_ATTEMPTED)) for i in chunk]
-            self.unwritten = []
+            self.unwritten, self.marked = [], True
             group = self.without_erased(group, outcomes)
             indexes = [index for index, _ in group]
             answers = self.hand_over([email for _, email in group], [self.prior.get(i, 0) for i in indexes])
@@ -229,19 +231,21 @@ class GroupSender:
             if not owns_task_for(self.run, outcomes):
                 record_as_stale_owner(self.run, outcomes)
                 return False
-            record_outcomes(self.run, outcomes)
+            record_outcomes(self.run, outcomes, in_flight=[] if self.marked else None)
+            self.marked = False
             return True
         finally:
             self.give_back_marks()
 
     def give_back_marks(self) -> None:
-        """No row of this run says ``sending`` any more (or the run ended): the share goes back."""
+        """This run's in-flight row names nobody any more (or the run ended): the share goes back."""
         if self.share is not None:
             self.share.give_back()
 
 
 def mark_group_sending(run: TaskRun, outcomes: list[tuple[int, Outcome]], group: list[int]) -> bool:
-    """One batch: earlier outcomes plus this group's ``sending`` marks. False: the task is not ours.
+    """One batch: earlier outcomes plus the run's in-flight row naming this group (``core/in_flight.py``).
+    False: the task is not ours.
 
     Before it, the owner shows it may write these outcomes (``owns_task_for``); after it, that the
     lease was still fresh when the marks landed (``still_ours``: renewed less than a third of a
@@ -251,7 +255,7 @@ def mark_group_sending(run: TaskRun, outcomes: list[tuple[int, Outcome]], group:
     if not owns_task_for(run, outcomes):
         record_as_stale_owner(run, outcomes)
         return False
-    record_outcomes(run, outcomes, sending=group)
+    record_outcomes(run, outcomes, in_flight=group)
     return run.lease is None or run.lease.still_ours()
 
 

@@ -19,6 +19,7 @@ from api.errors import not_found
 from api.routers.conventions import ERROR_RESPONSES
 from api.routers.jobs import with_timelines
 from api.schemas import DeliveryPublic, RequestModel
+from core.in_flight import only_delivery_rows
 from core.models import Job
 from core.storage import DELIVERIES, JOBS
 from core.templates import TemplateSpec, compile_template, is_email
@@ -112,7 +113,8 @@ def get_email(email_id: str, tenant: TenantDep, storage: StorageDep) -> EmailPub
     job = Job.from_entity(entity)
     if not is_transactional(job):
         raise not_found("email")
-    rows = list(storage.table(DELIVERIES).partition(f"{job.id}-000000"))
+    rows = list(storage.table(DELIVERIES).query(only_delivery_rows("PartitionKey eq @pk"),
+                                                {"pk": f"{job.id}-000000"}))
     return EmailPublic(
         id=job.id, kind="test" if job.test_of else "transactional", campaign_id=job.test_of or None,
         status=job.status, created_at=job.created_at or None,

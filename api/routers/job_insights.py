@@ -31,6 +31,7 @@ from api.dependencies import StorageDep
 from api.errors import not_found
 from api.routers.conventions import ERROR_RESPONSES
 from core.clock import iso, parse_iso
+from core.in_flight import only_delivery_rows
 from core.models import Job
 from core.status import DeliveryStatus, JobStatus
 from core.storage import DELIVERIES, JOBS, SUPPRESSIONS, Entity, Storage
@@ -103,7 +104,7 @@ def load_job(storage: Storage, tenant_id: str, job_id: str) -> Job:
 
 def job_rows(storage: Storage, job_id: str, select: list[str], extra: str = "",
              params: dict[str, str] | None = None) -> Iterable[Entity]:
-    query = "PartitionKey ge @lo and PartitionKey lt @hi" + extra
+    query = only_delivery_rows("PartitionKey ge @lo and PartitionKey lt @hi") + extra
     return storage.table(DELIVERIES).query(query, {"lo": f"{job_id}-", "hi": f"{job_id}.", **(params or {})},
                                            select=select)
 

@@ -24,7 +24,8 @@ from api.errors import not_found
 from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, TenantPageCursor
 from api.schemas import CompliancePublic, DeliveryEvent, DeliveryPublic, JobPublic, Page
 from core.clock import iso, parse_iso, utcnow
-from core.ids import normalize_email
+from core.ids import contact_id_for, normalize_email
+from core.in_flight import only_delivery_rows
 from core.models import Job
 from core.provider_events import timeline
 from core.reconciliation import marks_of_job
@@ -32,7 +33,12 @@ from core.status import FINAL_JOB_STATUSES, TERMINAL_DELIVERY_STATUSES, Delivery
 from core.storage import DELIVERIES, JOBS, Entity, Storage
 from core.timing import time_to_send_seconds
 from status_manager.compliance import compliance_report
-from status_manager.delivery_logs import events_for_rows, find_delivery
+from status_manager.delivery_logs import (
+    events_for_rows,
+    find_delivery,
+    in_flight_deliveries,
+    in_flight_delivery,
+)
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -153,7 +159,7 @@ def get_job(job_id: str, tenant: TenantDep, storage: StorageDep) -> JobPublic:
 
 
 def delivery_query(job_id: str, status: str | None, email: str | None) -> tuple[str, dict[str, Any]]:
-    query = "PartitionKey ge @lo and PartitionKey lt @hi"
+    query = only_delivery_rows("PartitionKey ge @lo and PartitionKey lt @hi")
     params: dict[str, Any] = {"lo": f"{job_id}-", "hi": f"{job_id}."}
     if status is not None:
         query += " and status eq @s"
@@ -194,6 +200,10 @@ def list_deliveries(
     limit: Limit = DEFAULT_PAGE_LIMIT,
 ) -> Page[DeliveryPublic]:
     job = _load_job(storage, tenant.id, job_id)
+    if status == DeliveryStatus.SENDING:  # named by in-flight rows, not a status on the recipients' rows
+        wanted = contact_id_for(tenant.contact_salt, normalize_email(email)) if email is not None else None
+        rows = [row for row in in_flight_deliveries(storage, job_id) if wanted in (None, row["RowKey"])]
+        return Page[DeliveryPublic](items=with_timelines(storage, job, rows[:limit]), continuation=None)
     query, params = delivery_query(job_id, status.value if status else None, email)
     page = storage.table(DELIVERIES).query_page(query, params, limit=limit, continuation=cursor.position)
     return Page[DeliveryPublic](items=with_timelines(storage, job, page.items),
@@ -205,6 +215,8 @@ def get_delivery(job_id: str, contact_id: str, tenant: TenantDep, storage: Stora
     """One recipient of one job with its whole timeline: "what happened to this person's email"."""
     job = _load_job(storage, tenant.id, job_id)
     row = find_delivery(storage, tenant.id, job_id, contact_id)
+    if row is None or not DeliveryStatus(row.get("status") or "pending").is_terminal:
+        row = in_flight_delivery(storage, job_id, contact_id) or row
     if row is None:
         raise not_found("delivery")
     return with_timelines(storage, job, [row])[0]

@@ -4,8 +4,9 @@ Whatever was killed, slowed or throttled, a closed job must show: nobody lost (e
 address was accepted by the provider, or its row says why not), nobody handed over twice
 (the SendGrid simulator's record of accepted messages, not our own rows, is the witness), no
 delivery row or task left in a non-terminal state, counts that add up to ``roster_size``, and
-no more ``unknown`` than the rows that said ``sending`` when the host died (read after the
-kill, when nothing can change them any more: exactly what a recovery turns into ``unknown``).
+no more ``unknown`` than the recipients the dead host's in-flight rows named (``core/in_flight.py``,
+read after the kill, when nothing can change them any more: exactly what a recovery turns into
+``unknown``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from core.in_flight import IN_FLIGHT_PREFIX, is_in_flight_row, listed_in_flight, only_delivery_rows
 from core.status import DeliveryStatus, TaskStatus
 from core.storage import DELIVERIES, TASKS, Storage
 
@@ -28,15 +30,20 @@ EXPLAINED_WITHOUT_ACCEPTANCE = {
 
 
 def delivery_rows(storage: Storage, job_id: str) -> list[dict[str, Any]]:
-    """Every delivery row of the job, across its tasks' partitions (``{job}-{task}``)."""
+    """Every recipient's delivery row of the job, across its tasks' partitions (``{job}-{task}``)."""
     return list(storage.table(DELIVERIES).query(
-        "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": f"{job_id}-", "hi": f"{job_id}."}
+        only_delivery_rows("PartitionKey ge @lo and PartitionKey lt @hi"),
+        {"lo": f"{job_id}-", "hi": f"{job_id}."},
     ))
 
 
-def rows_saying_sending(storage: Storage, job_id: str) -> int:
-    """Rows marked ``sending`` now: after a kill, what that host can leave ``unknown``."""
-    return sum(1 for row in delivery_rows(storage, job_id) if row.get("status") == DeliveryStatus.SENDING)
+def recipients_in_flight(storage: Storage, job_id: str) -> int:
+    """Recipients the job's in-flight rows name now: after a kill, what that host can leave ``unknown``."""
+    rows = storage.table(DELIVERIES).query(
+        "PartitionKey ge @lo and PartitionKey lt @hi and RowKey ge @mark",
+        {"lo": f"{job_id}-", "hi": f"{job_id}.", "mark": IN_FLIGHT_PREFIX},
+    )
+    return sum(len(listed_in_flight(row)) for row in rows if is_in_flight_row(row))
 
 
 def assert_every_recipient_accounted_for(

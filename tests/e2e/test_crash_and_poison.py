@@ -6,6 +6,7 @@ import json
 import time
 from collections import Counter
 
+from core.in_flight import is_in_flight_row, listed_in_flight
 from core.storage import DELIVERIES, JOB_QUEUE, TASK_QUEUE, TASKS, Storage
 from devhost.stack import Stack, wait_for
 from tests.e2e.conftest import FAST, TEMPLATE, new_tenant, people
@@ -51,8 +52,8 @@ def test_a_killed_hosts_task_resumes_on_another_host_within_30_seconds_with_the_
                           60, "the job")
 
         def marked_sending(task: str) -> int:
-            rows = storage.table(DELIVERIES).partition(f"{job_id}-{task}", select=["status"])
-            return sum(1 for row in rows if row["status"] == "sending")
+            rows = storage.table(DELIVERIES).partition(f"{job_id}-{task}", select=["RowKey", "in_flight"])
+            return sum(len(listed_in_flight(row)) for row in rows if is_in_flight_row(row))
 
         def task_in_flight() -> dict | None:
             row = storage.table(TASKS).find(job_id, "000000")

@@ -20,7 +20,7 @@ import pytest
 from core.models import unpack_recipients
 from core.storage import JOBS, TASK_QUEUE, TASKS, Storage
 from devhost.stack import Stack, wait_for
-from tests.e2e.accounting import assert_every_recipient_accounted_for, delivery_rows, rows_saying_sending
+from tests.e2e.accounting import assert_every_recipient_accounted_for, delivery_rows, recipients_in_flight
 from tests.e2e.conftest import FAST, TEMPLATE, TenantClient, new_tenant, people
 
 
@@ -58,7 +58,7 @@ def test_both_hosts_killed_mid_send_and_one_restarted_loses_nobody_and_sends_nob
         wait_for(lambda: len(stack.simulator.messages()) >= 100, 120, "sending to be under way")
         stack.kill_worker(1)
         stack.kill_worker(0)
-        outstanding = rows_saying_sending(storage, job_id)  # frozen: nobody is left to change them
+        outstanding = recipients_in_flight(storage, job_id)  # frozen: nobody is left to change them
         accepted_at_kill = sum(accepted(stack).values())
         stack.simulator.set_faults({"latency_ms": 0})
         stack.processes.pop(1)  # stays dead: the stack's health check asks only about live hosts
@@ -96,7 +96,7 @@ def test_a_killed_host_running_eight_tasks_leaves_at_most_twice_send_concurrency
         wait_for(eight_tickets_in_hand, 120, "the host to hold eight task messages, sends under way")
         stack.kill_worker(0)
         tasks_at_kill = len(list(storage.table(TASKS).partition(job_id, select=["RowKey"])))
-        outstanding = rows_saying_sending(storage, job_id)  # frozen: exactly what recovery makes unknown
+        outstanding = recipients_in_flight(storage, job_id)  # frozen: exactly what recovery makes unknown
         stack.simulator.set_faults({"latency_ms": 0})
         stack.start_worker(0)
         stack.wait_healthy()
@@ -125,7 +125,7 @@ def test_a_host_killed_mid_expansion_resumes_it_and_every_contact_is_in_exactly_
         stack.kill_worker(0)
         job_id = caught["RowKey"]
         at_kill = storage.table(JOBS).get(client.tenant_id, job_id)
-        outstanding = rows_saying_sending(storage, job_id)
+        outstanding = recipients_in_flight(storage, job_id)
         stack.start_worker(0)
         stack.wait_healthy()
         job = client.wait_job_done(campaign_id, timeout=240)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from core.blobs import delivery_logs
+from core.in_flight import only_delivery_rows
 from core.models import Job, Tenant, unpack_recipients
 from core.provider_events import DeliveryLogRequest, EventBatch, split_into_messages
 from core.settings import Settings
@@ -90,7 +91,8 @@ def _add(total: EventReport, part: EventReport) -> None:
 
 def delivery_rows(storage: Storage, job_id: str) -> list[dict[str, Any]]:
     return list(storage.table(DELIVERIES).query(
-        "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": f"{job_id}-", "hi": f"{job_id}."}
+        only_delivery_rows("PartitionKey ge @lo and PartitionKey lt @hi"),
+        {"lo": f"{job_id}-", "hi": f"{job_id}."},
     ))
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from core.in_flight import only_delivery_rows
 from core.messages import TaskTicket
 from core.models import TENANT_PARTITION, Job
 from core.retry import RetryPolicy
@@ -92,7 +93,8 @@ def run_campaign(
 
 def deliveries_of(storage: Storage, job_id: str) -> list[dict]:
     return list(storage.table(DELIVERIES).query(
-        "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": f"{job_id}-", "hi": f"{job_id}."}
+        only_delivery_rows("PartitionKey ge @lo and PartitionKey lt @hi"),
+        {"lo": f"{job_id}-", "hi": f"{job_id}."},
     ))
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from campaign_manager import start_due_campaigns
 from core.clock import iso, utcnow
+from core.in_flight import only_delivery_rows
 from core.messages import JobTicket, TaskTicket
 from core.models import Job, unpack_recipients
 from core.retry import RetryPolicy
@@ -76,7 +77,8 @@ def expanded_job(storage: Storage, expander: InProcessHost, n: int) -> tuple[Job
 
 
 def rows_of(storage: Storage, job: Job) -> list[dict]:
-    return list(storage.table(DELIVERIES).partition(f"{job.id}-000000"))
+    return list(storage.table(DELIVERIES).query(only_delivery_rows("PartitionKey eq @pk"),
+                                                {"pk": f"{job.id}-000000"}))
 
 
 def run_campaign(storage: Storage, runner: InProcessHost, n: int, timeout: float = 60) -> tuple[Job, list]:
@@ -87,7 +89,8 @@ def run_campaign(storage: Storage, runner: InProcessHost, n: int, timeout: float
                      timeout)
     job = job_of(storage, campaign)
     rows = list(storage.table(DELIVERIES).query(
-        "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": f"{job.id}-", "hi": f"{job.id}."}
+        only_delivery_rows("PartitionKey ge @lo and PartitionKey lt @hi"),
+        {"lo": f"{job.id}-", "hi": f"{job.id}."},
     ))
     return job, rows
 
