@@ -144,7 +144,8 @@ def render_table(results: dict[str, Any]) -> str:
         verdict = "not measured" if ratio is None else ("met" if ratio <= SMTP_CPU_RATIO else "NOT met")
         lines.append(
             f"  SMTP: {_f(results['smtp_emails_per_second'])} emails/s, "
-            f"{_f(results['smtp_cpu_us_per_email'])} µs CPU/email = {_f(ratio, 2)}× the SendGrid path's"
+            f"{_f(results['smtp_cpu_us_per_email'])} µs CPU/email = {_f(ratio, 2)}× SendGrid "
+            f"{results.get('smtp_compared_with', '')}'s"
             f"   target {SMTP_CPU_RATIO}×   {verdict}"
         )
     largest = (results.get("mailroom") or [{}])[-1]
