@@ -51,6 +51,7 @@ def test_a_small_bench_run_reports_every_figure_and_sends_each_recipient_once(tm
     assert results["scale_out"][0]["hosts"] == 2 and results["scale_out"][0]["sent"] == 200
     assert results["smtp"]["roster_size"] == 200 and results["smtp"]["sent"] == 200
     assert results["smtp_cpu_us_per_email"] > 0 and "over SMTP" in finished.stdout
+    assert results["smtp_compared_with"] == "per-recipient 500"  # issue 18: one message per request, as SMTP
     million = results["million"]  # through the API, slice by slice (bench.million)
     assert million["phase"] == "closed" and million["counts_add_up"] and million["sent_twice"] == 0
     assert [s["upto"] for s in million["import_slices"]] == [1000, 2000]
