@@ -559,17 +559,24 @@ class Queue:
             raise _translate(err) from err
 
 
-_ENVIRONMENT_SETTINGS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE",
-                         "CURL_CA_BUNDLE", "NETRC")
+_ENVIRONMENT_SETTINGS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "NETRC")
+# CA bundles as ``requests`` reads them with ``trust_env`` (the first one set wins).
+_CA_BUNDLE_SETTINGS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 def sdk_transport() -> RequestsTransport:
-    """The SDK clients' HTTP transport: a ``requests`` session that reads proxies, CA bundles and
-    ``.netrc`` from the environment only when one of those is set. Otherwise it would look for
-    ``~/.netrc`` on the disk before every storage request (a few % of a host's CPU)."""
+    """The SDK clients' HTTP transport: a ``requests`` session that reads proxies and ``.netrc``
+    from the environment only when one of those is set. Otherwise it would look for ``~/.netrc``
+    on the disk before every storage request (a few % of a host's CPU). A CA bundle named in the
+    environment is still honoured: it becomes the session's ``verify``, as ``requests`` would
+    have made it (many images set one, which used to switch the whole environment lookup on)."""
     session = requests.Session()
     session.trust_env = any(os.environ.get(name) or os.environ.get(name.lower())
                             for name in _ENVIRONMENT_SETTINGS)
+    if not session.trust_env:
+        bundle = next((os.environ[name] for name in _CA_BUNDLE_SETTINGS if os.environ.get(name)), None)
+        if bundle:
+            session.verify = bundle
     return RequestsTransport(session=session, session_owner=True)
 
 
