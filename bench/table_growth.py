@@ -67,24 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=4)
     parser.add_argument("--tables", type=int, nargs="*", default=[16, 64])
     parser.add_argument("--merge-rows", type=int, default=10_000)
+    parser.add_argument("--no-one-table", action="store_true", help="only the spread runs")
     args = parser.parse_args(argv)
     with start_azurite() as azurite:
         storage = Storage(azurite.connection_string, namespace="g" + secrets.token_hex(3), lean_batches=True)
-        rows = delivery_rows(args.rows, "g")
-        one = f"Growth{secrets.token_hex(3)}"
-        storage._table_service.create_table(storage.table_name(one))  # noqa: SLF001 - a bench
-        small = merge_rate_in_fresh_table(storage, rows[:args.merge_rows])
         result: dict[str, Any] = {"rows": args.rows, "slices": args.slices}
-        per_slice = args.rows // args.slices
-        inserts = []
-        for s in range(args.slices):
-            part = rows[s * per_slice:(s + 1) * per_slice]
-            started = time.perf_counter()
-            storage.table(one).batch_insert(part)
-            inserts.append(_rate(len(part), started))
-        result["insert_one_table"] = inserts
-        result["merge_in_small_table"] = small
-        result["merge_in_full_table"] = merge_rate(storage, one, rows[-args.merge_rows:])
+        if not args.no_one_table:
+            result.update(one_table(storage, delivery_rows(args.rows, "g"), args.slices, args.merge_rows))
         for tables in args.tables:
             fresh = delivery_rows(args.rows, f"s{tables}")
             result[f"insert_{tables}_tables"] = insert_rates(storage, tables, fresh, args.slices)
@@ -96,6 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(value, float):
             print(f"{key:>20}: {value:,.0f} rows/s")
     return 0
+
+
+def one_table(storage: Storage, rows: list[dict[str, Any]], slices: int, merge_rows: int) -> dict[str, Any]:
+    """Inserts per slice while one table fills, then merges into a small and into the full table."""
+    one = f"Growth{secrets.token_hex(3)}"
+    storage._table_service.create_table(storage.table_name(one))  # noqa: SLF001 - a bench
+    small = merge_rate_in_fresh_table(storage, rows[:merge_rows])
+    per_slice = len(rows) // slices
+    inserts = []
+    for s in range(slices):
+        part = rows[s * per_slice:(s + 1) * per_slice]
+        started = time.perf_counter()
+        storage.table(one).batch_insert(part)
+        inserts.append(_rate(len(part), started))
+    return {"insert_one_table": inserts, "merge_in_small_table": small,
+            "merge_in_full_table": merge_rate(storage, one, rows[-merge_rows:])}
 
 
 def merge_rate_in_fresh_table(storage: Storage, rows: list[dict[str, Any]]) -> float:
