@@ -17,6 +17,7 @@ from core.blobs import delivery_logs, log_blob_name, summary_blob_name
 from core.clock import Clock, iso, parse_iso, utcnow
 from core.erasures import purge_expired_erasures
 from core.errors import Conflict, StorageError
+from core.in_flight import is_in_flight_row
 from core.models import ContactHistory, Job, MessageIndexEntry, RetentionMarker
 from core.settings import Settings
 from core.storage import (
@@ -94,7 +95,8 @@ def purge_job_logs(storage: Storage, tenant_id: str, job_id: str) -> int:
         "PartitionKey ge @lo and PartitionKey lt @hi", span, select=["PartitionKey", "RowKey"]
     )
     _delete(storage.table(DELIVERY_EVENTS), [(e["PartitionKey"], e["RowKey"]) for e in events])
-    history = [ContactHistory.key(tenant_id, r["RowKey"], job_id) for r in rows]
+    # In-flight rows go with the rest, but name no contact: no history row to look for.
+    history = [ContactHistory.key(tenant_id, r["RowKey"], job_id) for r in rows if not is_in_flight_row(r)]
     _delete(storage.table(CONTACT_HISTORY), history)
     _delete(storage.table(MESSAGE_INDEX), [
         MessageIndexEntry.key(r["provider_message_id"]) for r in rows if r.get("provider_message_id")

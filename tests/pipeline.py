@@ -8,6 +8,7 @@ The end-to-end tests run the same managers through devhost instead.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -171,6 +172,16 @@ def job_of(storage: Storage, campaign: Campaign) -> Job | None:
     if not job_id:
         return None
     return Job.from_entity(storage.table(JOBS).get(campaign.tenant_id, job_id))
+
+
+def expanded_job(storage: Storage, expander: InProcessHost, n: int) -> tuple[Job, TaskTicket]:
+    """A new tenant's campaign to ``n`` contacts, expanded; the ticket of its first task."""
+    tenant = make_tenant(storage)
+    add_contacts(storage, tenant, [{"email": f"t{i:04d}-{secrets.token_hex(2)}@x.org"} for i in range(n)])
+    campaign = schedule_campaign(storage, tenant)
+    while (job := job_of(storage, campaign)) is None or not job.expanded:
+        expander.expand_round()
+    return job, TaskTicket(tenant_id=tenant.id, job_id=job.id, task_index=0)
 
 
 class HostDies(BaseException):

@@ -13,7 +13,7 @@ import pytest
 from core.blobs import delivery_logs
 from core.clock import utcnow
 from core.messages import TaskTicket
-from core.storage import DELIVERY_EVENTS, JOBS, TASK_QUEUE
+from core.storage import DELIVERIES, DELIVERY_EVENTS, JOBS, TASK_QUEUE
 from core.unsubscribe import UnsubscribeClaim, unsubscribe_url
 from privacy.retention import purge_expired_delivery_logs
 from status_manager.delivery_logs import log_blob_name, summary_blob_name
@@ -198,6 +198,8 @@ def test_delivery_logs_past_retention_are_purged_once_an_hour(storage, settings,
 
     assert purged == [job.id]
     assert delivery_rows(storage, job.id) == []
+    assert list(storage.table(DELIVERIES).query(  # the tasks' in-flight rows went with them
+        "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": f"{job.id}-", "hi": f"{job.id}."})) == []
     assert list(storage.table(DELIVERY_EVENTS).query(
         "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": f"{job.id}-", "hi": f"{job.id}."})) == []
     assert not blobs.exists(log_blob_name(tenant.id, job.id))

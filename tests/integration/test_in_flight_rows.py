@@ -17,8 +17,7 @@ import pytest
 
 from core.clock import iso, utcnow
 from core.in_flight import in_flight_row_key, is_in_flight_row, listed_in_flight
-from core.messages import TaskTicket
-from core.models import InFlightRow, Job, unpack_recipients
+from core.models import InFlightRow, unpack_recipients
 from core.settings import Settings
 from core.status import DeliveryStatus, TaskStatus
 from core.storage import DELIVERIES, TASKS, Storage
@@ -27,7 +26,7 @@ from providers.base import OutboundEmail, SendResult
 from providers.sendgrid import SendGridProvider
 from task_manager import TaskOutcome
 from tests.integration.test_api_jobs import V1, write_job
-from tests.pipeline import InProcessHost, add_contacts, job_of, make_tenant, schedule_campaign
+from tests.pipeline import InProcessHost, expanded_job
 from tests.sim_fixtures import running_sendgrid_simulator
 
 
@@ -60,15 +59,6 @@ def sim() -> Iterator[tuple[SendGridSimulator, str]]:
         yield running
 
 
-def expanded(storage: Storage, host: InProcessHost, n: int) -> tuple[Job, TaskTicket]:
-    tenant = make_tenant(storage)
-    add_contacts(storage, tenant, [{"email": f"f{i:03d}-{secrets.token_hex(2)}@x.org"} for i in range(n)])
-    campaign = schedule_campaign(storage, tenant)
-    while (job := job_of(storage, campaign)) is None or not job.expanded:
-        host.expand_round()
-    return job, TaskTicket(tenant_id=tenant.id, job_id=job.id, task_index=0)
-
-
 def one_task(settings: Settings, batched: bool) -> Settings:
     return settings.model_copy(update={"task_size": 60, "task_window": 1, "send_group_size": 10,
                                        "sendgrid_batch_size": 10 if batched else 0})
@@ -82,7 +72,7 @@ def test_a_group_in_the_providers_hands_is_named_by_the_runs_in_flight_row_and_h
     small = one_task(settings, batched)
     provider = WatchedProvider("SG.test", url, storage)
     host = InProcessHost(storage, small, provider)
-    job, ticket = expanded(storage, host, 60)
+    job, ticket = expanded_job(storage, host, 60)
     provider.partition = f"{job.id}-000000"
 
     assert host.send(ticket) == TaskOutcome.DONE
@@ -109,7 +99,7 @@ def test_recovery_makes_unknown_what_any_earlier_runs_in_flight_row_names_and_se
     simulator, url = sim
     small = one_task(settings, batched=True)
     host = InProcessHost(storage, small, SendGridProvider("SG.test", url))
-    job, ticket = expanded(storage, host, 60)
+    job, ticket = expanded_job(storage, host, 60)
     recipients = unpack_recipients(storage.table(TASKS).get(job.id, "000000"))
     partition, now = f"{job.id}-000000", iso(utcnow())
     for attempt, group in ((1, recipients[:3]), (2, recipients[3:5])):

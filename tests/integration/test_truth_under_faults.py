@@ -40,6 +40,7 @@ from tests.pipeline import (
     HostDies,
     InProcessHost,
     add_contacts,
+    expanded_job,
     job_of,
     make_tenant,
     schedule_campaign,
@@ -65,15 +66,6 @@ def host(storage: Storage, settings: Settings, provider, owner: str, policy: Ret
     policy = policy or RetryPolicy(max_attempts=3, base_delay=0.01)
     made.dispatcher = Dispatcher(provider, policy, concurrency)
     return made
-
-
-def expanded_job(storage: Storage, expander: InProcessHost, n: int) -> tuple[Job, TaskTicket]:
-    tenant = make_tenant(storage)
-    add_contacts(storage, tenant, [{"email": f"t{i:04d}-{secrets.token_hex(2)}@x.org"} for i in range(n)])
-    campaign = schedule_campaign(storage, tenant)
-    while (job := job_of(storage, campaign)) is None or not job.expanded:
-        expander.expand_round()
-    return job, TaskTicket(tenant_id=tenant.id, job_id=job.id, task_index=0)
 
 
 def rows_of(storage: Storage, job: Job) -> list[dict]:
