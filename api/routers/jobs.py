@@ -21,7 +21,7 @@ from api.auth import TenantDep
 from api.campaign_records import load_campaign
 from api.dependencies import StorageDep
 from api.errors import not_found
-from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, TenantPageCursor
+from api.routers.conventions import DEFAULT_PAGE_LIMIT, ERROR_RESPONSES, Limit, PageCursor, TenantPageCursor
 from api.schemas import CompliancePublic, DeliveryEvent, DeliveryPublic, JobPublic, Page
 from core.clock import iso, parse_iso, utcnow
 from core.ids import contact_id_for, normalize_email
@@ -200,14 +200,36 @@ def list_deliveries(
     limit: Limit = DEFAULT_PAGE_LIMIT,
 ) -> Page[DeliveryPublic]:
     job = _load_job(storage, tenant.id, job_id)
+    position = cursor.position or {}
     if status == DeliveryStatus.SENDING:  # named by in-flight rows, not a status on the recipients' rows
-        wanted = contact_id_for(tenant.contact_salt, normalize_email(email)) if email is not None else None
-        rows = [row for row in in_flight_deliveries(storage, job_id) if wanted in (None, row["RowKey"])]
-        return Page[DeliveryPublic](items=with_timelines(storage, job, rows[:limit]), continuation=None)
+        return _in_flight_page(storage, tenant.contact_salt, job, email, limit, cursor)
+    continuation = None if IN_FLIGHT_AFTER in position else cursor.position  # a token of the other list
     query, params = delivery_query(job_id, status.value if status else None, email)
-    page = storage.table(DELIVERIES).query_page(query, params, limit=limit, continuation=cursor.position)
+    page = storage.table(DELIVERIES).query_page(query, params, limit=limit, continuation=continuation)
     return Page[DeliveryPublic](items=with_timelines(storage, job, page.items),
                                 continuation=cursor.next_token(page.continuation))
+
+
+IN_FLIGHT_AFTER = "in_flight_after"  # the position of a ``status=sending`` page: the last key shown
+
+
+def _in_flight_page(
+    storage: Storage, salt: str, job: Job, email: str | None, limit: int, cursor: PageCursor
+) -> Page[DeliveryPublic]:
+    """Recipients the job's in-flight rows name, in key order, a page at a time."""
+    wanted = contact_id_for(salt, normalize_email(email)) if email is not None else None
+    after = str((cursor.position or {}).get(IN_FLIGHT_AFTER, ""))
+    rows = sorted((row for row in in_flight_deliveries(storage, job.id) if wanted in (None, row["RowKey"])),
+                  key=lambda row: (row["PartitionKey"], row["RowKey"]))
+    rows = [row for row in rows if _key(row) > after]
+    shown = rows[:limit]
+    more = {IN_FLIGHT_AFTER: _key(shown[-1])} if len(rows) > limit else None
+    return Page[DeliveryPublic](items=with_timelines(storage, job, shown),
+                                continuation=cursor.next_token(more))
+
+
+def _key(row: Entity) -> str:
+    return f"{row['PartitionKey']}|{row['RowKey']}"
 
 
 @router.get("/jobs/{job_id}/deliveries/{contact_id}", response_model=DeliveryPublic)

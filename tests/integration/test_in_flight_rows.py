@@ -144,3 +144,25 @@ def test_the_api_shows_recipients_named_in_flight_as_sending(client, tenant, sto
     assert everything.json()["items"] == []  # the in-flight row is not a recipient
     assert one.status_code == 200 and one.json()["status"] == "sending"
     assert other.status_code == 404
+
+
+def test_recipients_in_flight_are_listed_a_page_at_a_time_in_key_order(client, tenant, storage):
+    job = write_job(storage, tenant.id, status="sending", roster_size=5)
+    ids = sorted(f"c{secrets.token_hex(8)}" for _ in range(5))
+    for task, names in (("000000", ids[:3]), ("000001", ids[3:])):
+        storage.table(TASKS).upsert({"PartitionKey": job.id, "RowKey": task, "status": "sending"})
+        storage.table(DELIVERIES).upsert(InFlightRow(
+            f"{job.id}-{task}", in_flight_row_key(1), job_id=job.id, tenant_id=tenant.id,
+            in_flight=names[::-1], in_flight_count=len(names), updated_at=iso(utcnow()),
+        ).to_entity())
+
+    seen, token, pages = [], None, 0
+    while True:
+        params = {"status": "sending", "limit": 2, **({"continuation": token} if token else {})}
+        body = client.get(f"{V1}/jobs/{job.id}/deliveries", params=params, headers=tenant.headers).json()
+        seen += [d["contact_id"] for d in body["items"]]
+        pages, token = pages + 1, body["continuation"]
+        if not token:
+            break
+
+    assert seen == ids and pages == 3
