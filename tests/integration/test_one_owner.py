@@ -234,7 +234,10 @@ def test_task_job_and_campaign_counts_agree_through_a_crash_a_takeover_events_an
     # Provider feedback moves rows; the next pass recounts tasks, job and campaign alike.
     apply_events(storage, small, events_of(records))
     final = assert_all_counts_agree(storage, job)
-    assert final.counts["bounced"] >= 1 and final.counts["delivered"] >= 1
+    # The bounces the provider could report: the bounce addresses it accepted. Task order follows
+    # the random contact ids, so now and then both sat in A's unknown group and never reached it.
+    bounced = sum(1 for record in records if str(record["to"]).startswith("bounce-"))
+    assert final.counts["bounced"] == bounced and final.counts["delivered"] >= 1
     assert load_campaign(storage, job.tenant_id, job.campaign_id).counts == final.counts
 
 
