@@ -15,7 +15,7 @@ from core.settings import Settings
 from core.status import DeliveryStatus, TaskStatus
 from core.storage import DELIVERIES, TASKS, Storage
 from task_manager.dispatch import Outcome
-from task_manager.outcomes import in_flight_row, record_outcomes
+from task_manager.outcomes import empty_in_flight_rows, record_outcomes
 from task_manager.run import TaskOutcome, TaskRun
 
 log = logging.getLogger("mailroom.task_manager")
@@ -100,9 +100,7 @@ def recover_in_flight(run: TaskRun) -> None:
             never_handed.append(index)
     task.counts = counts_of_statuses(recorded.values())
     record_outcomes(run, unknown)
-    if settled:
-        now = iso(run.clock())
-        run.storage.table(DELIVERIES).batch_upsert(in_flight_row(run, [], now, key) for key in settled)
+    empty_in_flight_rows(run, settled)
     task.cursor, task.leftover, task.in_flight, task.send_marks = task.size, never_handed, [], True
     log.warning("recovered task job=%s task=%d unknown=%d unsent=%d",
                 task.job_id, task.index, len(unknown), len(never_handed))

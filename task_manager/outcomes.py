@@ -72,6 +72,13 @@ def in_flight_row(run: TaskRun, contact_ids: list[str], at: str, row_key: str = 
                        in_flight_count=len(contact_ids), updated_at=at).to_entity()
 
 
+def empty_in_flight_rows(run: TaskRun, row_keys: list[str]) -> None:
+    """Earlier runs' in-flight rows once a recovery has recorded what they named: they name nobody."""
+    if row_keys:
+        now = iso(run.clock())
+        run.storage.table(DELIVERIES).batch_upsert(in_flight_row(run, [], now, key) for key in row_keys)
+
+
 def resends_unknowns(run: TaskRun) -> bool:
     """Whether the tenant chose ``reconcile`` (or ``at-least-once``): only then may an unknown be resent.
 
